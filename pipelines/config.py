@@ -1,0 +1,301 @@
+"""One frozen dataclass config tree: YAML file, then ``a.b=value`` overrides, unknown keys rejected.
+
+    cfg = load_config("configs/demo.yaml", ["train.epochs=3", "data.shards=[a,b]"])
+    save_config(cfg, run_dir / "config.yaml")
+
+Override values are parsed as YAML (``[a,b]`` is a list, ``1e-3`` a float, ``full`` a string).
+Files may ``include:`` other files (paths relative to the including file); later keys win.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the tree."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    dir: str = "runs/default"
+    name: str = ""
+    seed: int = 0
+    deterministic: bool = False  # torch deterministic algorithms, fixed worker seeds
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The augmented view of the contrastive losses (CCL paper / code)."""
+
+    crop_scale: tuple[float, float] = (0.7, 1.0)
+    hflip: float = 0.5
+    vflip: float = 0.0
+    rotation: float = 15.0  # degrees, +-
+    brightness: float = 0.3
+    contrast: float = 0.3
+    saturation: float = 0.3
+    hue: float = 0.05
+    jitter_p: float = 0.8
+    grayscale: float = 0.2
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    shards: tuple[str, ...] = ()  # shard build directories (one = domain-in-all, several = all-in-all)
+    batch_size: int = 16  # global, over all ranks
+    classes_per_batch: int = 8  # P; K = batch_size // P samples per class, K >= 2
+    num_workers: int = 2
+    image_size: int = 256
+    shuffle_buffer: int = 512
+    class_source: str = "raw"  # raw | pseudo
+    pseudo_file: str = ""  # sidecar name (beside the shards) or path; "" = pseudo_classes.json
+    max_corrupt: int = 100  # abort after this many unreadable samples in one epoch
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    teacher: str = "wide_resnet50_2"  # any timm model with features_only
+    pretrained: str = "hub"  # hub | none | offline | PATH (.pth / .safetensors)
+    out_indices: tuple[int, ...] = (1, 2, 3)
+    projector: str = "4-cblocks"  # 4-cblocks | 2-cblocks | 2-mlp | none
+    checkpoint: str = ""  # optional official RD4AD checkpoint (bn.*, decoder.*) to start from
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    lambda_local: float = 1.0
+    lambda_global: float = 1.0
+    temperature: float = 0.1
+    local_window: Union[int, str] = 1  # odd k or "full"
+    local_scales: tuple[int, ...] = (0, 1, 2)  # indices into the teacher's scales
+    local_chunk: int = 4096  # anchors per block for windows > 1
+    global_loss: str = "supcon"  # supcon | triplet | npairs | infonce
+    kd_mode: str = "flat"  # flat (RD4AD) | pixel
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 200
+    max_steps: int = 0  # stop after N optimizer steps; 0 = no limit
+    lr_projector: float = 0.001
+    lr_rest: float = 0.005
+    lr_reference_batch: int = 16  # lrs are scaled by batch_size / this; 0 = no scaling
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # constant | cosine
+    warmup_steps: int = 0
+    grad_clip: float = 0.0  # max grad norm; 0 = off
+    grad_accum: int = 1
+    precision: str = "no"  # no | bf16 | fp16
+    patience: int = 10  # early stopping: validations without improvement; 0 = off
+    val_every: int = 1  # epochs
+    eval_every: int = 0  # epochs between test-set evaluations; 0 = never during training
+    ckpt_every: int = 1  # epochs
+    nan_tolerance: int = 5  # consecutive non-finite losses before aborting
+    log_every: int = 10  # steps
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = 32
+    num_workers: int = 2
+    sigma: float = 4.0
+    bins: int = 4096
+    fpr_limit: float = 0.3
+    vis: int = 8  # heatmaps for the N highest- and lowest-scoring images per group
+    max_images: int = 0  # score at most N test images (0 = all), for quick looks
+
+
+@dataclass(frozen=True)
+class WandbConfig:
+    mode: str = "disabled"  # online | offline | disabled
+    project: str = "ccl"
+    entity: str = ""
+    tags: tuple[str, ...] = ()
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    vis_images: int = 8  # fixed validation/test images rendered at each eval interval
+    tsne: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults <- YAML file (with includes) <- ``a.b=value`` overrides, validated into ``Config``."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        tree = _read_yaml(Path(path), seen=())
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(tree, key, value)
+    where = str(path) if path is not None else "overrides"
+    return from_dict(Config, tree, where)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form a.b=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from None
+    return key.strip(), value
+
+
+def from_dict(cls: type, tree: dict[str, Any], where: str = "config", prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{where}: {prefix or 'top level'} must be a mapping, got {tree!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(tree) - set(names))
+    if unknown:
+        valid = ", ".join(prefix + n for n in names)
+        raise ConfigError(f"{where}: unknown key(s) {[prefix + u for u in unknown]}; valid here: {valid}")
+    kwargs = {}
+    for name in names:
+        if name not in tree:
+            continue
+        typ = hints[name]
+        if dataclasses.is_dataclass(typ):
+            kwargs[name] = from_dict(typ, tree[name] or {}, where, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(tree[name], typ, f"{where}: {prefix}{name}")
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists) for YAML, JSON and W&B."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.replace(path)
+
+
+def replace(cfg: Any, **dotted: Any) -> Any:
+    """``replace(cfg, **{"train.epochs": 3})``: a copy with dotted keys changed and re-validated."""
+    tree = to_dict(cfg)
+    for key, value in dotted.items():
+        _set_dotted(tree, key, value)
+    return from_dict(type(cfg), tree, "replace")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: include cycle")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    includes = tree.pop("include", [])
+    includes = [includes] if isinstance(includes, str) else includes
+    merged: dict[str, Any] = {}
+    for inc in includes:
+        _deep_update(merged, _read_yaml(path.parent / inc, seen + (path.resolve(),)))
+    _deep_update(merged, tree)
+    return merged
+
+
+def _deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _deep_update(dst[k], v)
+        else:
+            dst[k] = v
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key!r}: {p!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin in (Union, types.UnionType):
+        for option in args:
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} is none of {[getattr(a, '__name__', a) for a in args]}")
+    if origin is tuple:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and args[-1] is Ellipsis:
+            value = [value]  # a scalar where a list is expected: a one-element list
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if args and args[-1] is Ellipsis:
+            return tuple(_coerce(v, args[0], where) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if typ is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    raise ConfigError(f"{where}: unsupported type {typ}")
