@@ -1,0 +1,89 @@
+"""Config -> RDCCL, and the export that evaluation and prediction load.
+
+An export directory (``RUN/export/``) holds:
+    model.safetensors   the trainable weights (projector, neck, decoder); the teacher is rebuilt
+                        from ``model.teacher`` / ``model.pretrained``
+    config.yaml         the resolved config of the run
+    info.json           class index, datasets, step, and (written by evaluation) the F1-optimal
+                        image threshold used by ``predict.py --threshold auto``
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ccl.models import RDCCL
+from pipelines.config import Config, load_config, save_config
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.yaml"
+INFO_NAME = "info.json"
+
+
+def build_model(cfg: Config, start_checkpoint: bool = True) -> RDCCL:
+    """The one module Accelerate prepares: teacher, trainable parts and losses.
+
+    ``start_checkpoint``: load ``model.checkpoint`` (an official RD4AD file) as the starting point.
+    """
+    m, loss = cfg.model, cfg.loss
+    model = RDCCL(
+        teacher=m.teacher,
+        pretrained=m.pretrained,
+        out_indices=tuple(m.out_indices),
+        projector=m.projector,
+        lambda_local=loss.lambda_local,
+        lambda_global=loss.lambda_global,
+        temperature=loss.temperature,
+        local_window=loss.local_window,
+        local_scales=tuple(loss.local_scales),
+        local_chunk=loss.local_chunk,
+        global_loss=loss.global_loss,
+        kd_mode=loss.kd_mode,
+        sigma=cfg.eval.sigma,
+    )
+    if start_checkpoint and m.checkpoint:
+        model.load_rd4ad_checkpoint(m.checkpoint)
+    return model
+
+
+def save_export(model: RDCCL, cfg: Config, out_dir: str | Path, info: dict[str, Any]) -> Path:
+    """Write weights, config and info atomically enough that a reader never sees half a file."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()}
+    tmp = out / (WEIGHTS_NAME + ".tmp")
+    save_file(state, str(tmp))
+    tmp.replace(out / WEIGHTS_NAME)
+    save_config(cfg, out / CONFIG_NAME)
+    write_info(out, info)
+    return out
+
+
+def write_info(out_dir: str | Path, info: dict[str, Any]) -> None:
+    path = Path(out_dir) / INFO_NAME
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+def read_info(export_dir: str | Path) -> dict[str, Any]:
+    path = Path(export_dir) / INFO_NAME
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def load_export(export_dir: str | Path, overrides: list[str] | tuple[str, ...] = (),
+                device: str | torch.device = "cpu") -> tuple[RDCCL, Config]:
+    """Rebuild the model of an export in eval mode, with its config (``overrides`` applied)."""
+    export = Path(export_dir)
+    for name in (WEIGHTS_NAME, CONFIG_NAME):
+        if not (export / name).is_file():
+            raise FileNotFoundError(f"{export} is not an export: {name} is missing (train first)")
+    cfg = load_config(export / CONFIG_NAME, overrides)
+    model = build_model(cfg, start_checkpoint=False)  # the export supersedes any starting point
+    model.load_trainable_state_dict(load_file(str(export / WEIGHTS_NAME)), strict=True)
+    return model.to(device).eval(), cfg
