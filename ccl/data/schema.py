@@ -1,0 +1,130 @@
+"""The shard record contract (DESIGN.md section 4): the single source of truth.
+
+A shard is a WebDataset tar; one sample per image (per view for multi-view
+sources). Members of a sample share the key ``{dataset}/{class}/{split}/{defect}/{stem}[_{view}]``:
+
+    <key>.png | <key>.jpg   the image (original bytes, or re-encoded when resized)
+    <key>.mask.png          binary 0/255 mask, same size as the image; anomalous test samples only
+    <key>.json              the metadata below (``RecordMeta``)
+    <key>.cls               class_id as text
+
+Every build also writes ``manifest.json`` (see ``MANIFEST_*`` below).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+SPLITS = ("train", "val", "test")
+IMAGE_EXTENSIONS = ("png", "jpg")
+MASK_EXTENSION = "mask.png"
+META_EXTENSION = "json"
+CLASS_EXTENSION = "cls"
+NORMAL_DEFECT = "good"
+
+MANIFEST_NAME = "manifest.json"
+BUILDER_VERSION = "1"
+# Manifest keys: {"builder_version", "dataset", "args", "classes": {"dataset/class": id},
+#  "counts": {split: {class_name: {"normal": n, "anomalous": n}}},
+#  "shards": [{"name", "split", "samples", "bytes", "sha256"}],
+#  "skipped": [{"source", "reason"}]}
+
+_SHARD_RE = re.compile(r"^(train|val|test)-(\d{6})\.tar$")
+_KEY_PART_RE = re.compile(r"[^A-Za-z0-9_\-]+")
+
+
+class SchemaError(ValueError):
+    """A record or manifest that does not follow the contract."""
+
+
+@dataclass(frozen=True)
+class RecordMeta:
+    """The ``json`` member of a sample."""
+
+    dataset: str
+    class_name: str
+    class_id: int
+    group: str  # what metrics are grouped by; class_name except for COCO-AD
+    split: str  # train | val | test
+    label: int  # 0 normal, 1 anomalous
+    defect: str  # "good" for normal samples
+    view: str  # Real-IAD C1..C5, MANTA crop index; "" otherwise
+    source: str  # source image path relative to the dataset root
+    width: int  # of the source image (before any resize or crop)
+    height: int
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def class_key(self) -> str:
+        """The name under which the class enters a (merged) class index."""
+        return class_key(self.dataset, self.class_name)
+
+
+def class_key(dataset: str, class_name: str) -> str:
+    return f"{dataset}/{class_name}"
+
+
+def key_part(text: str) -> str:
+    """A key component: dots and other separators become ``_`` (WebDataset splits keys at dots)."""
+    part = _KEY_PART_RE.sub("_", str(text)).strip("_")
+    if not part:
+        raise SchemaError(f"empty key component from {text!r}")
+    return part
+
+
+def make_key(dataset: str, class_name: str, split: str, defect: str, stem: str, view: str = "") -> str:
+    """``{dataset}/{class}/{split}/{defect}/{stem}[_{view}]`` with no dots."""
+    if split not in SPLITS:
+        raise SchemaError(f"split {split!r} is not one of {SPLITS}")
+    parts = [key_part(p) for p in (dataset, class_name, split, defect)]
+    last = key_part(stem) + (f"_{key_part(view)}" if view else "")
+    return "/".join(parts + [last])
+
+
+def shard_name(split: str, index: int) -> str:
+    if split not in SPLITS:
+        raise SchemaError(f"split {split!r} is not one of {SPLITS}")
+    return f"{split}-{index:06d}.tar"
+
+
+def parse_shard_name(name: str) -> tuple[str, int] | None:
+    """``("train", 3)`` for ``train-000003.tar``; None for anything else."""
+    m = _SHARD_RE.match(name)
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def validate_meta(meta: Mapping[str, Any], where: str = "record") -> RecordMeta:
+    """Check a decoded ``json`` member against the contract; raise SchemaError naming ``where``."""
+    fields = {f.name: f.type for f in dataclasses.fields(RecordMeta)}
+    missing = sorted(set(fields) - set(meta))
+    if missing:
+        raise SchemaError(f"{where}: json lacks {missing}")
+    extra = sorted(set(meta) - set(fields))
+    if extra:
+        raise SchemaError(f"{where}: json has unknown fields {extra}")
+    values: dict[str, Any] = {}
+    for name, typ in fields.items():
+        value = meta[name]
+        want = int if typ == "int" else str
+        if want is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise SchemaError(f"{where}: {name} must be an int, got {value!r}")
+        if want is str and not isinstance(value, str):
+            raise SchemaError(f"{where}: {name} must be a string, got {value!r}")
+        values[name] = value
+    rec = RecordMeta(**values)
+    if rec.split not in SPLITS:
+        raise SchemaError(f"{where}: split {rec.split!r} is not one of {SPLITS}")
+    if rec.label not in (0, 1):
+        raise SchemaError(f"{where}: label must be 0 or 1, got {rec.label}")
+    if (rec.label == 0) != (rec.defect == NORMAL_DEFECT) and rec.dataset not in ("manta", "realiad"):
+        # MANTA views with an empty mask and Real-IAD NG-folder views marked OK are normal
+        # samples under a defect folder; everywhere else "good" and label 0 go together.
+        raise SchemaError(f"{where}: label {rec.label} contradicts defect {rec.defect!r}")
+    if rec.class_id < 0:
+        raise SchemaError(f"{where}: class_id must be >= 0, got {rec.class_id}")
+    return rec
