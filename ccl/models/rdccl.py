@@ -1,0 +1,177 @@
+"""RDCCL: Reverse Distillation made multi-class by class-aware contrastive learning, in one module.
+
+Frozen teacher -> projector phi_p -> OCBE neck -> reverse decoder. The decoder
+reconstructs the detached, unprojected teacher features (KD loss); local CL
+acts on the projected maps, global CL on the pooled neck code; both views of a
+training sample go through teacher, projector and neck (one concatenated batch,
+so the neck's BatchNorm sees both views), only the anchor view is decoded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ccl.losses.global_variants import global_losses
+from ccl.losses.kd import kd_loss
+from ccl.losses.local import local_contrastive_loss
+from ccl.metrics.anomaly_map import anomaly_map, image_score
+from ccl.models.decoder import build_decoder
+from ccl.models.neck import build_neck
+from ccl.models.projector import build_projector
+from ccl.models.teacher import build_teacher
+
+TEACHER_PREFIX = "teacher."
+
+
+def pooled(code: torch.Tensor) -> torch.Tensor:
+    """Global average pooling of the neck code (B, D, h, w) -> (B, D)."""
+    return code.mean(dim=(2, 3))
+
+
+class RDCCL(nn.Module):
+    """Teacher + projector + neck + decoder; forward returns a dict of losses (and maps at inference)."""
+
+    def __init__(
+        self,
+        teacher: str = "wide_resnet50_2",
+        pretrained: str = "none",
+        out_indices: Sequence[int] = (1, 2, 3),
+        projector: str = "4-cblocks",
+        lambda_local: float = 1.0,
+        lambda_global: float = 1.0,
+        temperature: float = 0.1,
+        local_window: Union[int, str] = 1,
+        local_scales: Sequence[int] = (0, 1, 2),
+        local_chunk: int = 4096,
+        global_loss: str = "supcon",
+        kd_mode: str = "flat",
+        sigma: float = 4.0,
+    ) -> None:
+        super().__init__()
+        self.teacher = build_teacher(teacher, pretrained, out_indices)
+        channels, reductions = self.teacher.channels, self.teacher.reductions
+        width_mult = 2 if "wide" in teacher else 1  # wide ResNets double the bottleneck width
+        self.projector = build_projector(channels, projector)
+        self.neck = build_neck(channels, reductions, width_mult)
+        self.decoder = build_decoder(channels, reductions, self.neck.out_channels, width_mult)
+        if global_loss not in global_losses:
+            raise ValueError(f"unknown global_loss {global_loss!r}; choose one of {sorted(global_losses)}")
+        bad = [s for s in local_scales if not 0 <= s < len(channels)]
+        if bad or not local_scales:
+            raise ValueError(f"local_scales {tuple(local_scales)} must index the {len(channels)} teacher scales")
+        if kd_mode not in ("flat", "pixel"):
+            raise ValueError(f"kd_mode must be 'flat' or 'pixel', got {kd_mode!r}")
+        self.lambda_local, self.lambda_global = float(lambda_local), float(lambda_global)
+        self.temperature, self.local_window = float(temperature), local_window
+        self.local_scales, self.local_chunk = tuple(local_scales), int(local_chunk)
+        self.global_loss, self.kd_mode, self.sigma = global_loss, kd_mode, float(sigma)
+
+    @property
+    def channels(self) -> list[int]:
+        """The teacher's channels per scale."""
+        return self.teacher.channels
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        augmented: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> dict[str, torch.Tensor]:
+        """Training with `augmented` (B, 3, H, W) and `labels` (B,); otherwise inference with anomaly maps."""
+        if augmented is None:
+            return self._infer(images)
+        return self._train_losses(images, augmented, labels, rank, world_size)
+
+    def _train_losses(
+        self, images: torch.Tensor, augmented: torch.Tensor, labels: torch.Tensor | None, rank: int, world_size: int
+    ) -> dict[str, torch.Tensor]:
+        use_local, use_global = self.lambda_local != 0, self.lambda_global != 0
+        two_views = use_local or use_global
+        if two_views and labels is None:
+            raise ValueError("training with contrastive terms needs labels (B,)")
+        b = images.shape[0]
+        teacher = self.teacher(torch.cat([images, augmented]) if two_views else images)  # [(nB, c, h, w)]
+        projected = self.projector(teacher)
+        anchor_proj = [p[:b] for p in projected]
+        code = self.neck(projected if use_global else anchor_proj)  # (nB, D, h, w)
+        kd = kd_loss([t[:b] for t in teacher], self.decoder(code[:b]), self.kd_mode)
+        zero = kd.new_zeros(())
+        lcl = self._local(projected, b, labels, rank, world_size) if use_local else zero
+        gcl = zero
+        if use_global:
+            gcl = global_losses[self.global_loss](
+                pooled(code[:b]), pooled(code[b:]), labels, self.temperature, rank, world_size
+            )
+        loss = kd + self.lambda_local * lcl + self.lambda_global * gcl
+        features = F.normalize(pooled(code[:b]), dim=1).detach()
+        return {"loss": loss, "kd": kd, "lcl": lcl, "gcl": gcl, "global_features": features}
+
+    def _local(
+        self, projected: list[torch.Tensor], b: int, labels: torch.Tensor, rank: int, world_size: int
+    ) -> torch.Tensor:
+        """Mean of the local CL over the configured scales."""
+        losses = [
+            local_contrastive_loss(
+                projected[s][:b], projected[s][b:], labels, self.temperature, self.local_window,
+                rank, world_size, self.local_chunk,
+            )
+            for s in self.local_scales
+        ]
+        return torch.stack(losses).mean()
+
+    def _infer(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        teacher = self.teacher(images)
+        code = self.neck(self.projector(teacher))
+        student = self.decoder(code)
+        kd = kd_loss(teacher, student, self.kd_mode)
+        maps = anomaly_map(teacher, student, images.shape[-2:], sigma=self.sigma)  # (B, H, W)
+        features = F.normalize(pooled(code), dim=1).detach()
+        return {"kd": kd, "loss": kd, "anomaly_map": maps, "score": image_score(maps), "global_features": features}
+
+    def param_groups(self, lr_projector: float, lr_rest: float) -> list[dict[str, Any]]:
+        """Optimizer groups of the trainable parameters (projector / neck + decoder); empty groups omitted."""
+        groups = [
+            {"name": "projector", "params": [p for p in self.projector.parameters() if p.requires_grad], "lr": lr_projector},
+            {
+                "name": "rest",
+                "params": [p for m in (self.neck, self.decoder) for p in m.parameters() if p.requires_grad],
+                "lr": lr_rest,
+            },
+        ]
+        return [g for g in groups if g["params"]]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """State of everything but the frozen teacher (projector, neck, decoder incl. BN statistics)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(TEACHER_PREFIX)}
+
+    def load_trainable_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True) -> None:
+        """Load what trainable_state_dict() saved; the teacher is left untouched."""
+        teacher_keys = [k for k in state_dict if k.startswith(TEACHER_PREFIX)]
+        if teacher_keys:
+            raise ValueError(f"trainable state must not hold teacher tensors, got {teacher_keys[:3]}")
+        result = self.load_state_dict(state_dict, strict=False)
+        missing = [k for k in result.missing_keys if not k.startswith(TEACHER_PREFIX)]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(f"trainable state mismatch: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+
+    def load_rd4ad_checkpoint(self, path_or_dict: Union[str, Path, dict]) -> None:
+        """Load an official RD4AD checkpoint {"bn": neck state, "decoder": decoder state} (strict).
+
+        RD4AD has no projector: use projector="none" for the original RD4AD model.
+        """
+        ckpt = path_or_dict
+        if not isinstance(ckpt, dict):
+            ckpt = torch.load(Path(path_or_dict), map_location="cpu", weights_only=True)
+        missing = [k for k in ("bn", "decoder") if k not in ckpt]
+        if missing:
+            raise KeyError(f"{path_or_dict if not isinstance(path_or_dict, dict) else 'checkpoint'}: "
+                           f"not an RD4AD checkpoint, lacks {missing} (has {sorted(ckpt)[:5]})")
+        self.neck.load_state_dict(ckpt["bn"], strict=True)
+        self.decoder.load_state_dict(ckpt["decoder"], strict=True)
