@@ -1,0 +1,181 @@
+"""The sweep runner: the Markdown table from fake metrics, dry runs, resuming, failures, and (once the
+trainer exists) a real two-row toy sweep."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import ConfigError
+from pipelines.sweep import Row, Sweep, load_sweep, plan_sweep, read_mean_metrics, render_table, run_sweep
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+EXPECTED = """\
+**Table 5.** Local CL (mvtec)
+
+| Ablation | Setting | I-AUROC | P-AUROC | PRO |
+| --- | --- | ---: | ---: | ---: |
+| Scales | {f3} | 95.1 | 97.3 | 90.0 |
+|  | {f1,f2,f3} | - | - | - |
+| Window | full | 100.0 | - | 12.3 |
+"""
+
+
+def test_render_table_in_the_papers_layout() -> None:
+    sweep = Sweep(5, "Local CL", (Row("{f3}", "Scales"), Row("{f1,f2,f3}", "Scales"), Row("full", "Window")))
+    results = {"scales-f3": {"I-AUROC": 0.9512, "P-AUROC": 0.97349, "AUPRO": 0.9, "I-AP": 0.5},
+               "scales-f1-f2-f3": None,
+               "window-full": {"I-AUROC": 1.0, "P-AUROC": None, "AUPRO": 0.123}}
+    assert render_table(sweep, results, "mvtec") == EXPECTED
+
+
+def test_render_table_without_groups_has_no_ablation_column() -> None:
+    table = render_table(Sweep(6, "Global loss", (Row("SupCon"),)), {"supcon": {"I-AUROC": 0.5}})
+    assert table.splitlines()[2:] == ["| Setting | I-AUROC | P-AUROC | PRO |", "| --- | ---: | ---: | ---: |",
+                                      "| SupCon | 50.0 | - | - |"]
+
+
+def test_read_mean_metrics(tmp_path: Path) -> None:
+    assert read_mean_metrics(tmp_path / "missing.json") is None
+    (tmp_path / "bad.json").write_text("{not json")
+    assert read_mean_metrics(tmp_path / "bad.json") is None
+    (tmp_path / "ok.json").write_text(json.dumps({"mean": {"I-AUROC": 0.9}, "groups": {}}))
+    assert read_mean_metrics(tmp_path / "ok.json") == {"I-AUROC": 0.9}
+
+
+def test_sweep_file_errors_are_clear(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("table: 9\ntitle: x\nrows:\n  - {name: a, override: [loss.temperature=1]}\n")
+    with pytest.raises(ConfigError, match="allows only"):
+        load_sweep(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_sweep(42)
+    twin = tmp_path / "twin.yaml"
+    twin.write_text("table: 9\ntitle: x\nrows:\n  - {name: A b}\n  - {name: a-B}\n")
+    with pytest.raises(ConfigError, match="share a directory"):
+        load_sweep(twin)
+
+
+def test_a_bad_row_fails_before_anything_runs(tmp_path: Path) -> None:
+    sweep = Sweep(9, "x", (Row("ok"), Row("typo", overrides=("loss.temprature=1",))))
+    with pytest.raises(ConfigError, match="temprature"):
+        plan_sweep(sweep, CONFIGS / "mvtec.yaml", out_dir=tmp_path)
+
+
+def test_dry_run_lists_the_commands_and_runs_nothing(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "sweep"
+    plans = plan_sweep(load_sweep(3), CONFIGS / "all_in_all.yaml", ["train.max_steps=2"], out,
+                       launcher="accelerate launch --num_processes 2")
+    run_sweep(load_sweep(3), plans, dry_run=True)
+    lines = capsys.readouterr().out.splitlines()
+    train = [shlex.split(line) for line in lines if "launch/train.py" in line]
+    evaluate = [shlex.split(line) for line in lines if "launch/evaluate.py" in line]
+    pseudo = [line for line in lines if "pseudo_classes.py" in line]
+    assert len(train) == len(evaluate) == 7 and len(pseudo) == 3
+    assert train[0][:4] == ["accelerate", "launch", "--num_processes", "2"]
+    assert train[0][4].endswith("launch/train.py") and evaluate[0][4].endswith("launch/evaluate.py")
+    assert train[0][5:] == ["--config", str(CONFIGS / "all_in_all.yaml"), "loss.lambda_local=0",
+                            "loss.lambda_global=0", "model.projector=none", "train.max_steps=2",
+                            f"run.dir={out}/components-joint-rd", "run.name=all_in_all-table3-components-joint-rd"]
+    assert evaluate[0][5:] == ["--checkpoint", f"{out}/components-joint-rd/export",
+                               "--shards", "data/shards/mvtec", "--shards", "data/shards/visa",
+                               "--shards", "data/shards/btad", "--shards", "data/shards/realiad",
+                               "--out", f"{out}/components-joint-rd/eval"]
+    assert "--k 60" in pseudo[2] and "--out pseudo_classes_k60.json" in pseudo[2]
+    assert not out.exists()
+
+
+FAKE_LAUNCHER = """\
+import json, sys
+from pathlib import Path
+script, args = sys.argv[1], sys.argv[2:]
+log = Path(sys.argv[0]).with_name("calls.log")
+with log.open("a") as f:
+    f.write(json.dumps([Path(script).name] + args) + "\\n")
+if script.endswith("train.py"):
+    if "loss.temperature=0.05" in args:
+        sys.exit(3)  # this row's training fails
+    run_dir = next(a.split("=", 1)[1] for a in args if a.startswith("run.dir="))
+    (Path(run_dir) / "export").mkdir(parents=True)
+else:
+    out = Path(args[args.index("--out") + 1])
+    out.mkdir(parents=True)
+    tau = 0.7 if "tau-0-1" in str(out) else 0.6
+    (out / "metrics.json").write_text(json.dumps({"mean": {"I-AUROC": tau, "P-AUROC": 0.95, "AUPRO": None}}))
+"""
+
+
+def test_sweep_runs_rows_writes_the_table_and_resumes(tmp_path: Path, capsys) -> None:
+    fake = tmp_path / "fake_launcher.py"
+    fake.write_text(FAKE_LAUNCHER)
+    sweep_file = tmp_path / "table9.yaml"
+    sweep_file.write_text(textwrap.dedent("""\
+        table: 9
+        title: Temperature
+        rows:
+          - {group: tau, name: "0.05", overrides: [loss.temperature=0.05]}
+          - {group: tau, name: "0.1", overrides: [loss.temperature=0.1]}
+          - {group: tau, name: "0.2", overrides: [loss.temperature=0.2]}
+          - {group: tau, name: default, overrides: []}
+        """))
+    sweep = load_sweep(sweep_file)
+    out = tmp_path / "sweep"
+    plans = plan_sweep(sweep, CONFIGS / "mvtec.yaml", ["train.max_steps=2"], out, f"{sys.executable} {fake}")
+    table = run_sweep(sweep, plans, experiment="mvtec")
+    calls = [json.loads(line) for line in (tmp_path / "calls.log").read_text().splitlines()]
+    # The failed row is not evaluated; the default row shares tau = 0.1's run.
+    assert [c[0] for c in calls] == ["train.py", "train.py", "evaluate.py", "train.py", "evaluate.py"]
+    assert (out / "table9.md").read_text() == table
+    assert table.splitlines()[4:] == ["| tau | 0.05 | - | - | - |", "|  | 0.1 | 70.0 | 95.0 | - |",
+                                      "|  | 0.2 | 60.0 | 95.0 | - |", "|  | default | 70.0 | 95.0 | - |"]
+    assert "failed rows: ['tau-0-05']" in capsys.readouterr().out
+    # A second run only retries the row without a result.
+    run_sweep(sweep, plans)
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert len(calls) == 6 and "loss.temperature=0.05" in calls[-1]
+
+
+def test_toy_sweep_end_to_end(tmp_path: Path) -> None:
+    """Two real rows through the real trainer and evaluator, once they exist."""
+    pytest.importorskip("pipelines.train")
+    pytest.importorskip("pipelines.evaluate")
+    fixtures = _shard_fixtures()
+    build = _toy_build(fixtures, tmp_path)
+    sweep_file = tmp_path / "table8.yaml"
+    sweep_file.write_text("table: 8\ntitle: toy\nrows:\n"
+                          "  - {name: Joint RD, overrides: [loss.lambda_local=0, loss.lambda_global=0,"
+                          " model.projector=none]}\n  - {name: CCL, overrides: []}\n")
+    extra = ["model.teacher=resnet18", "model.pretrained=none", "data.image_size=64", "train.max_steps=2",
+             f"data.shards=[{build}]", "data.num_workers=0", "eval.num_workers=0", "data.batch_size=4",
+             "data.classes_per_batch=2"]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sweep = load_sweep(sweep_file)
+    plans = plan_sweep(sweep, CONFIGS / "base.yaml", extra, tmp_path / "sweep", launcher=sys.executable)
+    table = run_sweep(sweep, plans)
+    for plan in plans:
+        assert read_mean_metrics(plan.metrics_file) is not None, plan.row.name
+    assert "| Joint RD |" in table and "| CCL |" in table and " - |" not in table.split("| CCL |")[1]
+
+
+def _shard_fixtures():
+    """tests/pipelines/shard_fixtures.py, importable as a sibling module or through the tests package."""
+    try:
+        import shard_fixtures  # pytest puts this directory on sys.path (no __init__.py here)
+    except ImportError:
+        shard_fixtures = pytest.importorskip("tests.pipelines.shard_fixtures")
+    return shard_fixtures
+
+
+def _toy_build(fixtures, tmp_path: Path) -> Path:
+    """A shard build from the shared fixtures module, whatever its helper is called."""
+    for name in ("write_build", "make_build", "toy_build", "build_shards"):
+        if hasattr(fixtures, name):
+            return Path(getattr(fixtures, name)(tmp_path / "shards"))
+    pytest.skip("tests/pipelines/shard_fixtures.py has no build helper this test knows")
