@@ -1,0 +1,106 @@
+"""Dataset folders -> class-tagged WebDataset shards (thin CLI; the work lives in shard_tools.builder).
+
+    python shard_tools/build.py --datasets mvtec,visa --root mvtec=/data/mvtec --root visa=/data/VisA --out /data/shards
+    python shard_tools/build.py --datasets demo --out /data/shards
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: import the package from the repository, not this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from shard_tools.builder import BuildOptions, build_dataset  # noqa: E402
+from shard_tools.errors import UserError  # noqa: E402
+from shard_tools.sources import SOURCES, get_source  # noqa: E402
+from shard_tools.summary import format_table  # noqa: E402
+from shard_tools.units import parse_bytes  # noqa: E402
+
+GENERATED = ("demo",)  # datasets that need no --root
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", required=True, help=f"comma-separated, of: {', '.join(sorted(SOURCES))}")
+    p.add_argument("--root", action="append", default=[], metavar="NAME=DIR", help="a dataset's folder")
+    p.add_argument("--out", required=True, type=Path, help="shards go to OUT/<dataset>/")
+    p.add_argument("--image-size", type=int, default=None, help="store images resized to N x N")
+    p.add_argument("--max-shard-bytes", default="256MB", help="e.g. 256MB, 1GB or an integer")
+    p.add_argument("--workers", type=int, default=1, help="processes that decode / resize / encode")
+    p.add_argument("--resume", action="store_true", help="keep complete shards of an interrupted build")
+    p.add_argument("--strict", action="store_true", help="an unreadable input is fatal instead of skipped")
+    p.add_argument("--val-fraction", type=float, default=0.05, help="of each class's normal train images")
+    p.add_argument("--realiad-resolution", default=None, help="256, 512, 1024 or raw (required if several)")
+    p.add_argument("--realiad-jsons", default=None, help="split json folder (default: realiad_jsons)")
+    p.add_argument("--cocoad-split", type=int, default=0, help="held-out category block 0..3")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def parse_roots(pairs: list[str]) -> dict[str, Path]:
+    roots = {}
+    for pair in pairs:
+        name, sep, folder = pair.partition("=")
+        if not sep or not name or not folder:
+            raise UserError(f"--root {pair!r}: expected NAME=DIR, e.g. mvtec=/data/mvtec_anomaly_detection")
+        get_source(name)
+        roots[name] = Path(folder).expanduser()
+    return roots
+
+
+def options_from(args: argparse.Namespace) -> BuildOptions:
+    if args.image_size is not None and args.image_size <= 0:
+        raise UserError(f"--image-size {args.image_size}: must be a positive number of pixels")
+    if not 0 <= args.val_fraction < 1:
+        raise UserError(f"--val-fraction {args.val_fraction}: must be in [0, 1)")
+    if args.workers < 1:
+        raise UserError(f"--workers {args.workers}: must be at least 1")
+    return BuildOptions(out=args.out, image_size=args.image_size, max_shard_bytes=parse_bytes(args.max_shard_bytes),
+                        val_fraction=args.val_fraction, seed=args.seed, realiad_resolution=args.realiad_resolution,
+                        realiad_jsons=args.realiad_jsons, cocoad_split=args.cocoad_split, strict=args.strict,
+                        workers=args.workers, resume=args.resume)
+
+
+def dataset_root(name: str, roots: dict[str, Path], options: BuildOptions) -> Path:
+    """The folder to read; the demo data set is written first (by default into OUT/demo/source)."""
+    if name == "demo":
+        from shard_tools.demo_data import write_demo
+
+        root = roots.get("demo", options.out / "demo" / "source")
+        write_demo(root, seed=options.seed)
+        return root
+    if name not in roots:
+        raise UserError(f"dataset {name!r} needs --root {name}=DIR")
+    return roots[name]
+
+
+def run(argv: list[str] | None = None) -> list[dict]:
+    """Parse, build every dataset, print the summary; return the manifests."""
+    args = parse_args(argv)
+    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
+    if not names:
+        raise UserError("--datasets is empty")
+    for name in names:
+        get_source(name)
+    roots = parse_roots(args.root)
+    options = options_from(args)
+    manifests = [build_dataset(name, dataset_root(name, roots, options), options) for name in names]
+    print(format_table(manifests))
+    return manifests
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run(argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

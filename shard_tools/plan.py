@@ -1,0 +1,107 @@
+"""From a source's items to the build plan: class index, val split, duplicate keys, class interleaving."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from ccl.data.schema import SPLITS, class_key, make_key
+from shard_tools.items import Item, Scan, Skip
+
+
+@dataclass
+class Plan:
+    """Everything the writer needs, in write order."""
+
+    classes: dict[str, int]  # "dataset/class" -> id, sorted by name
+    splits: dict[str, list[Item]] = field(default_factory=dict)
+    skipped: list[Skip] = field(default_factory=list)
+
+
+def make_plan(scan: Scan, val_fraction: float, seed: int) -> Plan:
+    """Deterministic: depends on the items (in any order), the fraction and the seed only."""
+    items = sorted(scan.items, key=_sort_key)
+    names = sorted({class_key(i.dataset, i.class_name) for i in items})
+    classes = {name: idx for idx, name in enumerate(names)}
+    items = [dataclasses.replace(i, class_id=classes[class_key(i.dataset, i.class_name)]) for i in items]
+    items = _move_to_val(items, val_fraction, seed)
+    items, duplicates = _drop_duplicates(items)
+    plan = Plan(classes=classes, skipped=list(scan.skipped) + duplicates)
+    for split in SPLITS:
+        plan.splits[split] = interleave([i for i in items if i.split == split], seed, split)
+    return plan
+
+
+def item_key(item: Item) -> str:
+    return make_key(item.dataset, item.class_name, item.split, item.defect, item.stem, item.view)
+
+
+def _sort_key(item: Item) -> tuple:
+    return (item.class_name, item.split, item.source, item.view)
+
+
+def val_count(n: int, fraction: float) -> int:
+    """How many of a class's n normal training images go to val (at least one, never all)."""
+    if fraction <= 0 or n < 2:
+        return 0
+    return min(max(1, round(fraction * n)), n - 1)
+
+
+def _move_to_val(items: list[Item], fraction: float, seed: int) -> list[Item]:
+    by_class: dict[int, list[int]] = defaultdict(list)
+    for idx, item in enumerate(items):
+        if item.split == "train" and item.label == 0:
+            by_class[item.class_id].append(idx)
+    chosen: set[int] = set()
+    for class_id, indices in sorted(by_class.items()):
+        rng = random.Random(f"{seed}/val/{class_id}")
+        chosen.update(rng.sample(indices, val_count(len(indices), fraction)))
+    return [dataclasses.replace(it, split="val") if idx in chosen else it for idx, it in enumerate(items)]
+
+
+def _drop_duplicates(items: list[Item]) -> tuple[list[Item], list[Skip]]:
+    """Keys must be unique; sanitising names (dots become _) can make two files collide."""
+    seen: dict[str, str] = {}
+    kept, skipped = [], []
+    for item in items:
+        keys = [item_key(item)] if item.tiles == 1 else [item_key(dataclasses.replace(item, view=str(v)))
+                                                         for v in range(item.tiles)]
+        clash = next((k for k in keys if k in seen), None)
+        if clash is not None:
+            skipped.append(Skip(item.source, f"duplicate sample key {clash} (also from {seen[clash]})"))
+            continue
+        seen.update((k, item.source) for k in keys)
+        kept.append(item)
+    return kept, skipped
+
+
+def interleave(items: list[Item], seed: int, split: str) -> list[Item]:
+    """Shuffle within each class, then merge classes in proportion, so any stretch of a split mixes classes.
+
+    Item j of a class with n items gets position (j + u) / n with u uniform in [0, 1): every class is
+    spread evenly over the whole split, with seeded jitter.
+    """
+    by_class: dict[int, list[Item]] = defaultdict(list)
+    for item in items:
+        by_class[item.class_id].append(item)
+    rng = random.Random(f"{seed}/{split}/interleave")
+    keyed = []
+    for class_id in sorted(by_class):
+        members = by_class[class_id]
+        random.Random(f"{seed}/{split}/{class_id}").shuffle(members)
+        n = len(members)
+        keyed.extend(((j + rng.random()) / n, class_id, j, item) for j, item in enumerate(members))
+    keyed.sort(key=lambda t: t[:3])
+    return [t[3] for t in keyed]
+
+
+def plan_digest(items: list[Item]) -> str:
+    """Fingerprint of a split's work list, so a resumed build knows its inputs did not change."""
+    digest = hashlib.sha256()
+    for i in items:
+        digest.update(repr((item_key(i), i.source, i.label, i.class_id, i.group, i.tiles,
+                            bool(i.mask_path), len(i.polygons), i.mask_optional)).encode())
+    return digest.hexdigest()

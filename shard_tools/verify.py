@@ -1,0 +1,166 @@
+"""Re-read a build and check it against its manifest and the record contract.
+
+    python shard_tools/verify.py OUT/<dataset>
+
+Exit 0 with a one-line summary, or 1 with the list of problems.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tarfile
+from collections import defaultdict
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ccl.data.schema import (CLASS_EXTENSION, IMAGE_EXTENSIONS, MANIFEST_NAME, MASK_EXTENSION,  # noqa: E402
+                             META_EXTENSION, SchemaError, class_key, make_key, parse_shard_name, validate_meta)
+from shard_tools.manifest import sum_counts  # noqa: E402
+from shard_tools.tarwriter import file_sha256  # noqa: E402
+
+MAX_PROBLEMS_PER_SHARD = 20  # a broken shard should not drown the report
+
+
+def verify_build(path: Path | str) -> list[str]:
+    """Every problem found in the build at ``path`` (empty when it is sound)."""
+    directory = Path(path)
+    try:
+        manifest = json.loads((directory / MANIFEST_NAME).read_text())
+        shards, classes = manifest["shards"], manifest["classes"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return [f"{directory / MANIFEST_NAME}: cannot read the manifest ({exc.__class__.__name__}: {exc})"]
+    problems: list[str] = []
+    listed = {s["name"] for s in shards}
+    problems += [f"{p}: shard file not listed in the manifest" for p in sorted(directory.iterdir())
+                 if parse_shard_name(p.name) and p.name not in listed]
+    entries, seen_keys = [], set()
+    for shard in shards:
+        found, counts = _check_shard(directory, shard, classes, seen_keys)
+        problems += found
+        entries.append({"split": shard["split"], "counts": counts})
+    recomputed = sum_counts(entries)
+    if recomputed != manifest.get("counts"):
+        problems.append(f"{directory / MANIFEST_NAME}: counts per split and class {manifest.get('counts')} "
+                        f"differ from the shards' {recomputed}")
+    return problems
+
+
+def _check_shard(directory: Path, shard: dict, classes: dict, seen_keys: set) -> tuple[list[str], dict]:
+    path = directory / shard["name"]
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    if not path.is_file():
+        return [f"{path}: missing"], counts
+    problems = []
+    if path.stat().st_size != shard["bytes"]:
+        problems.append(f"{path}: {path.stat().st_size} bytes, manifest says {shard['bytes']}")
+    if file_sha256(path) != shard["sha256"]:
+        problems.append(f"{path}: sha256 differs from the manifest (corrupt or replaced)")
+    try:
+        samples = _read_samples(path)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        return problems + [f"{path}: not a readable tar ({exc})"], counts
+    if len(samples) != shard["samples"]:
+        problems.append(f"{path}: {len(samples)} samples, manifest says {shard['samples']}")
+    for key, members in samples.items():
+        where = f"{path}:{key}"
+        if key in seen_keys:
+            problems.append(f"{where}: duplicate key")
+        seen_keys.add(key)
+        problems += _check_sample(where, key, members, shard["split"], classes, counts)
+        if len(problems) > MAX_PROBLEMS_PER_SHARD:
+            problems.append(f"{path}: more problems not listed")
+            break
+    return problems, counts
+
+
+def _read_samples(path: Path) -> dict[str, dict[str, bytes]]:
+    """Members grouped by key (the part of the name before the first dot, as WebDataset does)."""
+    samples: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path) as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            key, _, ext = info.name.partition(".")
+            samples.setdefault(key, {})[ext] = tar.extractfile(info).read()
+    return samples
+
+
+def _check_sample(where: str, key: str, members: dict[str, bytes], split: str, classes: dict,
+                  counts: dict) -> list[str]:
+    try:
+        meta = validate_meta(json.loads(members[META_EXTENSION]), where)
+    except KeyError:
+        return [f"{where}: no {META_EXTENSION} member"]
+    except (ValueError, SchemaError) as exc:
+        return [str(exc) if isinstance(exc, SchemaError) else f"{where}: json does not parse ({exc})"]
+    counts[meta.class_name][meta.label] += 1
+    problems = []
+    prefix = make_key(meta.dataset, meta.class_name, meta.split, meta.defect, "x").rsplit("/", 1)[0] + "/"
+    if not key.startswith(prefix):
+        problems.append(f"{where}: key does not match its json (expected prefix {prefix})")
+    if meta.split != split:
+        problems.append(f"{where}: split {meta.split!r} in a {split} shard")
+    if classes.get(class_key(meta.dataset, meta.class_name)) != meta.class_id:
+        problems.append(f"{where}: class_id {meta.class_id} differs from the class index")
+    if members.get(CLASS_EXTENSION, b"").decode(errors="replace").strip() != str(meta.class_id):
+        problems.append(f"{where}: {CLASS_EXTENSION} member differs from class_id {meta.class_id}")
+    images = [ext for ext in IMAGE_EXTENSIONS if ext in members]
+    unknown = set(members) - set(IMAGE_EXTENSIONS) - {MASK_EXTENSION, META_EXTENSION, CLASS_EXTENSION}
+    if len(images) != 1 or unknown:
+        return problems + [f"{where}: members {sorted(members)}: expected one image (png|jpg), json, cls "
+                           f"and an optional {MASK_EXTENSION}"]
+    image = cv2.imdecode(np.frombuffer(members[images[0]], np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        return problems + [f"{where}: image does not decode"]
+    return problems + _check_mask(where, members.get(MASK_EXTENSION), image.shape[:2], meta)
+
+
+def _check_mask(where: str, data: bytes | None, shape: tuple[int, int], meta) -> list[str]:
+    if data is None:
+        # Only a user's own folder may hold image-level anomalies (anomalous, no mask).
+        if meta.label == 1 and meta.split == "test" and meta.dataset != "folder":
+            return [f"{where}: anomalous test sample without {MASK_EXTENSION}"]
+        return []
+    if meta.label != 1 or meta.split != "test":
+        return [f"{where}: a mask on a sample that is not an anomalous test sample"]
+    mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        return [f"{where}: mask does not decode"]
+    problems = []
+    if mask.ndim != 2:
+        problems.append(f"{where}: mask has {mask.shape[2]} channels, expected 1")
+    if mask.shape[:2] != shape:
+        problems.append(f"{where}: mask is {mask.shape[1]}x{mask.shape[0]}, image is {shape[1]}x{shape[0]}")
+    values = np.unique(mask)
+    if not set(values.tolist()) <= {0, 255}:
+        problems.append(f"{where}: mask values {values[:8].tolist()} are not binary 0/255")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0].startswith("-"):
+        print("usage: python shard_tools/verify.py OUT/<dataset>", file=sys.stderr)
+        return 2
+    directory = Path(args[0])
+    problems = verify_build(directory)
+    if problems:
+        print(f"{directory}: {len(problems)} problem(s)", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    manifest = json.loads((directory / MANIFEST_NAME).read_text())
+    samples = sum(s["samples"] for s in manifest["shards"])
+    print(f"{directory}: OK, {len(manifest['shards'])} shards, {samples} samples, "
+          f"{len(manifest['classes'])} classes, {len(manifest['skipped'])} skipped inputs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
