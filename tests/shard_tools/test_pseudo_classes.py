@@ -107,23 +107,16 @@ def test_too_many_clusters_is_a_clear_error(tmp_path: Path) -> None:
                           workers=1)
 
 
-def test_offline_mobilenet_weights_map_onto_timm_exactly() -> None:
-    """torchvision -> timm renaming by position keeps the network: same logits as torchvision's model."""
-    torchvision = pytest.importorskip("torchvision")
-    timm = pytest.importorskip("timm")
-    state = torch.load(pc.offline_mobilenet_file(), map_location="cpu", weights_only=True)
-    ours = timm.create_model("mobilenetv2_100").eval()
-    ours.load_state_dict(pc.torchvision_to_timm(state, "mobilenetv2_100"))
-    theirs = torchvision.models.mobilenet_v2().eval()
-    theirs.load_state_dict(state)
-    x = torch.randn(1, 3, 96, 96)
-    with torch.no_grad():
-        assert torch.allclose(ours(x), theirs(x), atol=1e-5)
-    features = pc.load_teacher("mobilenetv2_100", "offline")
-    assert not any(p.requires_grad for p in features.parameters())
+def test_offline_imagenet_mobilenet_also_separates_them(tmp_path: Path) -> None:
+    """The pretrained path users without network access take: --teacher mobilenetv2_100 --pretrained offline."""
+    write_toy_build(tmp_path / "toy", "toy", n_train=4, n_val=1)
+    result = pc.pseudo_classes([tmp_path / "toy"], k=3, teacher="mobilenetv2_100", pretrained="offline",
+                               image_size=64, workers=1)
+    assert result["v_measure"] > 0.9 and result["teacher"] == "mobilenetv2_100"
 
 
-def test_mapping_rejects_another_architecture() -> None:
-    state = {"w": torch.zeros(3)}
-    with pytest.raises(ValueError, match="not the same architecture"):
-        pc.torchvision_to_timm(state, "mobilenetv2_100")
+def test_teacher_is_frozen_and_returns_only_the_pooled_level() -> None:
+    model = pc.load_teacher("resnet18", "none")
+    assert not any(p.requires_grad for p in model.parameters())
+    (level,) = model(torch.zeros(1, 3, 64, 64))
+    assert level.shape == (1, 256, 4, 4)  # resnet18 layer3: 256 channels at stride 16
