@@ -165,17 +165,17 @@ def test_toy_sweep_end_to_end(tmp_path: Path) -> None:
 
 
 def _shard_fixtures():
-    """tests/pipelines/shard_fixtures.py, importable as a sibling module or through the tests package."""
-    try:
-        import shard_fixtures  # pytest puts this directory on sys.path (no __init__.py here)
-    except ImportError:
-        shard_fixtures = pytest.importorskip("tests.pipelines.shard_fixtures")
-    return shard_fixtures
+    """tests/pipelines/shard_fixtures.py (train, val and test shards with masks), once it exists."""
+    return pytest.importorskip("tests.pipelines.shard_fixtures")
 
 
 def _toy_build(fixtures, tmp_path: Path) -> Path:
-    """A shard build from the shared fixtures module, whatever its helper is called."""
-    for name in ("write_build", "make_build", "toy_build", "build_shards"):
-        if hasattr(fixtures, name):
-            return Path(getattr(fixtures, name)(tmp_path / "shards"))
-    pytest.skip("tests/pipelines/shard_fixtures.py has no build helper this test knows")
+    """A complete toy build (train / val / test) from the shared fixtures module."""
+    helper = next((getattr(fixtures, n) for n in ("write_build", "make_build", "toy_build") if hasattr(fixtures, n)),
+                  None)
+    if helper is None:
+        pytest.skip("tests/pipelines/shard_fixtures.py has no write_build / make_build / toy_build helper")
+    try:
+        return Path(helper(tmp_path / "shards"))
+    except TypeError as err:  # the helper wants more arguments than a directory
+        pytest.skip(f"shard_fixtures build helper signature not known to this test: {err}")
