@@ -11,7 +11,7 @@ from pipelines.sweep import SWEEPS_DIR, load_sweep, plan_sweep
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 DATASETS = ("mvtec", "visa", "btad", "realiad", "manta", "cocoad")
-EXPERIMENTS = [p for p in sorted(CONFIGS.glob("*.yaml"))]
+EXPERIMENTS = sorted(CONFIGS.glob("*.yaml"))
 SWEEP_FILES = sorted(SWEEPS_DIR.glob("table*.yaml"))
 
 
@@ -24,7 +24,6 @@ def _get(tree: dict, dotted: str):
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
 def test_every_config_file_loads(path: Path) -> None:
     cfg = load_config(path)
-    assert cfg.data.batch_size % cfg.data.classes_per_batch == 0
     assert cfg.data.batch_size // cfg.data.classes_per_batch >= 2  # SupCon needs a same-class partner
 
 
