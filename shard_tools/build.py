@@ -16,6 +16,7 @@ if __package__ in (None, ""):  # run as a script: import the package from the re
 from shard_tools.builder import BuildOptions, build_dataset  # noqa: E402
 from shard_tools.errors import UserError  # noqa: E402
 from shard_tools.sources import SOURCES, get_source  # noqa: E402
+from shard_tools.sources.common import require_root  # noqa: E402
 from shard_tools.summary import format_table  # noqa: E402
 from shard_tools.units import parse_bytes  # noqa: E402
 
@@ -88,6 +89,9 @@ def run(argv: list[str] | None = None) -> list[dict]:
         get_source(name)
     roots = parse_roots(args.root)
     options = options_from(args)
+    for name in names:  # every root checked before any build starts, so a typo costs nothing
+        if name not in GENERATED:
+            require_root(dataset_root(name, roots, options), name)
     manifests = [build_dataset(name, dataset_root(name, roots, options), options) for name in names]
     print(format_table(manifests))
     return manifests

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,7 +113,9 @@ def polygons_mask(segmentations: tuple, height: int, width: int) -> np.ndarray:
             rle = mask_utils.frPyObjects(seg, *seg["size"])
         else:
             rle = seg
-        part = mask_utils.decode(rle).astype(bool)
+        with warnings.catch_warnings():  # pycocotools' numpy-2 copy-keyword notice: noise, not a problem
+            warnings.simplefilter("ignore", DeprecationWarning)
+            part = mask_utils.decode(rle).astype(bool)
         if part.shape != mask.shape:
             raise ImageError(f"mask from annotations is {part.shape[1]}x{part.shape[0]}, image is {width}x{height}")
         mask |= part
