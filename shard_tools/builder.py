@@ -22,7 +22,7 @@ from shard_tools.parallel import ordered_map
 from shard_tools.plan import Plan, make_plan, plan_digest
 from shard_tools.process import Sample, process_batch
 from shard_tools.sources import get_source
-from shard_tools.tarwriter import _TRAILER, ShardWriter, file_sha256, member_bytes
+from shard_tools.tarwriter import ShardWriter, closed_size, file_sha256, member_bytes
 
 FAIL_AFTER_ENV = "SHARD_TOOLS_FAIL_AFTER_SHARDS"  # test hook: die like a killed build after N shards
 
@@ -165,7 +165,7 @@ class _BuildRun:
     def _add(self, state: "_ShardState", pos: int, samples: list[Sample]) -> None:
         size = sum(member_bytes([len(d) for _, d in s.members]) for s in samples)
         if state.writer is not None and state.writer.samples and \
-                state.writer.offset + size + _TRAILER > self.options.max_shard_bytes:
+                closed_size(state.writer.offset + size) > self.options.max_shard_bytes:
             self._finish_shard(state, pos)
         if state.writer is None:
             state.open(self.out_dir)
@@ -181,6 +181,7 @@ class _BuildRun:
                                   "counts": {c: list(v) for c, v in sorted(state.counts.items())},
                                   "skipped": [s.to_json() for s in state.skips]}
         self.entries.append(entry)
+        self.entries.sort(key=lambda e: (SPLITS.index(e["split"]), e["name"]))  # resumed splits interleave
         self._save_journal()
         self.finished_here += 1
         state.reset(end)

@@ -13,7 +13,6 @@ TAR_FORMAT = tarfile.GNU_FORMAT  # long keys (Real-IAD) need GNU long names; no 
 UNAME = "ccl"
 MODE = 0o644
 _BLOCK = tarfile.BLOCKSIZE
-_TRAILER = tarfile.RECORDSIZE  # end-of-archive blocks plus padding, at most one record
 
 
 def temp_name(name: str) -> str:
@@ -61,6 +60,11 @@ class ShardInfo:
     def to_json(self) -> dict:
         return {"name": self.name, "split": self.split, "samples": self.samples, "bytes": self.bytes,
                 "sha256": self.sha256}
+
+
+def closed_size(offset: int) -> int:
+    """File size of a tar closed at ``offset``: two zero blocks, padded to a whole record."""
+    return -(-(offset + 2 * _BLOCK) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
 
 
 def member_bytes(sizes: list[int]) -> int:
