@@ -58,6 +58,8 @@ class DataConfig:
     class_source: str = "raw"  # raw | pseudo
     pseudo_file: str = ""  # sidecar name (beside the shards) or path; "" = pseudo_classes.json
     max_corrupt: int = 100  # abort after this many unreadable samples in one epoch
+    plan_ranks: int = 0  # ranks the data plan is cut for (0 = world size); a multiple of the world size
+    # gives the same global batches on any world size that divides it (see pipelines/train_data.py)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -102,6 +104,9 @@ class TrainConfig:
     ckpt_every: int = 1  # epochs
     nan_tolerance: int = 5  # consecutive non-finite losses before aborting
     log_every: int = 10  # steps
+    sync_bn: bool = True  # BatchNorm statistics over the global batch when world size > 1
+    debug_checksums: bool = False  # write per-rank parameter digests and losses to RUN/debug/
+    progress: bool = True  # tqdm bar on the main process
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,8 @@ class TrackingConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     vis_images: int = 8  # fixed validation/test images rendered at each eval interval
     tsne: bool = True
+    vis_every: int = 1  # epochs between heatmaps / class separation / t-SNE (0 = never)
+    max_features: int = 2000  # validation global features kept for K-means / t-SNE
 
 
 @dataclass(frozen=True)

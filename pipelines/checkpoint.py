@@ -1,0 +1,98 @@
+"""Resumable checkpoints (every rank) and best/last exports (main process), written atomically.
+
+    RUN/checkpoints/last/   accelerator.save_state (model, optimizer, per-rank RNG; DeepSpeed's
+                            collective checkpoint) + train_state.json (epoch, step, early stopping)
+    RUN/export/             the best weights by validation loss (pipelines.model.save_export)
+    RUN/export_last/        the weights at the end of training
+
+A checkpoint is written to ``.tmp-<name>`` and renamed over the old one once every rank finished,
+so a crash mid-save leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+STATE_NAME = "train_state.json"
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # the epoch in progress (0-based)
+    step: int = 0  # optimizer steps done
+    batch_in_epoch: int = 0  # loader batches of ``epoch`` already trained (resume mid-epoch)
+    best_val: float = float("inf")
+    bad_validations: int = 0
+    samples: int = 0  # training samples seen
+    finished: bool = False
+
+
+def checkpoint_dir(run_dir: str | Path, name: str = "last") -> Path:
+    return Path(run_dir) / "checkpoints" / name
+
+
+def save_checkpoint(accelerator: Any, run_dir: str | Path, state: TrainState, name: str = "last") -> Path:
+    """Collective: every rank calls it. Returns the final directory."""
+    final = checkpoint_dir(run_dir, name)
+    tmp = final.with_name(f".tmp-{name}")
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        (tmp / STATE_NAME).write_text(json.dumps(asdict(state), indent=1))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        replace_dir(tmp, final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator: Any, path: str | Path) -> TrainState:
+    """Restore model, optimizer and RNG of every rank; returns the loop state."""
+    path = Path(path)
+    accelerator.load_state(str(path))
+    return TrainState(**json.loads((path / STATE_NAME).read_text()))
+
+
+def find_checkpoint(resume: str, run_dir: str | Path) -> Path | None:
+    """``--resume RUN_DIR`` (or a checkpoint dir) -> its checkpoint; ``auto`` -> run.dir's if there is one."""
+    if not resume:
+        return None
+    if resume == "auto":
+        last = checkpoint_dir(run_dir)
+        return last if (last / STATE_NAME).is_file() else None
+    given = Path(resume)
+    for candidate in (checkpoint_dir(given), given):
+        if (candidate / STATE_NAME).is_file():
+            return candidate
+    raise FileNotFoundError(f"--resume {resume}: no checkpoint there (expected {checkpoint_dir(given)}/{STATE_NAME})")
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a finished directory into place; the old one is removed only after the rename."""
+    old = final.with_name(f".old-{final.name}")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def write_export(model: Any, cfg: Any, run_dir: str | Path, name: str, info: dict[str, Any]) -> Path:
+    """Main process: an export directory (weights, config, info) swapped in atomically."""
+    from pipelines.model import save_export
+
+    final = Path(run_dir) / name
+    tmp = final.with_name(f".tmp-{name}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_export(model, cfg, tmp, info)
+    replace_dir(tmp, final)
+    return final

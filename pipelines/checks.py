@@ -1,0 +1,65 @@
+"""Input checks that run in the entry point before any process group exists: clear errors early."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipelines.config import Config, ConfigError
+from pipelines.optim import SCHEDULES
+from pipelines.shards import ShardError, ShardSet, open_builds
+from pipelines.tracking import MODES
+from pipelines.train_data import Labels, load_labels
+
+
+def check_inputs(cfg: Config, world: int) -> tuple[ShardSet, Labels]:
+    """Validate config, shards and backbone; return the opened shard set and labels."""
+    check_batch(cfg, world)
+    check_model(cfg)
+    t = cfg.train
+    for name, value, allowed in (("train.precision", t.precision, ("no", "bf16", "fp16")),
+                                 ("train.schedule", t.schedule, SCHEDULES),
+                                 ("tracking.wandb.mode", cfg.tracking.wandb.mode, MODES),
+                                 ("data.class_source", cfg.data.class_source, ("raw", "pseudo"))):
+        if value not in allowed:
+            raise ConfigError(f"{name}={value!r} is not one of {list(allowed)}")
+    shard_set = open_builds(list(cfg.data.shards))
+    for build, manifest in zip(shard_set.builds, shard_set.manifests):
+        if not any(e["split"] == "train" for e in manifest["shards"]):
+            raise ShardError(f"data.shards: build {build} (dataset {manifest['dataset']!r}) has no train shards")
+    for info in shard_set.shards("train") + shard_set.shards("val"):
+        if not info.url.startswith("pipe:") and not Path(info.url).is_file():
+            raise ShardError(f"shard {info.url} listed in {info.build}/manifest.json does not exist")
+    if shard_set.count("train") < cfg.data.batch_size:
+        raise ShardError(f"{shard_set.count('train')} training samples are fewer than one batch "
+                         f"(data.batch_size={cfg.data.batch_size})")
+    return shard_set, load_labels(shard_set, cfg.data.class_source, cfg.data.pseudo_file)
+
+
+def check_batch(cfg: Config, world: int) -> None:
+    d = cfg.data
+    p = d.classes_per_batch
+    ranks = d.plan_ranks or world
+    if p < 1 or d.batch_size < 2 * p:
+        raise ConfigError(f"data.batch_size={d.batch_size} must be at least 2 x data.classes_per_batch ({p}): "
+                          "every class in a batch needs a same-class partner")
+    if d.batch_size % world:
+        raise ConfigError(f"data.batch_size={d.batch_size} (global) is not divisible by the {world} processes")
+    if ranks % world or d.batch_size % ranks:
+        raise ConfigError(f"data.plan_ranks={ranks} must be a multiple of the {world} processes and divide "
+                          f"data.batch_size={d.batch_size}")
+    if d.batch_size // ranks < d.batch_size // p:
+        raise ConfigError(f"a rank's batch ({d.batch_size // ranks}) is smaller than K = batch_size / "
+                          f"classes_per_batch = {d.batch_size // p}: raise data.batch_size or classes_per_batch")
+
+
+def check_model(cfg: Config) -> None:
+    import timm
+
+    m = cfg.model
+    if not timm.is_model(m.teacher):
+        close = timm.list_models(f"*{m.teacher[:6]}*")[:8]
+        raise ConfigError(f"model.teacher={m.teacher!r} is not a timm model (similar: {close})")
+    if m.pretrained not in ("hub", "none", "offline") and not Path(m.pretrained).is_file():
+        raise ConfigError(f"model.pretrained={m.pretrained!r}: not hub|none|offline and no such file")
+    if m.checkpoint and not Path(m.checkpoint).is_file():
+        raise ConfigError(f"model.checkpoint={m.checkpoint!r} does not exist")

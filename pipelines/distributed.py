@@ -1,0 +1,153 @@
+"""The Accelerator, cross-rank agreement, synchronised BatchNorm on CPU, and the clean exit.
+
+DESIGN section 7: DeepSpeed on a CPU machine needs gloo via ``InitProcessGroupKwargs`` (and no
+ACCELERATE_USE_CPU); gloo aborts at interpreter exit unless the prepared objects are freed first,
+so every entry point ends through ``shutdown``.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import os
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+from torch import nn
+
+from pipelines.config import Config
+
+
+def make_accelerator(cfg: Config) -> Any:
+    """Accelerator for DDP or DeepSpeed, whichever ``accelerate launch`` configured."""
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    handlers = []
+    if world_from_env()[1] > 1:  # a backend for a single process would make Accelerate expect a group
+        handlers.append(InitProcessGroupKwargs(timeout=timedelta(minutes=30),
+                                               backend=None if torch.cuda.is_available() else "gloo"))
+    return Accelerator(mixed_precision=cfg.train.precision, gradient_accumulation_steps=cfg.train.grad_accum,
+                       kwargs_handlers=handlers, step_scheduler_with_optimizer=False)
+
+
+def configure_deepspeed(accelerator: Any, cfg: Config, local_batch: int) -> None:
+    """Fill what Accelerate cannot infer: we never prepare the loader, and clipping follows train.grad_clip."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return
+    ds = plugin.deepspeed_config
+    ds["train_micro_batch_size_per_gpu"] = local_batch
+    ds["gradient_accumulation_steps"] = cfg.train.grad_accum
+    ds["train_batch_size"] = local_batch * cfg.train.grad_accum * accelerator.num_processes
+    ds["gradient_clipping"] = cfg.train.grad_clip  # DeepSpeed's default would be 1.0 (DESIGN section 7)
+    ds.setdefault("zero_allow_untested_optimizer", True)
+
+
+def is_deepspeed(accelerator: Any) -> bool:
+    return getattr(accelerator.state, "deepspeed_plugin", None) is not None
+
+
+def agree(accelerator: Any, values: list[float]) -> list[float]:
+    """Element-wise max over ranks: stop / skip decisions every rank takes together (one all-reduce)."""
+    t = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
+    if accelerator.num_processes > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
+def mean_over_ranks(accelerator: Any, values: list[float]) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
+    if accelerator.num_processes > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t /= accelerator.num_processes
+    return t.tolist()
+
+
+def sum_over_ranks(accelerator: Any, values: list[float]) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
+    if accelerator.num_processes > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def param_checksum(model: nn.Module) -> str:
+    """Digest of the trainable parameters (bitwise): equal on every rank after each synchronised step."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        if p.requires_grad:
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- synchronised BatchNorm
+
+
+class CpuSyncBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d with batch statistics over all ranks (torch's SyncBatchNorm is GPU-only).
+
+    The per-channel sums go through an autograd all-reduce, so each rank's gradient includes the
+    other ranks' use of its samples: with DDP's gradient average the result equals a single process
+    on the concatenated batch.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        count = torch.tensor([x.shape[0] * x.shape[2] * x.shape[3]], dtype=x.dtype, device=x.device)
+        stats = torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3)), count])
+        stats = dist_nn.all_reduce(stats)
+        c = x.shape[1]
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+            self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+            self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1), alpha=m)
+        y = (x - mean.view(1, -1, 1, 1)) * torch.rsqrt(var.view(1, -1, 1, 1) + self.eps)
+        return y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1) if self.affine else y
+
+
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """Trainable BatchNorm2d layers -> synchronised ones (torch's on GPU, ``CpuSyncBatchNorm`` on CPU)."""
+    if torch.cuda.is_available():
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, child in model.named_children():
+        if type(child) is nn.BatchNorm2d and child.weight is not None and child.weight.requires_grad:
+            new = CpuSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            new.load_state_dict(child.state_dict())
+            setattr(model, name, new)
+        else:
+            convert_sync_batchnorm(child)
+    return model
+
+
+# ---------------------------------------------------------------- clean exit
+
+
+def shutdown(accelerator: Any | None) -> None:
+    """Free prepared objects before the interpreter exits (gloo aborts otherwise, DESIGN section 7).
+
+    Callers drop their own references (model, optimizer, loaders) first, e.g. by returning.
+    """
+    if accelerator is not None:
+        try:
+            accelerator.wait_for_everyone()
+        finally:
+            accelerator.free_memory()
+            gc.collect()
+            accelerator.end_training()
+    gc.collect()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def world_from_env() -> tuple[int, int]:
+    """(rank, world size) from the launcher's environment, before any process group exists."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

@@ -1,0 +1,385 @@
+"""Training RD + CCL from shards on DDP or DeepSpeed; this file reads like a table of contents.
+
+    train(cfg, resume)          checks inputs, builds the Accelerator, runs ``fit``, exits cleanly
+      setup                     model (+ synced BN), Adam, prepare, resume, tracker, fixed vis images
+      fit                       epochs: train_epoch -> validate -> early stopping / exports / checkpoint
+        train_epoch             the loop: planned class-aware batches -> train_step -> logs
+          train_step            forward, one all-reduce of {non-finite, SIGTERM, corrupt}, backward, step
+        validate                mean KD loss on the val shards (every sample once) + global features
+        show                    heatmaps of fixed images, V-measure and t-SNE of the global features
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ccl.data.transforms import normalize_batch
+from pipelines.checkpoint import TrainState, find_checkpoint, load_checkpoint, save_checkpoint, write_export
+from pipelines.checks import check_inputs
+from pipelines.config import Config, save_config
+from pipelines.distributed import (agree, configure_deepspeed, convert_sync_batchnorm, is_deepspeed, make_accelerator,
+                                   mean_over_ranks, param_checksum, shutdown, sum_over_ranks, world_from_env)
+from pipelines.model import build_model
+from pipelines.monitor import class_separation, heatmaps, tsne_image
+from pipelines.optim import lr_factor, make_optimizer, scaled_lrs, set_lr
+from pipelines.shards import ShardError, ShardSet
+from pipelines.tracking import Tracker
+from pipelines.train_data import Labels, epoch_steps, exact_loader, first_samples, train_loader
+
+log = logging.getLogger("train")
+
+
+@dataclass
+class Run:
+    """Everything the loop touches."""
+
+    cfg: Config
+    accelerator: Any
+    model: Any
+    optimizer: Any
+    base_lrs: list[float]
+    shard_set: ShardSet
+    labels: Labels
+    tracker: Tracker
+    state: TrainState
+    steps_per_epoch: int  # loader batches per epoch, equal on every rank
+    total_steps: int  # optimizer steps of the whole run (for the schedule)
+    input_dtype: torch.dtype
+    vis: tuple[Any, list[str]] = (None, [])
+    stop_requested: list[bool] = field(default_factory=lambda: [False])
+    nan_streak: int = 0
+    corrupt: float = 0.0
+    last_val: dict[str, Any] | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.run.dir)
+
+    def to_input(self, images: torch.Tensor) -> torch.Tensor:
+        return normalize_batch(images.to(self.accelerator.device, non_blocking=True), self.input_dtype)
+
+
+def train(cfg: Config, resume: str = "") -> dict[str, Any]:
+    """The whole run; returns a summary (best_val, step, epoch, export, interrupted, stopped_early)."""
+    shard_set, labels = check_inputs(cfg, world_from_env()[1])  # before any process group does work
+    accelerator = make_accelerator(cfg)
+    try:
+        run = setup(cfg, accelerator, shard_set, labels, resume)
+        try:
+            return fit(run)
+        finally:
+            run.tracker.finish()
+            del run
+    finally:
+        shutdown(accelerator)
+
+
+def setup(cfg: Config, accelerator: Any, shard_set: ShardSet, labels: Labels, resume: str) -> Run:
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.run.seed, deterministic=cfg.run.deterministic)
+    model = build_model(cfg)
+    if cfg.train.sync_bn and accelerator.num_processes > 1:
+        model = convert_sync_batchnorm(model)
+    optimizer = make_optimizer(model, cfg)
+    configure_deepspeed(accelerator, cfg, cfg.data.batch_size // accelerator.num_processes)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    state = TrainState()
+    ckpt = find_checkpoint(resume, cfg.run.dir)
+    if ckpt is not None:
+        state = load_checkpoint(accelerator, ckpt)
+        log.info("resumed from %s at epoch %d step %d", ckpt, state.epoch, state.step)
+    if accelerator.is_main_process:
+        save_config(cfg, Path(cfg.run.dir) / "config.yaml")
+    steps = epoch_steps(cfg, shard_set)
+    total = cfg.train.epochs * steps // cfg.train.grad_accum
+    total = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision)
+    dtype = half if (half is not None and is_deepspeed(accelerator)) else torch.float32  # DeepSpeed casts the model
+    run = Run(cfg, accelerator, model, optimizer, list(scaled_lrs(cfg)), shard_set, labels,
+              Tracker(cfg, cfg.run.dir, accelerator.is_main_process), state, steps, total, dtype)
+    if accelerator.is_main_process and cfg.tracking.vis_every > 0 and cfg.tracking.vis_images > 0:
+        split = "val" if shard_set.count("val") else "train"
+        run.vis = first_samples(shard_set, split, cfg.tracking.vis_images, cfg.data.image_size)
+    signal.signal(signal.SIGTERM, lambda *_: run.stop_requested.__setitem__(0, True))
+    return run
+
+
+def fit(run: Run) -> dict[str, Any]:
+    cfg, s = run.cfg, run.state
+    stopped_early = s.finished
+    while s.epoch < cfg.train.epochs and not stopped_early:
+        outcome = train_epoch(run)
+        if outcome == "interrupted":
+            save_checkpoint(run.accelerator, run.run_dir, s)
+            return summary(run, interrupted=True)
+        last = outcome == "max_steps" or s.epoch + 1 == cfg.train.epochs
+        if outcome == "done":
+            s.epoch, s.batch_in_epoch = s.epoch + 1, 0
+        if s.epoch % max(1, cfg.train.val_every) == 0 or last:
+            stopped_early = early_stopping(run, validate(run))
+        if cfg.tracking.vis_every > 0 and (s.epoch % cfg.tracking.vis_every == 0 or last):
+            show(run)
+        maybe_evaluate(run)
+        s.finished = stopped_early or last
+        if s.epoch % max(1, cfg.train.ckpt_every) == 0 or s.finished:
+            save_checkpoint(run.accelerator, run.run_dir, s)
+        if outcome == "max_steps":
+            break
+    finish_exports(run)
+    return summary(run, stopped_early=stopped_early)
+
+
+def train_epoch(run: Run) -> str:
+    """One epoch (or what is left of it); returns done | interrupted | max_steps."""
+    cfg, s, acc = run.cfg, run.state, run.accelerator
+    loader = train_loader(cfg, run.shard_set, run.labels, acc.process_index, acc.num_processes, s.epoch,
+                          s.batch_in_epoch, pin_memory=torch.cuda.is_available())
+    run.model.train()
+    run.corrupt = 0.0
+    meter = Meter()
+    bar = progress(run)
+    for batch in meter.wait(loader):
+        flags = train_step(run, batch)
+        s.batch_in_epoch += 1
+        meter.add(flags, batch, cfg.data.batch_size)
+        if acc.sync_gradients and flags is not None:
+            s.samples += cfg.data.batch_size * cfg.train.grad_accum
+        if s.batch_in_epoch % cfg.train.log_every == 0 or s.batch_in_epoch == run.steps_per_epoch:
+            log_train(run, meter.flush(), bar)
+        if run.stop_requested[0]:
+            return "interrupted"
+        if cfg.train.max_steps and s.step >= cfg.train.max_steps:
+            return "max_steps"
+    return "done"
+
+
+def train_step(run: Run, batch: dict[str, Any]) -> dict[str, float] | None:
+    """Forward, agree with the other ranks, backward and step. None when the step was skipped."""
+    cfg, acc, s = run.cfg, run.accelerator, run.state
+    set_lr(run.optimizer, run.base_lrs, lr_factor(s.step, run.total_steps, cfg.train))
+    labels = batch["label"].to(acc.device)
+    with acc.accumulate(run.model):
+        out = run.model(run.to_input(batch["image"]), run.to_input(batch["augmented"]), labels,
+                        rank=acc.process_index, world_size=acc.num_processes)
+        bad, stop, corrupt = sum_over_ranks(acc, [float(not torch.isfinite(out["loss"]).item()),
+                                                  float(run.stop_requested[0]), float(batch["stats"]["corrupt"])])
+        run.stop_requested[0] = stop > 0
+        run.corrupt += corrupt
+        if run.corrupt > cfg.data.max_corrupt:
+            raise ShardError(f"{int(run.corrupt)} corrupt samples this epoch (data.max_corrupt={cfg.data.max_corrupt})")
+        if bad:
+            return skip_step(run, out)
+        run.nan_streak = 0
+        acc.backward(out["loss"])
+        if acc.sync_gradients:
+            if cfg.train.grad_clip > 0 and not is_deepspeed(acc):  # DeepSpeed clips itself (its JSON)
+                acc.clip_grad_norm_(run.model.parameters(), cfg.train.grad_clip)
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            s.step += 1
+    if cfg.train.debug_checksums and acc.sync_gradients:
+        write_debug(run, out)
+    return {k: float(out[k].detach()) for k in ("loss", "kd", "lcl", "gcl")}
+
+
+def skip_step(run: Run, out: dict[str, Any]) -> None:
+    """A non-finite loss on any rank: every rank skips; abort after train.nan_tolerance in a row."""
+    run.optimizer.zero_grad(set_to_none=True)
+    run.nan_streak += 1
+    log.warning("non-finite loss (kd=%s) at step %d: step skipped (%d in a row)",
+                float(out["kd"].detach()), run.state.step, run.nan_streak)
+    if run.nan_streak >= run.cfg.train.nan_tolerance:
+        raise FloatingPointError(f"{run.nan_streak} non-finite losses in a row (train.nan_tolerance): aborting; "
+                                 f"the last good checkpoint is kept in {run.run_dir / 'checkpoints'}")
+
+
+@torch.no_grad()
+def validate(run: Run) -> dict[str, Any]:
+    """Mean KD loss over every val sample (unwrapped model: ranks may hold different batch counts)."""
+    acc = run.accelerator
+    split = "val" if run.shard_set.count("val") else "train"
+    module = acc.unwrap_model(run.model)
+    module.eval()
+    total, count, feats, labels = 0.0, 0, [], []
+    for batch in exact_loader(run.cfg, run.shard_set, split, acc.process_index, acc.num_processes):
+        if batch["image"] is None:
+            continue
+        out = module(run.to_input(batch["image"]))
+        n = batch["image"].shape[0]
+        total, count = total + float(out["kd"]) * n, count + n
+        if sum(len(f) for f in feats) < run.cfg.tracking.max_features:
+            feats.append(out["global_features"].float().cpu().numpy())
+            labels.append(batch["label"].numpy())
+    module.train()
+    total, count = sum_over_ranks(acc, [total, count])
+    loss = total / max(count, 1)
+    run.tracker.log({"val/loss": loss, "val/samples": count, "epoch": run.state.epoch}, run.state.step)
+    return {"loss": loss, "split": split, "features": feats, "labels": labels}
+
+
+def early_stopping(run: Run, val: dict[str, Any]) -> bool:
+    """Export the best weights on improvement; True when patience is exhausted."""
+    s, cfg = run.state, run.cfg
+    run.last_val = val
+    if val["loss"] < s.best_val:
+        s.best_val, s.bad_validations = val["loss"], 0
+        if run.accelerator.is_main_process:
+            write_export(run.accelerator.unwrap_model(run.model), cfg, run.run_dir, "export", export_info(run, "best"))
+        run.accelerator.wait_for_everyone()
+    else:
+        s.bad_validations += 1
+    return cfg.train.patience > 0 and s.bad_validations >= cfg.train.patience
+
+
+def show(run: Run) -> None:
+    """Heatmaps of the fixed images, class separation and t-SNE of the last validation's features."""
+    from accelerate.utils import gather_object
+
+    val = run.last_val
+    if val is None:
+        return
+    feats = gather_object([np.concatenate(val["features"]) if val["features"] else np.zeros((0, 1), np.float32)])
+    labels = gather_object([np.concatenate(val["labels"]) if val["labels"] else np.zeros(0, np.int64)])
+    if not run.accelerator.is_main_process:
+        return
+    step, names = run.state.step, list(run.shard_set.class_names)
+    images, keys = run.vis
+    if images is not None:
+        module = run.accelerator.unwrap_model(run.model)
+        run.tracker.log_images("val/heatmaps", heatmaps(module, images, keys, run.to_input), step)
+    f = np.concatenate([x for x in feats if len(x)]) if any(len(x) for x in feats) else None
+    y = np.concatenate(labels)
+    if f is not None and len(np.unique(y)) > 1:
+        run.tracker.log({"val/v_measure": class_separation(f, y, run.cfg.run.seed)}, step)
+        if run.cfg.tracking.tsne and len(f) > 5:
+            image = tsne_image(f, y, names, f"global features, epoch {run.state.epoch}", run.cfg.run.seed)
+            run.tracker.log_images("val/tsne", [(image, f"epoch {run.state.epoch}")], step)
+
+
+def maybe_evaluate(run: Run) -> None:
+    """Test-set evaluation every train.eval_every epochs, when pipelines.evaluate exists."""
+    every = run.cfg.train.eval_every
+    if every <= 0 or run.state.epoch % every:
+        return
+    try:
+        from pipelines.evaluate import evaluate_model
+    except ImportError as err:
+        log.warning("train.eval_every is set but pipelines.evaluate is not available (%s)", err)
+        return
+    module = run.accelerator.unwrap_model(run.model)
+    evaluate_model(module, run.shard_set, run.cfg, run.accelerator, run.run_dir / "eval" / f"epoch{run.state.epoch:04d}",
+                   tracker=run.tracker, step=run.state.step)
+    module.train()
+
+
+def finish_exports(run: Run) -> None:
+    """export_last always; export (= best) falls back to the last weights if no validation ran."""
+    if run.accelerator.is_main_process:
+        module = run.accelerator.unwrap_model(run.model)
+        write_export(module, run.cfg, run.run_dir, "export_last", export_info(run, "last"))
+        if not (run.run_dir / "export" / "model.safetensors").is_file():
+            write_export(module, run.cfg, run.run_dir, "export", export_info(run, "last"))
+    run.accelerator.wait_for_everyone()
+
+
+def export_info(run: Run, which: str) -> dict[str, Any]:
+    return {"class_index": dict(run.shard_set.class_index), "datasets": run.shard_set.datasets(),
+            "builds": list(run.shard_set.builds), "step": run.state.step, "epoch": run.state.epoch,
+            "val_loss": run.state.best_val if math.isfinite(run.state.best_val) else None, "weights": which,
+            "class_source": run.cfg.data.class_source}
+
+
+def summary(run: Run, interrupted: bool = False, stopped_early: bool = False) -> dict[str, Any]:
+    s = run.state
+    return {"best_val": s.best_val, "step": s.step, "epoch": s.epoch, "export": str(run.run_dir / "export"),
+            "interrupted": interrupted, "stopped_early": stopped_early}
+
+
+# ---------------------------------------------------------------- logging helpers
+
+
+class Meter:
+    """Running sums between two logs: losses, samples, data-wait time, batch statistics."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.n, self.samples, self.waited, self.start = 0, 0, 0.0, time.perf_counter()
+
+    def wait(self, loader: Any) -> Any:
+        it = iter(loader)
+        while True:
+            t = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.waited += time.perf_counter() - t
+            yield batch
+
+    def add(self, losses: dict[str, float] | None, batch: dict[str, Any], global_batch: int) -> None:
+        self.samples += global_batch
+        for k in ("relaxed", "padded", "dropped", "corrupt"):
+            self.sums["data/" + k] = self.sums.get("data/" + k, 0.0) + batch["stats"].get(k, 0)
+        if losses is not None:
+            self.n += 1
+            for k, v in losses.items():
+                self.sums["train/" + k] = self.sums.get("train/" + k, 0.0) + v
+
+    def flush(self) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        out = {k: (v / max(self.n, 1) if k.startswith("train/") else v) for k, v in self.sums.items()}
+        out["perf/samples_per_s"] = self.samples / elapsed
+        out["perf/data_wait"] = self.waited / elapsed
+        self.reset()
+        return out
+
+
+def log_train(run: Run, local: dict[str, float], bar: Any) -> None:
+    """Average the interval's scalars over ranks (one all-reduce), then log on the main process."""
+    keys = sorted(local)
+    values = mean_over_ranks(run.accelerator, [local[k] for k in keys])
+    scalars = dict(zip(keys, values))
+    for k in ("data/relaxed", "data/padded", "data/dropped", "data/corrupt"):  # counts: sum, not mean
+        scalars[k] *= run.accelerator.num_processes
+    scalars["perf/samples_per_s"] = local["perf/samples_per_s"]  # global batches per second: same everywhere
+    for g, group in enumerate(run.optimizer.param_groups):
+        scalars[f"lr/{group.get('name', g)}"] = group["lr"]
+    scalars["epoch"] = run.state.epoch + run.state.batch_in_epoch / max(1, run.steps_per_epoch)
+    run.tracker.log(scalars, run.state.step)
+    if bar is not None:
+        bar.n = run.state.batch_in_epoch
+        bar.set_postfix(loss=f"{scalars.get('train/loss', float('nan')):.4f}",
+                        sps=f"{scalars['perf/samples_per_s']:.1f}", refresh=True)
+
+
+def progress(run: Run) -> Any:
+    if not (run.accelerator.is_main_process and run.cfg.train.progress):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=run.steps_per_epoch, initial=run.state.batch_in_epoch, desc=f"epoch {run.state.epoch}",
+                dynamic_ncols=True, leave=False)
+
+
+def write_debug(run: Run, out: dict[str, Any]) -> None:
+    """Per-rank parameter digest and local losses after each optimizer step (tests compare ranks)."""
+    path = run.run_dir / "debug" / f"rank{run.accelerator.process_index}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"step": run.state.step, "checksum": param_checksum(run.accelerator.unwrap_model(run.model)),
+              **{k: float(out[k].detach()) for k in ("loss", "kd", "lcl", "gcl")}}
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
