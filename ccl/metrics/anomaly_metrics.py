@@ -255,7 +255,11 @@ class AnomalyMetrics:
     # ------------------------------------------------------------ results
 
     def compute(self) -> dict[str, Any]:
-        """Per group, per dataset and overall metrics (None where undefined) and image thresholds."""
+        """Per group, per dataset and overall metrics (None where undefined) and image thresholds.
+
+        ``threshold``: the F1-optimal image threshold over all images pooled (``pooled`` holds the
+        image metrics of that pool); ``thresholds[group]``: the same per group.
+        """
         scores, labels, groups = self.image_arrays()
         per_group, thresholds, counts = {}, {}, {}
         for g, name in enumerate(self.group_names):
@@ -265,9 +269,9 @@ class AnomalyMetrics:
             counts[name] = {"images": int(sel.sum()), "anomalous": int(labels[sel].sum()),
                             "pixel_images": int(self.counts[g, 2]), "regions": int(self.counts[g, 0]),
                             "clipped_pixels": int(self.counts[g, 1])}
-        _, threshold = _image_metrics(scores, labels)
+        pooled, threshold = _image_metrics(scores, labels)  # one threshold for class-agnostic prediction
         result = summarize(per_group)
-        result.update(threshold=threshold, thresholds=thresholds, counts=counts,
+        result.update(pooled=pooled, threshold=threshold, thresholds=thresholds, counts=counts,
                       binning=self.binning.describe(), fpr_limit=self.fpr_limit)
         return result
 

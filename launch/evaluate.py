@@ -1,0 +1,56 @@
+"""Evaluate an export on test shards (any number of ranks), or saved anomaly maps of any method.
+
+    accelerate launch launch/evaluate.py --checkpoint RUN/export --shards /data/shards/mvtec \
+        [--shards ...] [--out RUN/eval] [--vis 8] [eval.batch_size=32 ...]
+    python launch/evaluate.py --maps DIR [--masks DIR] [--group-depth 1] --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
+
+from ccl.metrics import to_markdown  # noqa: E402
+from pipelines.config import ConfigError  # noqa: E402
+from pipelines.shards import ShardError  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", help="export directory (RUN/export)")
+    p.add_argument("--shards", action="append", default=[], help="shard build directory (repeatable)")
+    p.add_argument("--out", help="output directory (default: eval/ beside the export)")
+    p.add_argument("--vis", type=int, help="heatmaps of the N highest/lowest-scoring images per group")
+    p.add_argument("--maps", help="standalone: directory of anomaly maps (.npy or 16-bit PNG)")
+    p.add_argument("--masks", help="standalone: directory of ground-truth masks (missing mask = normal)")
+    p.add_argument("--group-depth", type=int, default=1, help="standalone: folders that name a group")
+    p.add_argument("--score-range", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="linear bins over a known score range (default: scale-free log-linear bins)")
+    p.add_argument("overrides", nargs="*", help="config overrides a.b=value")
+    args = p.parse_args(argv)
+    if not args.maps and not (args.checkpoint and args.shards):
+        p.error("give --checkpoint and --shards, or --maps")
+    score_range = tuple(args.score_range) if args.score_range else "auto"
+    from pipelines.evaluate import evaluate_maps, run_evaluation
+
+    try:
+        if args.maps:
+            result = evaluate_maps(args.maps, args.masks, args.out, args.group_depth, score_range=score_range)
+        else:
+            result = run_evaluation(args.checkpoint, args.shards, args.out, args.vis, args.overrides, score_range)
+    except (ConfigError, ShardError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(to_markdown(result), end="")
+        print(f"{result['images']} images scored, {len(result['skipped'])} skipped; "
+              f"F1-optimal image threshold {result['threshold']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,338 @@
+"""Streaming evaluation of an export (or of a model during training), and of any method's saved maps.
+
+    result = evaluate_model(model, shard_set, cfg, accelerator, out_dir, tracker, step)
+
+Each rank scores its own part of the test shards (``pipelines.eval_data``: every sample once),
+updates an ``AnomalyMetrics`` state of constant size, and keeps only the ``vis`` highest- and
+lowest-scoring samples per group. At the end the ranks merge: group names and bin windows are
+gathered, the histograms summed with one all-reduce, the per-image scores all-gathered (padded to
+the longest), and the heatmap candidates selected globally. The main process writes
+metrics.json / .csv / .md, image_scores.csv, ROC and PRO curves per dataset and the heatmaps.
+
+The model is used as given, without DDP's wrapper (``accelerator.unwrap_model`` is applied): ranks
+score different numbers of batches, and a wrapped forward could synchronise buffers and hang.
+"""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import json
+import sys
+from itertools import count
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from ccl.data.transforms import denormalize
+from ccl.metrics import AnomalyMetrics, to_csv_rows, to_markdown
+from ccl.metrics.report import METRICS, dataset_of, table_rows
+from pipelines import visualize
+from pipelines.config import Config, load_config
+from pipelines.distributed import make_accelerator, shutdown
+from pipelines.eval_data import eval_loader, eval_plan, iter_map_files, list_map_files
+from pipelines.model import CONFIG_NAME, WEIGHTS_NAME, load_export, read_info, write_info
+from pipelines.shards import ShardSet, open_builds
+from pipelines.tracking import Tracker
+
+Payload = Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray | None]]
+
+
+# ---------------------------------------------------------------- collectives (identity on one process)
+
+
+def _world(acc: Any) -> int:
+    return 1 if acc is None else acc.num_processes
+
+
+def gather_objects(acc: Any, obj: Any) -> list[Any]:
+    """``obj`` of every rank, in rank order."""
+    if _world(acc) == 1:
+        return [obj]
+    out: list[Any] = [None] * acc.num_processes
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_sum(acc: Any, tensor: torch.Tensor) -> torch.Tensor:
+    if _world(acc) == 1:
+        return tensor
+    t = tensor.to(acc.device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.cpu()
+
+
+def all_gather_rows(acc: Any, rows: np.ndarray) -> np.ndarray:
+    """(k, n_rank) float64 arrays of every rank concatenated along axis 1 (padded to the longest)."""
+    if _world(acc) == 1:
+        return rows
+    t = torch.from_numpy(np.ascontiguousarray(rows, np.float64)).to(acc.device)
+    lengths = [torch.zeros(1, dtype=torch.int64, device=acc.device) for _ in range(acc.num_processes)]
+    dist.all_gather(lengths, torch.tensor([t.shape[1]], device=acc.device))
+    longest = max(int(n) for n in lengths)
+    padded = torch.zeros(t.shape[0], longest, dtype=t.dtype, device=t.device)
+    padded[:, : t.shape[1]] = t
+    parts = [torch.zeros_like(padded) for _ in lengths]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:, : int(n)] for p, n in zip(parts, lengths)], dim=1).cpu().numpy()
+
+
+def sync_metrics(metrics: AnomalyMetrics, acc: Any) -> None:
+    """Make every rank's ``metrics`` the merge of all ranks' states."""
+    infos = gather_objects(acc, (metrics.group_names, metrics.window))
+    names = sorted({n for names, _ in infos for n in names})
+    windows = [w for _, w in infos if w[1] > w[0]]
+    metrics.align(names, (min(w[0] for w in windows), max(w[1] for w in windows)) if windows else None)
+    metrics.load_state_tensors({k: all_reduce_sum(acc, v) for k, v in metrics.state_tensors().items()})
+    metrics.set_image_arrays(*all_gather_rows(acc, np.stack(metrics.image_arrays()).astype(np.float64)))
+
+
+# ---------------------------------------------------------------- heatmap candidates
+
+
+class Extremes:
+    """The ``n`` highest- and lowest-scoring samples per group, kept while streaming (bounded memory)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.heaps: dict[tuple[str, str], list] = {}
+        self._tick = count()
+
+    def offer(self, group: str, score: float, key: str, payload: Payload) -> None:
+        """Keep the sample if it is among the extremes so far; ``payload`` is only called then."""
+        if self.n <= 0:
+            return
+        for kind, rank_value in (("top", score), ("bottom", -score)):
+            heap = self.heaps.setdefault((group, kind), [])
+            if len(heap) < self.n or rank_value > heap[0][0]:
+                item = (rank_value, next(self._tick), key, score, payload())
+                (heapq.heappush if len(heap) < self.n else heapq.heapreplace)(heap, item)
+
+    def candidates(self) -> list[tuple[str, str, float, str]]:
+        """(group, kind, score, key) of everything kept."""
+        return [(g, kind, it[3], it[2]) for (g, kind), heap in self.heaps.items() for it in heap]
+
+    def payload(self, group: str, kind: str, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        return next(it[4] for it in self.heaps[(group, kind)] if it[2] == key)
+
+
+def select_extremes(candidates: list[tuple[str, str, float, str, int]], n: int) -> list[tuple[str, str, int, float, str, int]]:
+    """Global choice from every rank's candidates: (group, kind, position, score, key, rank)."""
+    chosen = []
+    for group, kind in sorted({(c[0], c[1]) for c in candidates}):
+        pool = [c for c in candidates if c[0] == group and c[1] == kind]
+        pool.sort(key=lambda c: (-c[2] if kind == "top" else c[2], c[3]))
+        chosen += [(group, kind, i, c[2], c[3], c[4]) for i, c in enumerate(pool[:n])]
+    return chosen
+
+
+def render_extremes(extremes: Extremes, acc: Any, rank: int) -> list[tuple[str, str, int, float, str, bytes]]:
+    """Every rank renders its chosen samples as PNG panels; the list of all of them, on every rank."""
+    candidates = [c + (r,) for r, cands in enumerate(gather_objects(acc, extremes.candidates())) for c in cands]
+    chosen = select_extremes(candidates, extremes.n)
+    ranges: dict[str, tuple[float, float]] = {}
+    mine = []
+    for group, kind, pos, score, key, owner in chosen:
+        if owner == rank:
+            image, amap, mask = extremes.payload(group, kind, key)
+            mine.append((group, kind, pos, score, key, image, amap.astype(np.float32), mask))
+    for group, lo, hi in [(m[0], float(m[6].min()), float(m[6].max())) for m in mine]:
+        old = ranges.get(group, (lo, hi))
+        ranges[group] = (min(old[0], lo), max(old[1], hi))
+    shared: dict[str, tuple[float, float]] = {}
+    for part in gather_objects(acc, ranges):  # one colour scale per group over all ranks
+        for g, (lo, hi) in part.items():
+            old = shared.get(g, (lo, hi))
+            shared[g] = (min(old[0], lo), max(old[1], hi))
+    rendered = [(g, kind, pos, score, key, visualize.encode_png(visualize.panel(image, amap, mask, *shared[g])))
+                for g, kind, pos, score, key, image, amap, mask in mine]
+    return [r for part in gather_objects(acc, rendered) for r in part]
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def _payload(images: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor, has_mask: torch.Tensor, i: int) -> Payload:
+    return lambda: (denormalize(images[i]), maps[i].cpu().numpy().astype(np.float16),
+                    masks[i].numpy() if bool(has_mask[i]) else None)
+
+
+def score_shards(model: torch.nn.Module, loader: Any, metrics: AnomalyMetrics, extremes: Extremes,
+                 device: torch.device, progress: tqdm | None) -> tuple[list[str], list[str]]:
+    """Run the model over the loader; update metrics and extremes. Returns (scored keys, skipped messages)."""
+    keys, skipped = [], []
+    dtype = next(model.parameters()).dtype
+    for batch in loader:
+        for message in batch["errors"]:
+            print(f"warning: skipped {message}", file=sys.stderr, flush=True)
+        skipped += batch["errors"]
+        if batch["size"]:
+            images = batch["images"]
+            out = model(images.to(device=device, dtype=dtype))
+            maps, scores = out["anomaly_map"].float().cpu(), out["score"].float().cpu()
+            masks = [m if h else None for m, h in zip(batch["masks"].numpy(), batch["has_mask"].tolist())]
+            metrics.update(maps, masks, batch["groups"], image_scores=scores, image_labels=batch["labels"])
+            for i, (group, key) in enumerate(zip(batch["groups"], batch["keys"])):
+                extremes.offer(group, float(scores[i]), key, _payload(images, maps, batch["masks"], batch["has_mask"], i))
+            keys += batch["keys"]
+        if progress is not None:
+            progress.update(batch["size"] + len(batch["errors"]))
+    return keys, skipped
+
+
+def evaluate_model(model: torch.nn.Module, shards: ShardSet | Sequence[str | Path], cfg: Config,
+                   accelerator: Any = None, out_dir: str | Path | None = None, tracker: Any = None,
+                   step: int | None = None, vis: int | None = None,
+                   score_range: tuple[float, float] | str | None = "auto", prefix: str = "eval") -> dict[str, Any]:
+    """Score the test split of ``shards`` on every rank and return the merged metrics (on every rank).
+
+    ``accelerator`` None runs single-process. The main process writes reports to ``out_dir``
+    (when given) and logs to ``tracker``. Call it on all ranks together.
+    """
+    shard_set = shards if isinstance(shards, ShardSet) else open_builds(list(shards))
+    rank, world = (0, 1) if accelerator is None else (accelerator.process_index, accelerator.num_processes)
+    net = model if accelerator is None else accelerator.unwrap_model(model)
+    device = next(net.parameters()).device
+    e = cfg.eval
+    loader = eval_loader(shard_set, cfg.data.image_size, e.batch_size, e.num_workers, rank, world, e.max_images)
+    planned = sum(s.samples for s in eval_plan(shard_set, world, max(1, e.num_workers), e.max_images)[rank])
+    metrics = AnomalyMetrics(bins=e.bins, score_range=score_range, fpr_limit=e.fpr_limit)
+    extremes = Extremes(e.vis if vis is None else vis)
+    progress = tqdm(total=planned, desc="evaluate", unit="img", disable=rank != 0, file=sys.stderr)
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            keys, skipped = score_shards(net, loader, metrics, extremes, device, progress)
+    finally:
+        net.train(was_training)
+        progress.close()
+        del loader
+    sync_metrics(metrics, accelerator)
+    result = metrics.compute()
+    all_keys = gather_objects(accelerator, keys)
+    expected = shard_set.count("test") if e.max_images <= 0 else min(e.max_images, shard_set.count("test"))
+    result.update(images=sum(map(len, all_keys)), expected=expected,
+                  skipped=[m for part in gather_objects(accelerator, skipped) for m in part],
+                  shards=list(shard_set.builds), step=step)
+    panels = render_extremes(extremes, accelerator, rank) if extremes.n > 0 else []
+    if rank == 0:
+        if out_dir is not None:
+            write_reports(result, metrics, Path(out_dir), all_keys, panels)
+        if tracker is not None:
+            log_to_tracker(tracker, result, panels, step or 0, prefix)
+    return result
+
+
+# ---------------------------------------------------------------- standalone maps
+
+
+def evaluate_maps(maps_dir: str | Path, masks_dir: str | Path | None, out_dir: str | Path | None,
+                  group_depth: int = 1, bins: int = 4096, score_range: tuple[float, float] | str | None = "auto",
+                  fpr_limit: float = 0.3) -> dict[str, Any]:
+    """Evaluate saved anomaly maps of any method (one file per image), in constant memory."""
+    metrics = AnomalyMetrics(bins=bins, score_range=score_range, fpr_limit=fpr_limit)
+    keys = []
+    files = iter_map_files(maps_dir, masks_dir, group_depth)  # one map in memory at a time
+    for key, group, amap, mask, where in tqdm(files, total=len(list_map_files(maps_dir)), desc="evaluate",
+                                              unit="map", file=sys.stderr):
+        try:
+            metrics.update([amap], [mask], [group])
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+        keys.append(key)
+    if not keys:
+        raise FileNotFoundError(f"{maps_dir}: no anomaly maps (.npy or .png) found")
+    sync_metrics(metrics, None)  # sorts the groups, as a distributed run would
+    result = metrics.compute()
+    result.update(images=len(keys), expected=len(keys), skipped=[], shards=[str(maps_dir)], step=None)
+    if out_dir is not None:
+        write_reports(result, metrics, Path(out_dir), [keys], [])
+    return result
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def write_reports(result: dict[str, Any], metrics: AnomalyMetrics, out: Path, keys: list[list[str]],
+                  panels: list[tuple[str, str, int, float, str, bytes]]) -> None:
+    """metrics.json / .csv / .md, image_scores.csv, curves/<dataset>.png, heatmaps/<group>/*.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result, indent=1))
+    with open(out / "metrics.csv", "w", newline="") as f:
+        csv.writer(f).writerows(to_csv_rows(result))
+    (out / "metrics.md").write_text(to_markdown(result))
+    scores, labels, groups = metrics.image_arrays()
+    flat_keys = [(k, r) for r, part in enumerate(keys) for k in part]
+    with open(out / "image_scores.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["key", "group", "label", "score", "rank"])
+        for (key, rank), s, lab, g in zip(flat_keys, scores, labels, groups):
+            w.writerow([key, metrics.group_names[int(g)], int(lab), f"{s:.6g}", rank])
+    by_dataset: dict[str, dict[str, Any]] = {}
+    for name in metrics.group_names:
+        by_dataset.setdefault(dataset_of(name) or "all", {})[name] = metrics.curves(name)
+    for ds, curves in by_dataset.items():
+        visualize.plot_curves(curves, ds, out / "curves" / f"{ds}.png", metrics.fpr_limit)
+    for group, kind, pos, score, key, png in panels:
+        stem = key.split("/", 2)[-1].replace("/", "_")
+        (out / "heatmaps" / group).mkdir(parents=True, exist_ok=True)
+        (out / "heatmaps" / group / f"{kind}{pos:02d}_{stem}.png").write_bytes(png)
+
+
+def log_to_tracker(tracker: Any, result: dict[str, Any], panels: list, step: int, prefix: str) -> None:
+    """Means as scalars, the per-group table, heatmaps per group."""
+    scalars = {f"{prefix}/{m}": v for m, v in result["mean"].items() if v is not None}
+    for ds, scores in result["per_dataset"].items():
+        scalars.update({f"{prefix}/{ds}/{m}": v for m, v in scores.items() if v is not None})
+    tracker.log(scalars, step)
+    rows = [[label] + [scores.get(m) for m in METRICS] for label, scores in table_rows(result)]
+    tracker.log_table(f"{prefix}/metrics", ["group", *METRICS], rows, step)
+    for group in sorted({p[0] for p in panels}):
+        images = [(visualize.decode_png(png), f"{kind} {pos}: {key} ({score:.4g})")
+                  for g, kind, pos, score, key, png in sorted(panels) if g == group]
+        tracker.log_images(f"{prefix}/heatmaps/{group}", images, step)
+
+
+# ---------------------------------------------------------------- the export entry point
+
+
+def run_evaluation(checkpoint: str | Path, shards: Sequence[str | Path], out_dir: str | Path | None = None,
+                   vis: int | None = None, overrides: Sequence[str] = (),
+                   score_range: tuple[float, float] | str | None = "auto") -> dict[str, Any]:
+    """``launch/evaluate.py``: load an export, evaluate on all ranks, store the image threshold in info.json."""
+    export = Path(checkpoint)
+    for name in (WEIGHTS_NAME, CONFIG_NAME):
+        if not (export / name).is_file():
+            raise FileNotFoundError(f"{export} is not an export: {name} is missing (train first, or point at RUN/export)")
+    shard_set = open_builds(list(shards))  # bad shards fail here, before any process group exists
+    out = Path(out_dir) if out_dir is not None else export.parent / "eval"
+    accelerator = make_accelerator(load_config(export / CONFIG_NAME, list(overrides)))
+    model = tracker = None
+    try:
+        model, cfg = load_export(export, list(overrides), device=accelerator.device)
+        if cfg.tracking.wandb.mode != "disabled":
+            tracker = Tracker(cfg, out, accelerator.is_main_process)
+        result = evaluate_model(model, shard_set, cfg, accelerator, out, tracker, read_info(export).get("step"), vis,
+                                score_range)
+        if accelerator.is_main_process:
+            save_threshold(export, result)
+    finally:
+        if tracker is not None:
+            tracker.finish()
+        del model
+        shutdown(accelerator)
+    return result
+
+
+def save_threshold(export: str | Path, result: dict[str, Any]) -> None:
+    """Record the F1-optimal image threshold in the export's info.json for ``predict.py --threshold auto``."""
+    info = read_info(export)
+    info["image_threshold"] = result["threshold"]
+    info["image_threshold_source"] = {"I-F1max": result["pooled"]["I-F1max"], "images": result["images"],
+                                      "shards": result["shards"]}
+    write_info(export, info)
