@@ -21,16 +21,50 @@ class ImageError(ValueError):
     """An image or mask that cannot be used; the message is the reason recorded in the manifest."""
 
 
-def sniff(data: bytes) -> tuple[str, int, int]:
-    """``(format, width, height)`` from the header, with a check that the file is not cut short."""
-    if not data:
-        raise ImageError("empty file")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers; C4/C8/CC are not
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    if data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from the first frame header, walking the marker segments."""
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD8:
+            i += 1 if marker == 0xFF else 2
+            continue
+        if marker in _JPEG_SOF:
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
+def _header(data: bytes) -> tuple[str, int, int]:
+    """Format and size without decoding: parsed here for PNG and JPEG (fast), by PIL otherwise."""
+    size = _png_size(data) if data[:1] == b"\x89" else _jpeg_size(data) if data[:2] == b"\xff\xd8" else None
+    if size is not None and min(size) > 0:
+        return ("png" if data[:1] == b"\x89" else "jpg"), size[0], size[1]
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt, (width, height) = (im.format or "").lower(), im.size
     except Exception as exc:  # PIL raises many types for garbage; all mean "not an image"
         raise ImageError(f"not a readable image ({exc.__class__.__name__})") from None
-    fmt = {"jpeg": "jpg", "mpo": "jpg"}.get(fmt, fmt)
+    return {"jpeg": "jpg", "mpo": "jpg"}.get(fmt, fmt), width, height
+
+
+def sniff(data: bytes) -> tuple[str, int, int]:
+    """``(format, width, height)`` from the header, with a check that the file is not cut short."""
+    if not data:
+        raise ImageError("empty file")
+    fmt, width, height = _header(data)
     if fmt == "png" and not data.rstrip(b"\0").endswith(_PNG_END):
         raise ImageError("truncated PNG (no IEND chunk at the end)")
     if fmt == "jpg" and _JPEG_EOI not in data[-64:]:

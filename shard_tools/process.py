@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from dataclasses import dataclass
@@ -13,6 +14,9 @@ from shard_tools import images
 from shard_tools.errors import warn
 from shard_tools.images import ImageError
 from shard_tools.items import Item, Skip
+
+
+_META_FIELDS = tuple(f.name for f in dataclasses.fields(RecordMeta))
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +134,9 @@ def _sample(item: Item, view: str, label: int, image: tuple[str, bytes], mask: n
     members = [image]
     if mask is not None and label == 1:
         members.append((MASK_EXTENSION, images.encode_mask(mask)))
-    members.append((META_EXTENSION, json.dumps(meta.to_json(), sort_keys=True).encode()))
+    # Same dict as meta.to_json(), without dataclasses.asdict's deep copy (a hot path).
+    fields = {name: getattr(meta, name) for name in _META_FIELDS}
+    members.append((META_EXTENSION, json.dumps(fields, sort_keys=True).encode()))
     members.append((CLASS_EXTENSION, str(item.class_id).encode()))
     key = make_key(item.dataset, item.class_name, item.split, item.defect, item.stem, view)
     return Sample(key, tuple(members), meta)

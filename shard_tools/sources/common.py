@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from shard_tools.errors import UserError
@@ -36,7 +37,9 @@ def masks_by_stem(directory: Path) -> dict[str, Path]:
 
 
 def rel(path: Path, root: Path) -> str:
-    return path.relative_to(root).as_posix()
+    """``path`` relative to ``root`` as a POSIX string (plain string work: it runs once per image)."""
+    text, base = str(path), str(root).rstrip(os.sep) + os.sep
+    return text[len(base):].replace(os.sep, "/") if text.startswith(base) else path.relative_to(root).as_posix()
 
 
 def require_root(root: Path, dataset: str) -> Path:
