@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: every finished shard is kept; rerun with --resume to continue", file=sys.stderr)
+        return 130
     return 0
 
 
