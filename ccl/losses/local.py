@@ -68,23 +68,28 @@ def _reduce(
 
 
 def _windowed_block(
-    local: torch.Tensor, cands: torch.Tensor, q0: int, q1: int, h: int, w: int, k: int,
+    anchors: torch.Tensor, cands: torch.Tensor, q0: int, q1: int, h: int, w: int, k: int,
     own_view: torch.Tensor, partner: torch.Tensor, temperature: float,
 ) -> torch.Tensor:
-    idx, valid = _window_index(q0, q1, h, w, k, local.device)
-    anchors = local[:, :, q0:q1].permute(2, 0, 1)  # (Q, U, C)
-    windows = cands[:, :, idx]  # (V, C, Q, K)
-    sims = torch.einsum("quc,vcqk->quvk", anchors, windows)  # (Q, U, V, K)
+    """anchors (h*w, U, C) and cands (h*w, C, V), position-major so that every bmm operand is contiguous."""
+    a = anchors[q0:q1]  # (Q, U, C)
+    q, u, _ = a.shape
+    if k == 1:
+        return _reduce(torch.bmm(a, cands[q0:q1]).unsqueeze(-1), None, own_view, partner, temperature)
+    idx, valid = _window_index(q0, q1, h, w, k, a.device)  # (Q, K)
+    windows = cands[idx].permute(0, 2, 3, 1).reshape(q, cands.shape[1], -1)  # (Q, C, V*K)
+    sims = torch.bmm(a, windows).view(q, u, cands.shape[2], k * k)  # (Q, U, V, K)
     return _reduce(sims, valid, own_view, partner, temperature)
 
 
 def _full_block(
-    local: torch.Tensor, cand_matrix: torch.Tensor, q0: int, q1: int, n_views: int,
+    anchors: torch.Tensor, cand_matrix: torch.Tensor, q0: int, q1: int, n_views: int,
     own_view: torch.Tensor, partner: torch.Tensor, temperature: float,
 ) -> torch.Tensor:
-    anchors = local[:, :, q0:q1].permute(2, 0, 1)  # (Q, U, C)
-    q, u, c = anchors.shape
-    sims = (anchors.reshape(q * u, c) @ cand_matrix).view(q, u, n_views, -1)  # (Q, U, V, h*w)
+    """anchors (h*w, U, C), cand_matrix (C, V*h*w)."""
+    a = anchors[q0:q1]  # (Q, U, C)
+    q, u, c = a.shape
+    sims = (a.reshape(q * u, c) @ cand_matrix).view(q, u, n_views, -1)  # (Q, U, V, h*w)
     return _reduce(sims, None, own_view, partner, temperature)
 
 
@@ -126,18 +131,21 @@ def local_contrastive_loss(
     cands = gathered.flatten(0, 1).flatten(2)  # (V=2M, C, h*w)
     own_view, partner = _view_masks(labels, all_labels, offset)
     n_local, n_views, hw = local.shape[0], cands.shape[0], h * w
+    anchors = local.permute(2, 0, 1).contiguous()  # (h*w, U, C)
     if k is None:
         cands = cands.permute(1, 0, 2).reshape(cands.shape[1], n_views * hw)  # (C, V*h*w)
+    else:
+        cands = cands.permute(2, 1, 0).contiguous()  # (h*w, C, V)
     step = max(1, chunk // n_local)  # positions per block
-    use_checkpoint = step < hw and torch.is_grad_enabled() and local.requires_grad
-    total = local.new_zeros(())
+    use_checkpoint = step < hw and torch.is_grad_enabled() and anchors.requires_grad
+    total = anchors.new_zeros(())
     for q0 in range(0, hw, step):
         q1 = min(hw, q0 + step)
         if k is None:
-            args = (local, cands, q0, q1, n_views, own_view, partner, temperature)
+            args = (anchors, cands, q0, q1, n_views, own_view, partner, temperature)
             fn = _full_block
         else:
-            args = (local, cands, q0, q1, h, w, k, own_view, partner, temperature)
+            args = (anchors, cands, q0, q1, h, w, k, own_view, partner, temperature)
             fn = _windowed_block
         part = checkpoint(fn, *args, use_reentrant=False) if use_checkpoint else fn(*args)
         total = total + part
