@@ -9,6 +9,7 @@ Prints: build time / tar time without resize (goal <= 1.3x), and images/s with -
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         root = tmp / "data"
         total = generate(root, a.images, a.size)
-        print(f"data: {a.images} PNG images, {a.size}x{a.size}, {total / 1e6:.1f} MB")
+        print(f"data: {a.images} PNG images, {a.size}x{a.size}, {total / 1e6:.1f} MB; "
+              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (other work skews the figures)")
         # Alternate the two so a busy neighbour on a shared machine slows both alike; keep the best of each.
         runs = [(tar_time(root, tmp / "all.tar"), build_time(root, tmp / "out", workers=1))
                 for _ in range(a.repeats)]
@@ -79,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         for workers in (1, 2):
             seconds = build_time(root, tmp / "out", workers=workers, image_size=256)
             rates[workers] = a.images / seconds
-            print(f"build, --image-size 256, {workers} worker(s): {seconds:7.2f} s  {rates[workers]:7.1f} images/s")
+            print(f"build, --image-size 256, {workers} worker(s): {seconds:7.2f} s  {rates[workers]:7.1f} images/s"
+                  f"  (load average {os.getloadavg()[0]:.1f})")
         print(f"speed-up 1 -> 2 workers: {rates[2] / rates[1]:.2f}x (linear: 2.00x)")
     return 0
 
