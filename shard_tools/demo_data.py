@@ -22,8 +22,10 @@ if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 # class name -> skimage.data loader name; all bundled with the wheel (no download).
-PHOTOS = {"brick": "brick", "grass": "grass", "gravel": "gravel", "coffee": "coffee", "cat": "chelsea",
-          "rocket": "rocket"}
+# Photographs whose top and bottom look alike (textures, repeated objects), so the disjoint train and
+# test regions show the same kind of content.
+PHOTOS = {"brick": "brick", "grass": "grass", "gravel": "gravel", "coins": "coins",
+          "tissue": "immunohistochemistry", "galaxies": "hubble_deep_field"}
 DEFECTS = ("scratch", "stain", "hole", "patch", "color")
 TRAIN_TOP = 0.6  # train crops from rows [0, 60%), test crops from rows [60%, 100%)
 CROP = 0.38  # crop side as a fraction of the photograph's shorter side
@@ -84,8 +86,9 @@ def add_defect(image: np.ndarray, kind: str, donor: np.ndarray, rng: np.random.G
         if kind == "stain":
             tint = np.array(rng.integers(0, 256, 3), np.float32)
             region = 0.45 * region + 0.55 * tint
-        else:  # a visible colour cast: roll the channels and brighten
-            region = np.clip(region[:, ::-1] * 0.7 + 70, 0, 255)
+        else:  # a colour cast, visible on grey textures too: one channel up, the others down
+            gains = np.array([1.6, 0.55, 0.55], np.float32)[rng.permutation(3)]
+            region = np.clip(region * gains + 40 * (gains > 1), 0, 255)
         out[mask > 0] = region.astype(np.uint8)
     elif kind == "hole":
         cv2.circle(mask, center, int(rng.integers(size // 16, size // 9)), 1, -1)
