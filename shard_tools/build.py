@@ -67,11 +67,12 @@ def options_from(args: argparse.Namespace) -> BuildOptions:
 
 
 def dataset_root(name: str, roots: dict[str, Path], options: BuildOptions) -> Path:
-    """The folder to read; the demo data set is written first (by default into OUT/demo/source)."""
-    if name == "demo":
+    """The folder to read. ``demo`` without a root writes the default demo set into OUT/demo/source;
+    ``--root demo=DIR`` reads a demo folder written earlier by ``shard_tools/demo_data.py`` (other sizes)."""
+    if name == "demo" and "demo" not in roots:
         from shard_tools.demo_data import write_demo
 
-        root = roots.get("demo", options.out / "demo" / "source")
+        root = options.out / "demo" / "source"
         write_demo(root, seed=options.seed)
         return root
     if name not in roots:
