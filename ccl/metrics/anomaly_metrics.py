@@ -7,18 +7,18 @@
 
 Memory does not grow with the number of images except for three numbers per image
 (score, label, group) kept for the exact image metrics. Pixel metrics and AUPRO come
-from per-group histograms over fixed bins (``ccl.metrics.binning``):
+from per-group histograms of ``bins`` bins (``ccl.metrics.binning``), one per grid kind k:
 
-    pixel[g, 0]  normal pixels per bin
-    pixel[g, 1]  anomalous pixels per bin
-    pixel[g, 2]  anomalous pixels per bin weighted 1 / (size of their 8-connected region)
-    counts[g]    (regions, clipped scores, images with pixel ground truth)
+    pixel[g, k, 0]  normal pixels per bin
+    pixel[g, k, 1]  anomalous pixels per bin
+    pixel[g, k, 2]  anomalous pixels per bin weighted 1 / (size of their 8-connected region)
+    counts[g]       (regions, clipped scores, images with pixel ground truth)
 
-Only the window ``[start, stop)`` of bins that the scores reach is stored; it grows by
-whole octaves (log-linear bins) as new scores arrive, which is exact (new bins are zero).
-
-Ranks merge with one all-reduce (sum) of ``state_tensors()`` after ``align`` on the union
-of group names and windows, plus an all-gather of ``image_arrays()``.
+With ``score_range="auto"`` each group has two adaptive grids (equal-width and log-like) and
+the exact extent of its scores; ``compute`` uses the grid with less tie mass. Two states merge
+after ``align`` puts them on common grids (``grids()`` / ``common_grid``). Ranks merge with:
+gather ``grids()``, ``align``, one all-reduce (sum) of ``state_tensors()``, an all-gather of
+``image_arrays()``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from ccl.metrics.binning import Binning, LinearBins, make_binning
+from ccl.metrics.binning import KINDS, Grid, LinearBins, common_grid, regrid, widen
 from ccl.metrics.curves import auroc, average_precision, exact_counts, f1_max, pro_auc, pro_points, roc_points
 from ccl.metrics.regions import region_weights
 from ccl.metrics.report import IMAGE_METRICS, PIXEL_METRICS, summarize
@@ -47,26 +47,33 @@ def _numpy(x: Any, dtype: Any = None) -> np.ndarray:
 class AnomalyMetrics:
     """Per-group I-/P-AUROC, AP, F1max and AUPRO in constant memory."""
 
-    def __init__(self, group_names: Sequence[str] = (), bins: int = 4096,
-                 score_range: tuple[float, float] | str | None = "auto", fpr_limit: float = 0.3,
-                 octave_bins: int = 4096) -> None:
-        """``score_range=(lo, hi)``: ``bins`` linear bins (known range); ``"auto"``: log-linear bins."""
+    def __init__(self, group_names: Sequence[str] = (), bins: int = 8192,
+                 score_range: tuple[float, float] | str | None = "auto", fpr_limit: float = 0.3) -> None:
+        """``bins`` per group; ``score_range=(lo, hi)``: linear bins on a known range, ``"auto"``: adaptive grid."""
         if not 0 < fpr_limit <= 1:
             raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
-        self.binning: Binning = make_binning(score_range, bins, octave_bins)
-        self.fpr_limit = float(fpr_limit)
+        if bins < 2:
+            raise ValueError(f"need at least 2 bins, got {bins}")
+        if score_range is None or score_range == "auto":
+            self.linear: LinearBins | None = None
+        elif isinstance(score_range, str):
+            raise ValueError(f"score_range must be (lo, hi) or 'auto', got {score_range!r}")
+        else:
+            self.linear = LinearBins(float(score_range[0]), float(score_range[1]), int(bins))
+        self.bins, self.fpr_limit = int(bins), float(fpr_limit)
+        self.kinds = ("linear",) if self.linear else KINDS
         self.group_names: list[str] = []
         self._ids: dict[str, int] = {}
-        self.window = (0, 0)  # [start, stop) of the stored bins
-        self.pixel = np.zeros((0, 3, 0), np.float64)
+        self.pixel = np.zeros((0, len(self.kinds), 3, self.bins), np.float64)
         self.counts = np.zeros((0, _N_COUNTS), np.float64)
+        self._grid: list[list[Grid]] = []
         self._scores: list[np.ndarray] = []
         self._labels: list[np.ndarray] = []
         self._groups: list[np.ndarray] = []
         for name in group_names:
             self.group_id(name)
 
-    # ------------------------------------------------------------ groups
+    # ------------------------------------------------------------ groups and grids
 
     def group_id(self, name: str) -> int:
         """Index of group ``name``, adding it when new."""
@@ -75,14 +82,20 @@ class AnomalyMetrics:
             self.group_names.append(name)
             self.pixel = np.concatenate([self.pixel, np.zeros((1,) + self.pixel.shape[1:])])
             self.counts = np.concatenate([self.counts, np.zeros((1, _N_COUNTS))])
+            self._grid.append(self._empty_grids())
         return self._ids[name]
 
-    def align(self, names: Sequence[str], window: tuple[int, int] | None = None) -> None:
-        """Re-index the state on ``names`` (a superset of the current groups) and widen the bin
-        window to cover ``window``: with the union over ranks of both, every rank's state has the
-        same layout and can be summed."""
-        if window is not None:
-            self._cover(*window)
+    def _empty_grids(self) -> list[Grid]:
+        return [Grid(kind) for kind in self.kinds]
+
+    def grids(self) -> dict[str, list[Grid]]:
+        """``name -> [grid per kind]``: what ``common_grid`` needs from each state."""
+        return dict(zip(self.group_names, self._grid))
+
+    def align(self, names: Sequence[str], grids: dict[str, list[Grid]] | None = None) -> None:
+        """Re-index the state on ``names`` (a superset of the current groups) and re-bin groups onto
+        ``grids`` (from ``common_grid``): states aligned on the same names and grids have the same
+        layout and can be summed."""
         missing = set(self.group_names) - set(names)
         if missing:
             raise ValueError(f"align: groups {sorted(missing)} are not in the new list")
@@ -93,9 +106,31 @@ class AnomalyMetrics:
         pixel = np.zeros((len(names),) + self.pixel.shape[1:])
         counts = np.zeros((len(names), _N_COUNTS))
         pixel[remap], counts[remap] = self.pixel, self.counts
+        old = self.grids()
         self._groups = [remap[g] for g in self._groups] if len(remap) else self._groups
         self.pixel, self.counts = pixel, counts
         self.group_names, self._ids = list(names), dict(order)
+        self._grid = [old.get(n, self._empty_grids()) for n in names]
+        for name, new in (grids or {}).items():
+            g = self._ids[name]
+            for k, (before, after) in enumerate(zip(self._grid[g], new)):
+                if self.linear is None and after != before:
+                    self.pixel[g, k] = regrid(self.pixel[g, k], before, after) if not before.empty else 0.0
+            self._grid[g] = list(new)
+
+    def _bin(self, g: int, flat: np.ndarray) -> list[np.ndarray]:
+        """Bin indices per grid kind of the flat scores of group ``g``, widening its grids first."""
+        if self.linear is not None:
+            return [self.linear.index(flat)]
+        lo, hi = float(flat.min()), float(flat.max())
+        out = []
+        for k, grid in enumerate(self._grid[g]):
+            new = widen(grid, lo, hi, self.bins)
+            if not grid.empty and (new.shift, new.start) != (grid.shift, grid.start):
+                self.pixel[g, k] = regrid(self.pixel[g, k], grid, new)
+            self._grid[g][k] = new
+            out.append(new.index(flat))
+        return out
 
     # ------------------------------------------------------------ update
 
@@ -122,8 +157,8 @@ class AnomalyMetrics:
                 raise ValueError(f"sample {i}: anomaly map must be 2-D (H, W), got shape {amap.shape}")
             if mask is not None and mask.shape != amap.shape:
                 raise ValueError(f"sample {i}: mask {mask.shape} and anomaly map {amap.shape} differ in size")
-            if np.isnan(amap).any():
-                raise ValueError(f"sample {i}: anomaly map contains NaN")
+            if not np.isfinite(amap).all():
+                raise ValueError(f"sample {i}: anomaly map contains NaN or inf")
         scores = self._image_scores(image_scores, maps)
         labels = self._image_labels(image_labels, masks_np)
         self._scores.append(scores)
@@ -167,36 +202,18 @@ class AnomalyMetrics:
             raise ValueError("samples without a mask need image_labels")
         return np.array([m.any() for m in masks], np.int8)
 
-    def _cover(self, start: int, stop: int) -> None:
-        """Widen the stored window to include bins [start, stop), in whole chunks."""
-        if stop <= start:
-            return
-        chunk = self.binning.chunk
-        start = max(0, start // chunk * chunk)
-        stop = min(self.binning.size, -(-stop // chunk) * chunk)
-        if self.window[1] > self.window[0]:
-            start, stop = min(start, self.window[0]), max(stop, self.window[1])
-        if (start, stop) == self.window:
-            return
-        pixel = np.zeros(self.pixel.shape[:2] + (stop - start,))
-        if self.window[1] > self.window[0]:
-            pixel[:, :, self.window[0] - start:self.window[1] - start] = self.pixel
-        self.pixel, self.window = pixel, (start, stop)
-
     def _add_pixels(self, g: int, maps: list[np.ndarray], masks: list[np.ndarray]) -> None:
+        nb = self.bins
         same = len({m.shape for m in maps}) == 1
         flat_maps = np.stack(maps).reshape(-1) if same else np.concatenate([m.ravel() for m in maps])
         flat_masks = np.stack(masks).reshape(-1) if same else np.concatenate([m.ravel() for m in masks])
-        ends = self.binning.index(np.array([flat_maps.min(), flat_maps.max()], np.float32))
-        self._cover(int(ends[0]), int(ends[1]) + 1)
-        idx = self.binning.index(flat_maps)
-        idx -= self.window[0]
-        nb = self.window[1] - self.window[0]
-        both = np.bincount(idx + nb * flat_masks, minlength=2 * nb)  # normal bins, then anomalous bins
-        self.pixel[g, 0] += both[:nb]
-        self.pixel[g, 1] += both[nb:]
-        if isinstance(self.binning, LinearBins):
-            self.counts[g, 1] += np.count_nonzero((flat_maps < self.binning.lo) | (flat_maps > self.binning.hi))
+        indices = self._bin(g, flat_maps)
+        for k, idx in enumerate(indices):
+            both = np.bincount(idx + nb * flat_masks, minlength=2 * nb)  # normal bins, then anomalous bins
+            self.pixel[g, k, 0] += both[:nb]
+            self.pixel[g, k, 1] += both[nb:]
+        if self.linear is not None:
+            self.counts[g, 1] += np.count_nonzero((flat_maps < self.linear.lo) | (flat_maps > self.linear.hi))
         self.counts[g, 2] += len(maps)
         offset, where, weights = 0, [], []
         for mask in masks:
@@ -207,17 +224,22 @@ class AnomalyMetrics:
                 self.counts[g, 0] += regions
             offset += mask.size
         if where:
-            sel = np.concatenate(where)
-            self.pixel[g, 2] += np.bincount(idx[sel], weights=np.concatenate(weights), minlength=nb)
+            sel, w = np.concatenate(where), np.concatenate(weights)
+            for k, idx in enumerate(indices):
+                self.pixel[g, k, 2] += np.bincount(idx[sel], weights=w, minlength=nb)
 
     # ------------------------------------------------------------ merging
 
     def merge(self, other: "AnomalyMetrics") -> "AnomalyMetrics":
-        """Add ``other``'s state into this one (in place; groups matched by name)."""
-        if self.binning != other.binning:
-            raise ValueError(f"cannot merge metrics with different binnings: {self.binning} vs {other.binning}")
-        self.align(self.group_names + [n for n in other.group_names if n not in self._ids], other.window)
-        other.align(other.group_names, self.window)
+        """Add ``other``'s state into this one (in place; groups matched by name; ``other`` is re-binned
+        onto the common grids, which leaves its results unchanged)."""
+        if (self.linear, self.bins) != (other.linear, other.bins):
+            raise ValueError("cannot merge metrics with different binnings")
+        names = self.group_names + [n for n in other.group_names if n not in self._ids]
+        mine, theirs = self.grids(), other.grids()
+        grids = {n: merged_grids([g[n] for g in (mine, theirs) if n in g], self.bins) for n in names}
+        self.align(names, grids)
+        other.align(other.group_names, {n: grids[n] for n in other.group_names})
         remap = np.array([self._ids[n] for n in other.group_names], np.int64)
         self.pixel[remap] += other.pixel
         self.counts[remap] += other.counts
@@ -228,14 +250,13 @@ class AnomalyMetrics:
         return self
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        """The summable state (float64); all-reduce (sum) it after ``align`` on the same groups and window."""
+        """The summable state (float64); all-reduce (sum) it after ``align`` on the same groups and grids."""
         return {"pixel": torch.from_numpy(self.pixel.copy()), "counts": torch.from_numpy(self.counts.copy())}
 
     def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
         for name, current in (("pixel", self.pixel), ("counts", self.counts)):
-            value = state[name].detach().cpu().double().numpy()
-            if value.shape != current.shape:
-                raise ValueError(f"state {name!r} has shape {value.shape}, expected {current.shape}")
+            if tuple(state[name].shape) != current.shape:
+                raise ValueError(f"state {name!r} has shape {tuple(state[name].shape)}, expected {current.shape}")
         self.pixel = state["pixel"].detach().cpu().double().numpy().copy()
         self.counts = state["counts"].detach().cpu().double().numpy().copy()
 
@@ -268,15 +289,27 @@ class AnomalyMetrics:
             per_group[name] = {**image, **self._pixel_metrics(g)}
             counts[name] = {"images": int(sel.sum()), "anomalous": int(labels[sel].sum()),
                             "pixel_images": int(self.counts[g, 2]), "regions": int(self.counts[g, 0]),
-                            "clipped_pixels": int(self.counts[g, 1])}
+                            "clipped_pixels": int(self.counts[g, 1]), **self._grid_used(g)}
         pooled, threshold = _image_metrics(scores, labels)  # one threshold for class-agnostic prediction
         result = summarize(per_group)
+        binning = self.linear.describe() if self.linear else {"kind": "auto", "bins": self.bins}
         result.update(pooled=pooled, threshold=threshold, thresholds=thresholds, counts=counts,
-                      binning=self.binning.describe(), fpr_limit=self.fpr_limit)
+                      binning=binning, fpr_limit=self.fpr_limit)
         return result
 
+    def _kind(self, g: int) -> int:
+        """The grid kind with the least tie mass (normal and anomalous pixels sharing a bin)."""
+        neg, pos, overlap = self.pixel[g, :, 0], self.pixel[g, :, 1], self.pixel[g, :, 2]
+        return int(np.argmin((neg * pos).sum(axis=1) + (neg * overlap).sum(axis=1)))
+
+    def _grid_used(self, g: int) -> dict[str, Any]:
+        if self.linear is not None:
+            return {"grid": "linear", "bin_width": (self.linear.hi - self.linear.lo) / self.bins}
+        grid = self._grid[g][self._kind(g)]
+        return {"grid": grid.kind, "bin_width": grid.width()}
+
     def _pixel_metrics(self, g: int) -> dict[str, float | None]:
-        neg, pos, overlap = self.pixel[g]
+        neg, pos, overlap = self.pixel[g, self._kind(g)]
         f1 = f1_max(neg, pos)
         values = {"P-AUROC": auroc(neg, pos), "P-AP": average_precision(neg, pos),
                   "P-F1max": f1[0] if f1 else None,
@@ -285,8 +318,9 @@ class AnomalyMetrics:
 
     def curves(self, name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Pixel ROC (FPR, TPR) and PRO (FPR, PRO) curves of a group, for plots."""
-        neg, pos, overlap = self.pixel[self._ids[name]]
-        return {"roc": roc_points(neg, pos), "pro": pro_points(neg, overlap, self.counts[self._ids[name], 0])}
+        g = self._ids[name]
+        neg, pos, overlap = self.pixel[g, self._kind(g)]
+        return {"roc": roc_points(neg, pos), "pro": pro_points(neg, overlap, self.counts[g, 0])}
 
 
 def _image_metrics(scores: np.ndarray, labels: np.ndarray) -> tuple[dict[str, float | None], float | None]:
@@ -303,3 +337,8 @@ def _image_metrics(scores: np.ndarray, labels: np.ndarray) -> tuple[dict[str, fl
     best = f1[1]
     threshold = levels[best] if best == 0 else (levels[best] + levels[best - 1]) / 2
     return {k: values[k] for k in IMAGE_METRICS}, float(threshold)
+
+
+def merged_grids(states: list[list[Grid]], bins: int) -> list[Grid]:
+    """Per grid kind, the common grid of several states' grids of one group (``AnomalyMetrics.grids()[name]``)."""
+    return [common_grid(list(per_kind), bins) for per_kind in zip(*states)]

@@ -1,32 +1,136 @@
 """Score -> histogram bin, for the streaming pixel metrics.
 
-Two binnings, both monotone (a higher score never lands in a lower bin), so a
-histogram's reverse cumulative sums are the exact TP / FP counts at the bin edges:
+Every binning is monotone (a higher score never lands in a lower bin), so a histogram's
+reverse cumulative sums are the exact TP / FP counts at the bin edges, and exact ties always
+share a bin (heavily tied scores are handled exactly).
 
-- ``LinearBins(lo, hi, bins)``: equal-width bins over a known score range; scores
-  outside are clamped into the end bins (and counted in ``clipped``).
-- ``LogLinearBins(octave_bins)`` ("auto"): scale-free bins taken from the float32
-  bit pattern, i.e. ``octave_bins`` equal-width bins inside every power-of-two
-  interval [2**e, 2**(e+1)) (as HDR histograms do). Relative resolution is
-  1/octave_bins (default 4096: 0.025 %) whatever the scale, so scores spanning
-  orders of magnitude, or clustered in a narrow band at any offset, are resolved
-  with no first pass and no range to guess. Magnitudes below 2**min_exp share one
-  central bin with 0 (ties at 0 stay exact), magnitudes from 2**max_exp up are
-  clamped into the last bin; negative scores are mirrored. The index space is
-  large (~400k bins for 2**-24..2**24), but ``AnomalyMetrics`` stores only the
-  window of bins the scores actually reach (a few octaves for real maps).
+- ``LinearBins(lo, hi, bins)``: equal-width bins over a known score range; scores outside
+  are clamped into the end bins (and counted as clipped).
+- "auto" (default): adaptive power-of-two grids (``Grid``) of ``bins`` bins. Bin i of a grid
+  holds the scores whose integer key at level ``shift`` minus ``start`` is i. Two key kinds:
 
-Exact ties always fall in one bin, so heavily tied scores are handled exactly.
+  * ``value``: key = floor(score / 2**shift): equal-width bins (any sign, narrow bands);
+  * ``order``: key = float32 bit pattern as a monotone integer, >> shift: equal-width bins
+    inside each power of two, i.e. log-like (scores spanning orders of magnitude).
+
+  A grid starts as fine as the first scores allow; when later scores widen the range it
+  coarsens by merging bin pairs (``shift + 1``), which is exact. Grids of different ranks
+  align exactly (``common_grid``) since they are power-of-two cuts of the same keys. The
+  metrics keep one histogram per kind and use, per group, the one with less tie mass (fewer
+  normal/anomalous pixel pairs sharing a bin): no first pass, no range to guess.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-_ABS_MASK = np.int32(0x7FFFFFFF)
-_MANTISSA_BITS = 23
+KINDS = ("value", "order")
+_EXACT_BITS = 52  # value keys stay below 2**52: exact in float64 and in int64
+
+
+def order_keys(scores: np.ndarray) -> np.ndarray:
+    """int64 keys with key(a) < key(b) iff a < b for float32 scores (-0.0 counts as 0.0)."""
+    values = np.ascontiguousarray(scores, dtype=np.float32) + np.float32(0.0)  # -0.0 + 0.0 = +0.0
+    bits = values.view(np.int32)
+    return (bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))).astype(np.int64)
+
+
+def key_to_score(keys: np.ndarray) -> np.ndarray:
+    """Inverse of ``order_keys``."""
+    k = np.asarray(keys, np.int64).astype(np.int32)
+    return (k ^ ((k >> 31) & np.int32(0x7FFFFFFF))).view(np.float32).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A power-of-two grid of one key kind, and the exact extent of the scores binned on it."""
+
+    kind: str
+    shift: int = 0
+    start: int = 0
+    lo: float = np.inf  # lowest / highest score seen (inf / -inf: none yet)
+    hi: float = -np.inf
+
+    @property
+    def empty(self) -> bool:
+        return self.lo > self.hi
+
+    def keys(self, scores: np.ndarray, shift: int | None = None) -> np.ndarray:
+        """Keys of float32 ``scores`` at level ``shift`` (default this grid's)."""
+        s = self.shift if shift is None else shift
+        if self.kind == "order":
+            return order_keys(scores) >> s
+        scaled = np.floor(np.asarray(scores, np.float64) * 2.0**-s)
+        return np.clip(scaled, -(2.0**62), 2.0**62).astype(np.int64)  # clipped keys never fit a grid
+
+    def index(self, scores: np.ndarray) -> np.ndarray:
+        idx = self.keys(scores)
+        idx -= self.start
+        return idx
+
+    def width(self) -> float | None:
+        """Widest bin over the scores' range, in score units (the resolution reached)."""
+        if self.empty:
+            return None
+        if self.kind == "value":
+            return 2.0**self.shift
+        k = self.keys(np.array([self.lo, self.hi]))
+        edges = key_to_score(np.arange(k[0], k[1] + 2, dtype=np.int64) << self.shift)
+        edges = edges[np.isfinite(edges)]
+        return float(np.diff(edges).max()) if len(edges) > 1 else 0.0
+
+
+def fit(grid: Grid, lo: float, hi: float, bins: int, min_shift: int | None = None) -> Grid:
+    """The finest grid of ``grid.kind`` (not finer than ``min_shift``) whose ``bins`` bins hold [lo, hi]."""
+    ends = np.array([lo, hi], np.float32)
+    shift = 0 if min_shift is None else min_shift
+    if grid.kind == "value":  # keys of the largest magnitude must stay exact (< 2**52)
+        top = max(abs(float(lo)), abs(float(hi)), 2.0**-126)
+        shift = max(shift if min_shift is not None else -(10**9), int(np.floor(np.log2(top))) - _EXACT_BITS)
+        span = float(hi) - float(lo)
+        if min_shift is None and span > 0:
+            shift = max(shift, int(np.floor(np.log2(span / bins))))
+    while True:
+        k = grid.keys(ends, shift)
+        if k[1] - k[0] < bins:
+            return Grid(grid.kind, shift, int(k[0]), float(lo), float(hi))
+        shift += 1
+
+
+def regrid(counts: np.ndarray, old: Grid, new: Grid) -> np.ndarray:
+    """Histograms (..., bins) on grid ``old`` re-binned on the coarser or shifted grid ``new`` (exact)."""
+    bins = counts.shape[-1]
+    if new.shift < old.shift:
+        raise ValueError(f"cannot refine a grid (shift {old.shift} -> {new.shift})")
+    target = ((old.start + np.arange(bins, dtype=np.int64)) >> (new.shift - old.shift)) - new.start
+    rows = counts.reshape(-1, bins)
+    used = np.flatnonzero(rows.any(axis=0))
+    if len(used) and (target[used].min() < 0 or target[used].max() >= bins):
+        raise ValueError("regrid: the new grid does not cover the data")
+    out = [np.bincount(target[used], weights=row[used], minlength=bins) for row in rows]
+    return np.stack(out).reshape(counts.shape)
+
+
+def widen(grid: Grid, lo: float, hi: float, bins: int) -> Grid:
+    """``grid`` itself when it already holds [lo, hi] (extent updated), else the grid to regrid onto."""
+    lo, hi = min(grid.lo, float(lo)), max(grid.hi, float(hi))
+    if grid.empty:
+        return fit(grid, lo, hi, bins)
+    k = grid.keys(np.array([lo, hi], np.float32))
+    if k[0] >= grid.start and k[1] < grid.start + bins:
+        return replace(grid, lo=lo, hi=hi)
+    return fit(grid, lo, hi, bins, grid.shift)
+
+
+def common_grid(grids: list[Grid], bins: int) -> Grid:
+    """One grid holding every state's scores of a group, no finer than any of them."""
+    live = [g for g in grids if not g.empty]
+    if not live:
+        return grids[0]
+    lo, hi = min(g.lo for g in live), max(g.hi for g in live)
+    return fit(live[0], lo, hi, bins, max(g.shift for g in live))
 
 
 @dataclass(frozen=True)
@@ -41,96 +145,11 @@ class LinearBins:
         if self.bins < 2:
             raise ValueError(f"need at least 2 bins, got {self.bins}")
 
-    @property
-    def size(self) -> int:
-        return self.bins
-
-    @property
-    def chunk(self) -> int:
-        """Granularity of the stored window: all bins at once (there are few)."""
-        return self.bins
-
     def index(self, scores: np.ndarray) -> np.ndarray:
         """Flat float scores -> int64 bin indices."""
         scale = self.bins / (self.hi - self.lo)
         idx = np.floor((scores.astype(np.float64, copy=False) - self.lo) * scale)
         return np.clip(idx, 0, self.bins - 1).astype(np.int64)
 
-    def lower_edges(self) -> np.ndarray:
-        """The score at which each bin starts: 'score >= edge' selects this bin and those above."""
-        return self.lo + (self.hi - self.lo) * np.arange(self.bins) / self.bins
-
     def describe(self) -> dict:
         return {"kind": "linear", "lo": self.lo, "hi": self.hi, "bins": self.bins}
-
-
-@dataclass(frozen=True)
-class LogLinearBins:
-    octave_bins: int = 4096  # a power of two
-    min_exp: int = -24
-    max_exp: int = 24
-
-    def __post_init__(self) -> None:
-        k = self.octave_bins
-        if k < 1 or k & (k - 1) or k > 2**_MANTISSA_BITS:
-            raise ValueError(f"octave_bins must be a power of two <= 2**23, got {k}")
-        if self.max_exp <= self.min_exp:
-            raise ValueError("max_exp must exceed min_exp")
-
-    @property
-    def _shift(self) -> int:
-        return _MANTISSA_BITS - int(np.log2(self.octave_bins))
-
-    @property
-    def _half(self) -> int:
-        return (self.max_exp - self.min_exp) * self.octave_bins
-
-    @property
-    def size(self) -> int:
-        return 2 * self._half + 1
-
-    @property
-    def chunk(self) -> int:
-        """Granularity of the stored window: one octave."""
-        return self.octave_bins
-
-    def index(self, scores: np.ndarray) -> np.ndarray:
-        """Flat float scores -> int64 bin indices (center bin = |score| < 2**min_exp)."""
-        bits = np.ascontiguousarray(scores, dtype=np.float32).view(np.int32)
-        base = np.int32(np.float32(2.0**self.min_exp).view(np.int32) >> self._shift)
-        k = (bits & _ABS_MASK) >> self._shift  # monotone in |score|
-        k -= base
-        np.clip(k, -1, self._half - 1, out=k)  # -1: below the window, shares the zero bin
-        k += 1
-        sign = (bits >> 31) | 1  # -1 for negative scores, +1 otherwise
-        k *= sign
-        idx = k.astype(np.int64)
-        idx += self._half
-        return idx
-
-    def lower_edges(self) -> np.ndarray:
-        """Smallest score of each bin (the zero bin starts at -2**min_exp, exclusive of the one below)."""
-        k = np.arange(self.octave_bins)
-        octaves = np.arange(self.min_exp, self.max_exp)
-        pos = (2.0 ** octaves[:, None] * (1 + k[None, :] / self.octave_bins)).ravel()
-        pos_upper = np.append(pos[1:], 2.0**self.max_exp)
-        neg = -pos_upper[::-1]  # bin of -x spans (-upper, -lower]
-        return np.concatenate([neg, [-(2.0**self.min_exp)], pos])
-
-    def describe(self) -> dict:
-        return {"kind": "loglinear", "octave_bins": self.octave_bins,
-                "min_exp": self.min_exp, "max_exp": self.max_exp}
-
-
-Binning = LinearBins | LogLinearBins
-
-
-def make_binning(score_range: tuple[float, float] | str | None = "auto", bins: int = 4096,
-                 octave_bins: int = 4096) -> Binning:
-    """``score_range=(lo, hi)``: ``bins`` linear bins; ``"auto"``/None: log-linear bins."""
-    if score_range is None or score_range == "auto":
-        return LogLinearBins(octave_bins)
-    if isinstance(score_range, str):
-        raise ValueError(f"score_range must be (lo, hi) or 'auto', got {score_range!r}")
-    lo, hi = score_range
-    return LinearBins(float(lo), float(hi), int(bins))

@@ -7,7 +7,8 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, f1_score, precision_recall_curve, roc_auc_score
 
-from ccl.metrics import METRICS, AnomalyMetrics, LinearBins, LogLinearBins
+from ccl.metrics import METRICS, AnomalyMetrics
+from ccl.metrics.binning import Grid, fit, key_to_score, order_keys, regrid
 
 TOL = 1e-3
 SIZE = 48
@@ -239,18 +240,38 @@ def _same(a: dict, b: dict) -> bool:
     return a["threshold"] == pytest.approx(b["threshold"])
 
 
-@pytest.mark.parametrize("binning", [LogLinearBins(), LogLinearBins(16), LinearBins(-1.0, 1.0, 100)])
-def test_bins_are_monotone_and_edges_start_their_bins(binning) -> None:
+def test_order_keys_are_monotone_and_invertible() -> None:
     rng = np.random.default_rng(10)
-    values = np.concatenate([rng.normal(0, 1, 5000) * 10.0 ** rng.uniform(-12, 12, 5000), [0.0, -0.0, 1e-30, -1e30, 1e30]])
-    values = np.sort(values.astype(np.float32))
-    idx = binning.index(values)
-    assert np.all(np.diff(idx) >= 0) and idx.min() >= 0 and idx.max() < binning.size
-    edges = binning.lower_edges()
-    if isinstance(binning, LogLinearBins):  # positive bins start exactly at their edge
-        edges = edges.astype(np.float32)
-        inner = np.flatnonzero(edges > 0)
-    else:
-        inner = np.arange(1, binning.size)
-        edges = edges + 1e-9  # float rounding at the exact edge
-    assert np.array_equal(binning.index(edges[inner]), inner)
+    values = rng.normal(0, 1, 5000) * 10.0 ** rng.uniform(-30, 30, 5000)
+    values = np.sort(np.concatenate([values, [0.0, -0.0, 1e-40, -1e-40, np.inf, -np.inf]]).astype(np.float32))
+    keys = order_keys(values)
+    assert np.all(np.diff(keys) >= 0) and np.all((np.diff(keys) == 0) == (np.diff(values) == 0))
+    assert np.array_equal(key_to_score(keys), values.astype(np.float64))
+
+
+@pytest.mark.parametrize("kind", ["value", "order"])
+def test_grids_coarsen_exactly(kind: str) -> None:
+    rng = np.random.default_rng(12)
+    x = (rng.random(3000) * 3 + 0.5).astype(np.float32)
+    first = np.sort(x)[1000:1100]  # a narrow band first: a fine grid
+    fine = fit(Grid(kind), float(first.min()), float(first.max()), 256)
+    counts = np.bincount(fine.index(first), minlength=256)[None].astype(float)
+    coarse = fit(Grid(kind), float(x.min()), float(x.max()), 256, fine.shift)
+    assert coarse.shift > fine.shift
+    direct = np.bincount(coarse.index(first), minlength=256)
+    assert np.array_equal(regrid(counts, fine, coarse)[0], direct)
+    assert np.all(np.diff(coarse.index(np.sort(x))) >= 0) and coarse.index(x).max() < 256
+
+
+def test_grid_widening_midstream_equals_one_pass() -> None:
+    """Scores that widen the range batch after batch (coarsening on the way) give the one-pass histogram."""
+    rng = np.random.default_rng(11)
+    maps = [rng.random((4, 16, 16)).astype(np.float32) * 10.0**k for k in range(-3, 3)]
+    masks = [rng.random((4, 16, 16)) < 0.1 for _ in maps]
+    streamed = AnomalyMetrics(bins=512)
+    for m, k in zip(maps, masks):
+        streamed.update(m, k, ["g"] * 4)
+    once = AnomalyMetrics(bins=512)
+    once.update(np.concatenate(maps[::-1]), np.concatenate(masks[::-1]), ["g"] * 24)
+    assert streamed.grids() == once.grids()
+    np.testing.assert_allclose(streamed.pixel, once.pixel)
