@@ -15,9 +15,15 @@ single-process one only when all ranks hold the same number of samples.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
+
+# torch 2.14 marks this autograd all_gather deprecated in favour of a private module; it is the
+# documented one that returns gradients to the owning rank, so keep it and silence only that notice.
+warnings.filterwarnings("ignore", message="torch.distributed.nn.functional.all_gather is deprecated")
 
 
 def _local_sizes(n: int, world_size: int, device: torch.device) -> list[int]:
