@@ -138,6 +138,8 @@ def test_local_windows_differ():
     labels = torch.tensor([0, 1, 0])
     values = {w: local_contrastive_loss(a, b, labels, TAU, window=w).item() for w in (1, 3, "full")}
     assert len({round(v, 8) for v in values.values()}) == 3
+    # A window reaching every position from every centre (k >= 2*4-1) is the full window.
+    assert local_contrastive_loss(a, b, labels, TAU, window=7).item() == pytest.approx(values["full"], rel=1e-12)
 
 
 @pytest.mark.parametrize("window", [1, 3, "full"])
