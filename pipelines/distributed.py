@@ -140,10 +140,10 @@ def shutdown(accelerator: Any | None) -> None:
         try:
             accelerator.wait_for_everyone()
         finally:
-            accelerator.free_memory()
-            gc.collect()
+            accelerator.free_memory()  # drops its references to the prepared objects, then gc.collect()
             accelerator.end_training()
-    gc.collect()
+    else:
+        gc.collect()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

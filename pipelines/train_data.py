@@ -121,7 +121,9 @@ class TrainStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         s = self.spec
         info = get_worker_info()
-        worker = info.id if info is not None else 0
+        # The DataLoader takes batch j from its worker j % W; after skipping k batches (resume) batch j is
+        # the rank's batch k + j, so DataLoader worker i plays plan worker (i + k) % W.
+        worker = ((info.id if info is not None else 0) + s.skip_batches) % s.workers
         plan = train_segments(list(s.shards), s.plan_ranks, s.workers, s.global_batch, s.seed, s.epoch)
         per = s.plan_ranks // s.world
         streams = [self._plan_rank_batches(pr, worker, plan[pr][worker]) for pr in range(s.rank * per, (s.rank + 1) * per)]
