@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -51,7 +52,7 @@ class Tracker:
 
         w = cfg.tracking.wandb
         id_file = self.run_dir / "wandb_id.txt"
-        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
         id_file.write_text(run_id)
         os.environ.setdefault("WANDB_SILENT", "true")
         return wandb.init(project=w.project, entity=w.entity or None, name=w.name or cfg.run.name or self.run_dir.name,

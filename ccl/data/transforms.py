@@ -99,15 +99,15 @@ def _crop_flip_rotate_matrix(shape: tuple[int, int], rng: np.random.Generator, c
     h, w = shape
     side = np.sqrt(rng.uniform(*crop_scale))  # the crop keeps the aspect ratio: defects must not be squashed
     ch, cw = side * h, side * w
-    cy = rng.uniform(ch / 2, h - ch / 2)
-    cx = rng.uniform(cw / 2, w - cw / 2)
+    cy = rng.uniform(ch / 2, h - ch / 2) - 0.5  # pixel-centre coordinates: pixel i sits at i
+    cx = rng.uniform(cw / 2, w - cw / 2) - 0.5
     angle = rng.uniform(-rotation, rotation) if rotation > 0 else 0.0
     sx = -1.0 if rng.random() < hflip else 1.0
     sy = -1.0 if rng.random() < vflip else 1.0
-    # output centre -> crop centre: scale by 1/side, flip, rotate; as a forward matrix, then inverted by cv2.
+    # source -> output: centre the crop, scale by 1/side, flip, rotate, move to the output centre.
     rot = cv2.getRotationMatrix2D((0.0, 0.0), angle, 1.0)[:, :2]
     lin = rot @ np.diag([sx / side, sy / side])
-    offset = np.array([w / 2, h / 2]) - lin @ np.array([cx, cy])
+    offset = np.array([(w - 1) / 2, (h - 1) / 2]) - lin @ np.array([cx, cy])
     return np.hstack([lin, offset[:, None]]).astype(np.float64)
 
 

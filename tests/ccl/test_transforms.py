@@ -1,0 +1,54 @@
+"""Training views: the affine crop/flip/rotation, colour jitter and batch normalisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ccl.data.transforms import augment_view, normalize, normalize_batch, resize_image, to_uint8_tensor, train_views
+
+NONE = dict(crop_scale=(1.0, 1.0), hflip=0.0, vflip=0.0, rotation=0.0, brightness=0.0, contrast=0.0,
+            saturation=0.0, hue=0.0, jitter_p=0.0, grayscale=0.0)
+
+
+def _image(size: int = 32) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def test_no_augmentation_is_the_identity() -> None:
+    image = _image()
+    assert np.array_equal(augment_view(image, np.random.default_rng(1), **NONE), image)
+
+
+def test_flips_match_numpy() -> None:
+    image = _image()
+    assert np.array_equal(augment_view(image, np.random.default_rng(1), **{**NONE, "hflip": 1.0}), image[:, ::-1])
+    assert np.array_equal(augment_view(image, np.random.default_rng(1), **{**NONE, "vflip": 1.0}), image[::-1])
+
+
+def test_crop_zooms_into_the_image() -> None:
+    y, x = np.mgrid[0:64, 0:64]
+    image = np.stack([x * 4, y * 4, np.zeros_like(x)], -1).astype(np.uint8)  # a gradient: the position is the colour
+    out = augment_view(image, np.random.default_rng(3), **{**NONE, "crop_scale": (0.25, 0.25)})
+    span = int(out[:, :, 0].max()) - int(out[:, :, 0].min())
+    assert 100 < span < 150  # half the width (side = sqrt(0.25)) stretched over the output: ~half the range
+
+
+def test_grayscale_and_jitter_are_seeded() -> None:
+    image = _image()
+    gray = augment_view(image, np.random.default_rng(0), **{**NONE, "grayscale": 1.0})
+    assert np.array_equal(gray[..., 0], gray[..., 1]) and np.array_equal(gray[..., 1], gray[..., 2])
+    kw = dict(crop_scale=(0.6, 1.0), rotation=20.0, jitter_p=1.0)
+    a = augment_view(image, np.random.default_rng(5), **kw)
+    b = augment_view(image, np.random.default_rng(5), **kw)
+    c = augment_view(image, np.random.default_rng(6), **kw)
+    assert np.array_equal(a, b) and not np.array_equal(a, c) and a.shape == image.shape and a.dtype == np.uint8
+
+
+def test_train_views_anchor_is_the_eval_resize_and_batch_normalisation_matches() -> None:
+    image = _image(48)
+    anchor, view = train_views(image, 32, np.random.default_rng(0))
+    assert np.array_equal(anchor, resize_image(image, 32)) and view.shape == (32, 32, 3)
+    batch = to_uint8_tensor([anchor, view])
+    assert batch.shape == (2, 3, 32, 32) and batch.dtype == torch.uint8
+    assert torch.allclose(normalize_batch(batch)[0], normalize(anchor), atol=1e-6)
