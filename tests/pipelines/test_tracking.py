@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,12 @@ def test_offline_run_holds_scalars_and_images(tmp_path: Path) -> None:
     _use(tracker)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    data = next(runs[0].glob("*.wandb")).read_bytes()
+    deadline = time.time() + 20
+    while True:  # wandb-core may still be flushing its log after finish() returned
+        data = next(runs[0].glob("*.wandb")).read_bytes()
+        if (b"train/kd" in data and b"val/loss" in data) or time.time() > deadline:
+            break
+        time.sleep(0.2)
     assert b"train/kd" in data and b"val/loss" in data
     assert list(runs[0].rglob("media/images/**/*.png"))  # the heatmap went into the W&B run
     lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
