@@ -4,7 +4,7 @@
 
 Each rank scores its own part of the test shards (``pipelines.eval_data``: every sample once),
 updates an ``AnomalyMetrics`` state of constant size, and keeps only the ``vis`` highest- and
-lowest-scoring samples per group. At the end the ranks merge: group names and bin windows are
+lowest-scoring samples per group. At the end the ranks merge: group names and histogram grids are
 gathered, the histograms summed with one all-reduce, the per-image scores all-gathered (padded to
 the longest), and the heatmap candidates selected globally. The main process writes
 metrics.json / .csv / .md, image_scores.csv, ROC and PRO curves per dataset and the heatmaps.
@@ -29,7 +29,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ccl.data.transforms import denormalize
-from ccl.metrics import AnomalyMetrics, to_csv_rows, to_markdown
+from ccl.metrics import AnomalyMetrics, merged_grids, to_csv_rows, to_markdown
 from ccl.metrics.report import METRICS, dataset_of, table_rows
 from pipelines import visualize
 from pipelines.config import Config, load_config
@@ -82,11 +82,10 @@ def all_gather_rows(acc: Any, rows: np.ndarray) -> np.ndarray:
 
 
 def sync_metrics(metrics: AnomalyMetrics, acc: Any) -> None:
-    """Make every rank's ``metrics`` the merge of all ranks' states."""
-    infos = gather_objects(acc, (metrics.group_names, metrics.window))
-    names = sorted({n for names, _ in infos for n in names})
-    windows = [w for _, w in infos if w[1] > w[0]]
-    metrics.align(names, (min(w[0] for w in windows), max(w[1] for w in windows)) if windows else None)
+    """Make every rank's ``metrics`` the merge of all ranks' states (groups and grids agreed first)."""
+    grids = gather_objects(acc, metrics.grids())
+    names = sorted({n for g in grids for n in g})
+    metrics.align(names, {n: merged_grids([g[n] for g in grids if n in g], metrics.bins) for n in names})
     metrics.load_state_tensors({k: all_reduce_sum(acc, v) for k, v in metrics.state_tensors().items()})
     metrics.set_image_arrays(*all_gather_rows(acc, np.stack(metrics.image_arrays()).astype(np.float64)))
 

@@ -13,9 +13,10 @@ share a bin (heavily tied scores are handled exactly).
   * ``order``: key = float32 bit pattern as a monotone integer, >> shift: equal-width bins
     inside each power of two, i.e. log-like (scores spanning orders of magnitude).
 
-  A grid starts as fine as the first scores allow; when later scores widen the range it
-  coarsens by merging bin pairs (``shift + 1``), which is exact. Grids of different ranks
-  align exactly (``common_grid``) since they are power-of-two cuts of the same keys. The
+  A grid is always the finest that holds the scores seen so far; when later scores widen
+  the range it coarsens by merging bin pairs (``shift + 1``), which is exact. So the final
+  grid depends only on the range of the scores, not on their order or split over ranks,
+  and grids of different ranks align exactly (``common_grid``). The
   metrics keep one histogram per kind and use, per group, the one with less tie mass (fewer
   normal/anomalous pixel pairs sharing a bin): no first pass, no range to guess.
 """
@@ -114,23 +115,30 @@ def regrid(counts: np.ndarray, old: Grid, new: Grid) -> np.ndarray:
 
 
 def widen(grid: Grid, lo: float, hi: float, bins: int) -> Grid:
-    """``grid`` itself when it already holds [lo, hi] (extent updated), else the grid to regrid onto."""
+    """``grid`` itself when it already holds [lo, hi] (extent updated), else the grid to regrid onto.
+
+    Grids are canonical: the finest one that holds the extent. As the extent only grows, that is
+    never finer than the current one, so the final grid depends on the scores seen, not on their
+    order or on how they were split over ranks.
+    """
     lo, hi = min(grid.lo, float(lo)), max(grid.hi, float(hi))
-    if grid.empty:
-        return fit(grid, lo, hi, bins)
-    k = grid.keys(np.array([lo, hi], np.float32))
-    if k[0] >= grid.start and k[1] < grid.start + bins:
-        return replace(grid, lo=lo, hi=hi)
-    return fit(grid, lo, hi, bins, grid.shift)
+    if not grid.empty:
+        k = grid.keys(np.array([lo, hi], np.float32))
+        if k[0] >= grid.start and k[1] < grid.start + bins:
+            return replace(grid, lo=lo, hi=hi)
+    new = fit(grid, lo, hi, bins)
+    return new if grid.empty or new.shift >= grid.shift else fit(grid, lo, hi, bins, grid.shift)
 
 
 def common_grid(grids: list[Grid], bins: int) -> Grid:
-    """One grid holding every state's scores of a group, no finer than any of them."""
+    """One grid holding every state's scores of a group: the canonical grid of their joint extent."""
     live = [g for g in grids if not g.empty]
     if not live:
         return grids[0]
     lo, hi = min(g.lo for g in live), max(g.hi for g in live)
-    return fit(live[0], lo, hi, bins, max(g.shift for g in live))
+    new = fit(live[0], lo, hi, bins)
+    finest = max(g.shift for g in live)
+    return new if new.shift >= finest else fit(live[0], lo, hi, bins, finest)
 
 
 @dataclass(frozen=True)

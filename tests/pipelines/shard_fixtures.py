@@ -31,7 +31,7 @@ def sample_members(dataset: str, cls: str, class_id: int, split: str, n: int, si
     members = []
     if anomalous:
         mask = np.zeros((size, size), np.uint8)
-        h, w = rng.integers(2, size // 3, size=2)
+        h, w = rng.integers(1, max(2, size // 3), size=2)
         y, x = rng.integers(0, size - h), rng.integers(0, size - w)
         mask[y:y + h, x:x + w] = 255
         image[mask > 0] = 250
@@ -91,3 +91,25 @@ def tar_keys(build: str | Path, split: str = "test") -> list[str]:
             keys += sorted({m.name.rpartition("/")[0] + "/" + m.name.rpartition("/")[2].split(".")[0]
                             for m in tar.getmembers()})
     return keys
+
+
+def tiny_export(out: str | Path, image_size: int = 64, seed: int = 0, overrides: Sequence[str] = ()) -> Path:
+    """An export of an untrained RDCCL on resnet18 (random weights, maps vary per image).
+
+    The teacher is not part of an export (it is rebuilt from ``model.pretrained``), so its random
+    weights are saved as a local weights file: every process that loads the export gets the same model.
+    """
+    import timm
+    import torch
+
+    from pipelines.config import load_config
+    from pipelines.model import build_model, save_export
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    teacher = out.parent / "resnet18_teacher.pth"
+    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), teacher)
+    cfg = load_config(None, ["model.teacher=resnet18", f"model.pretrained={teacher}", f"data.image_size={image_size}",
+                             "eval.batch_size=4", "eval.num_workers=0", *overrides])
+    return save_export(build_model(cfg).eval(), cfg, out, {"step": 0})

@@ -1,0 +1,116 @@
+"""Prediction on a folder (or glob) of images: one anomaly score per image, scores.csv, heatmaps.
+
+No class label is needed: the model scores any image. ``threshold="auto"`` uses the F1-optimal image
+threshold that the last evaluation stored in the export's info.json. Unreadable files are listed in
+skipped.csv (and printed) while the others are scored.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from ccl.data.transforms import eval_view, resize_image
+from pipelines.model import read_info
+from pipelines.visualize import overlay, save_png
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def list_inputs(spec: str | Path) -> tuple[list[Path], Path]:
+    """Image files of a directory (recursive) or a glob pattern, sorted, and the root they are relative to."""
+    path = Path(spec)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        root = path
+    else:
+        files = sorted(Path(p) for p in glob.glob(str(spec), recursive=True) if Path(p).is_file())
+        root = Path(os.path.commonpath([str(p.parent) for p in files])) if files else path.parent
+    if not files:
+        raise FileNotFoundError(f"no images found at {spec} (a directory of images or a glob pattern)")
+    return files, root
+
+
+def resolve_threshold(threshold: str | float | None, export: str | Path) -> float | None:
+    """A number, None (no decision), or "auto": the F1-optimal image threshold stored by the evaluation."""
+    if threshold is None or threshold == "none":
+        return None
+    if threshold != "auto":
+        try:
+            return float(threshold)
+        except ValueError:
+            raise ValueError(f"--threshold must be 'auto' or a number, got {threshold!r}") from None
+    value = read_info(export).get("image_threshold")
+    if value is None:
+        raise ValueError(f"{Path(export) / 'info.json'} holds no image_threshold: evaluate this export first "
+                         "(launch/evaluate.py --checkpoint ... --shards ...) or pass --threshold VALUE")
+    return float(value)
+
+
+def read_rgb(path: Path) -> np.ndarray | None:
+    """(H, W, 3) uint8 RGB, or None when the file is not a readable image."""
+    try:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    except cv2.error:
+        return None
+    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _batches(files: list[Path], size: int, image_size: int, skipped: list[tuple[str, str]]) -> Iterator[tuple[list[Path], list[np.ndarray], torch.Tensor]]:
+    """Readable images in batches of ``size``: (paths, resized uint8 images, model input); unreadable ones go to ``skipped``."""
+    paths, images = [], []
+    for i, path in enumerate(files):
+        image = read_rgb(path)
+        if image is None:
+            print(f"warning: skipped {path}: not a readable image", file=sys.stderr, flush=True)
+            skipped.append((str(path), "not a readable image"))
+        else:
+            paths.append(path)
+            images.append(resize_image(image, image_size))
+        if paths and (len(paths) == size or i == len(files) - 1):
+            yield paths, images, torch.stack([eval_view(im, None, image_size)[0] for im in images])
+            paths, images = [], []
+
+
+def predict(model: torch.nn.Module, image_size: int, spec: str | Path, out_dir: str | Path,
+            threshold: float | None = None, vis: bool = True, batch_size: int = 16) -> dict[str, Any]:
+    """Score every image of ``spec``; write scores.csv, skipped.csv and heatmaps/ under ``out_dir``."""
+    files, root = list_inputs(spec)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = next(model.parameters()).device
+    rows: list[tuple[str, float, str]] = []
+    skipped: list[tuple[str, str]] = []
+    model.eval()
+    with torch.no_grad():
+        for paths, images, batch in _batches(files, batch_size, image_size, skipped):
+            result = model(batch.to(device))
+            maps, scores = result["anomaly_map"].float().cpu().numpy(), result["score"].float().cpu().tolist()
+            for path, image, amap, score in zip(paths, images, maps, scores):
+                decision = "" if threshold is None else ("yes" if score >= threshold else "no")
+                rows.append((str(path), score, decision))
+                if vis:
+                    # One colour scale for all images (threshold mid-scale) so heatmaps compare.
+                    vmax = 2 * threshold if threshold else None
+                    save_png(out / "heatmaps" / path.relative_to(root).with_suffix(".png"),
+                             overlay(image, amap, None, 0.0 if vmax else None, vmax))
+    write_csv(out / "scores.csv", ["path", "score", "anomalous"], [(p, f"{s:.6g}", d) for p, s, d in rows])
+    if skipped:
+        write_csv(out / "skipped.csv", ["path", "reason"], skipped)
+    return {"scored": len(rows), "anomalous": sum(d == "yes" for _, _, d in rows), "skipped": skipped,
+            "threshold": threshold}
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)

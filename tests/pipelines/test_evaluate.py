@@ -1,0 +1,173 @@
+"""The evaluator on one process: metrics of a real model against an independent exact computation,
+reports, bad input, the exactly-once plan and loader, and the standalone --maps/--masks mode."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ccl.data.transforms import eval_view
+from ccl.metrics import METRICS
+from pipelines.eval_data import eval_loader, eval_plan
+from pipelines.evaluate import evaluate_maps, evaluate_model, run_evaluation
+from pipelines.model import load_export, read_info
+from pipelines.shards import ShardError, open_builds
+from tests.ccl.test_metrics import exact_metrics
+from tests.pipelines.shard_fixtures import tar_keys, tiny_export, write_test_build
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    tmp = tmp_path_factory.mktemp("eval")
+    builds = [write_test_build(tmp / "mvtec", "mvtec", ["bottle", "cable"], [6, 3, 5], size=40),
+              write_test_build(tmp / "visa", "visa", ["pcb"], [6], size=48, seed=1)]
+    export = tiny_export(tmp / "run" / "export", SIZE)
+    model, cfg = load_export(export)
+    return {"tmp": tmp, "builds": builds, "export": export, "model": model, "cfg": cfg}
+
+
+def reference(model: torch.nn.Module, builds: list[Path]) -> dict[str, dict]:
+    """Exact per-group metrics from the tars read directly, scored one image at a time."""
+    per_group: dict[str, list] = {}
+    for build in builds:
+        for path in sorted(build.glob("test-*.tar")):
+            with tarfile.open(path) as tar:
+                members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+            for name in sorted(n for n in members if n.endswith(".json")):
+                key = name[: -len(".json")]
+                meta = json.loads(members[name])
+                image = cv2.cvtColor(cv2.imdecode(np.frombuffer(members[key + ".png"], np.uint8), 1), cv2.COLOR_BGR2RGB)
+                mask_bytes = members.get(key + ".mask.png")
+                mask = cv2.imdecode(np.frombuffer(mask_bytes, np.uint8), 0) >= 128 if mask_bytes else np.zeros(image.shape[:2], bool)
+                x, m = eval_view(image, mask, SIZE)
+                with torch.no_grad():
+                    amap = model(x[None])["anomaly_map"][0].numpy()
+                per_group.setdefault(f"{meta['dataset']}/{meta['group']}", []).append((amap, m.numpy(), meta["label"]))
+    out = {}
+    for group, items in per_group.items():
+        maps = np.stack([a for a, _, _ in items])
+        out[group] = exact_metrics(maps, [m for _, m, _ in items], np.array([lab for _, _, lab in items]))
+    return out
+
+
+def test_model_metrics_match_an_independent_exact_computation(setup: dict) -> None:
+    model, cfg = setup["model"], setup["cfg"]
+    out = setup["tmp"] / "single"
+    result = evaluate_model(model, setup["builds"], cfg, None, out, vis=2)
+    want = reference(model, setup["builds"])
+    assert sorted(result["per_group"]) == sorted(want) == ["mvtec/bottle", "mvtec/cable", "visa/pcb"]
+    for group, metrics in want.items():
+        for metric in METRICS:
+            assert result["per_group"][group][metric] == pytest.approx(metrics[metric], abs=1e-3), (group, metric)
+    assert result["images"] == result["expected"] == 20 and result["skipped"] == []
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["mean"] == pytest.approx(result["mean"])
+    md = (out / "metrics.md").read_text()
+    assert "| mvtec/bottle |" in md and "**mean mvtec**" in md and "**mean visa**" in md
+    assert md.splitlines()[0].split("|")[2:5] == [" I-AUROC ", " P-AUROC ", " AUPRO "]
+    assert {p.name for p in (out / "curves").iterdir()} == {"mvtec.png", "visa.png"}
+    heatmaps = sorted(p.name[:5] for p in (out / "heatmaps" / "mvtec" / "bottle").iterdir())
+    assert heatmaps == ["botto", "botto", "top00", "top01"]
+    with open(out / "image_scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["key"] for r in rows) == sorted(tar_keys(setup["builds"][0]) + tar_keys(setup["builds"][1]))
+    top = max((r for r in rows if r["group"] == "mvtec/bottle"), key=lambda r: float(r["score"]))
+    assert next((out / "heatmaps" / "mvtec" / "bottle").glob("top00_*")).name.endswith(top["key"].split("/")[-1] + ".png")
+
+
+def test_run_evaluation_stores_the_threshold_and_skips_a_corrupt_sample(setup: dict) -> None:
+    build = write_test_build(setup["tmp"] / "broken", "mvtec", ["bottle"], [4, 4], size=40, corrupt=[5])
+    result = run_evaluation(setup["export"], [build], setup["tmp"] / "broken_eval", vis=0)
+    assert result["images"] == 7 and result["expected"] == 8
+    assert len(result["skipped"]) == 1 and "img00005" in result["skipped"][0] and "test-000001.tar" in result["skipped"][0]
+    info = read_info(setup["export"])
+    assert info["image_threshold"] == pytest.approx(result["threshold"])
+    assert info["image_threshold_source"]["images"] == 7
+
+
+def test_truncated_shard_is_reported_and_the_others_scored(setup: dict) -> None:
+    build = write_test_build(setup["tmp"] / "trunc", "mvtec", ["bottle"], [4, 4], size=40)
+    shard = build / "test-000000.tar"
+    shard.write_bytes(shard.read_bytes()[:1500])  # cut inside the first sample
+    result = evaluate_model(setup["model"], [build], setup["cfg"], None, None, vis=0)
+    assert result["images"] == 4  # the intact shard
+    assert any("test-000000.tar" in m for m in result["skipped"])
+
+
+def test_bad_input_names_the_problem(setup: dict, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nope"):
+        run_evaluation(tmp_path / "nope", setup["builds"])
+    with pytest.raises(ShardError, match="missing"):
+        run_evaluation(setup["export"], [tmp_path / "missing"])
+    (tmp_path / "maps" / "a").mkdir(parents=True)
+    (tmp_path / "masks" / "a").mkdir(parents=True)
+    np.save(tmp_path / "maps" / "a" / "x.npy", np.zeros((8, 8), np.float32))
+    cv2.imwrite(str(tmp_path / "masks" / "a" / "x.png"), np.zeros((8, 9), np.uint8))
+    with pytest.raises(ValueError, match=r"x\.npy.*differ in size"):
+        evaluate_maps(tmp_path / "maps", tmp_path / "masks", None)
+
+
+@pytest.mark.parametrize("sizes,ranks,workers,limit", [([5, 2, 4], 2, 2, 0), ([3], 2, 2, 0), ([1, 1], 3, 2, 0),
+                                                        ([7, 0, 9, 2], 4, 3, 0), ([5, 2, 4], 2, 2, 6)])
+def test_plan_covers_every_sample_once(tmp_path: Path, sizes: list[int], ranks: int, workers: int, limit: int) -> None:
+    build = write_test_build(tmp_path / "b", "d", ["c"], sizes, size=8)
+    plan = eval_plan(open_builds([build]), ranks, workers, limit)
+    seen = Counter((r.url, i) for rank in plan for seg in rank for r in seg.ranges for i in range(r.start, r.stop))
+    total = sum(sizes) if not limit else limit
+    assert len(seen) == total and set(seen.values()) == {1}
+    assert [len(rank) for rank in plan] == [workers] * ranks
+
+
+def test_two_ranks_with_two_workers_read_each_key_once(tmp_path: Path) -> None:
+    build = write_test_build(tmp_path / "b", "mvtec", ["bottle", "cable"], [5, 2, 4], size=16)
+    keys: list[str] = []
+    per_rank = []
+    for rank in range(2):
+        loader = eval_loader(open_builds([build]), 16, batch_size=2, num_workers=2, rank=rank, world=2)
+        mine = [k for batch in loader for k in batch["keys"]]
+        per_rank.append(mine)
+        keys += mine
+    assert sorted(keys) == sorted(tar_keys(build)) and len(set(keys)) == 11
+    assert all(len(k) in (5, 6) for k in per_rank)  # near-equal shares
+
+
+def test_standalone_maps_and_masks(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    want: dict[str, list] = {}
+    for group in ("bottle", "cable"):
+        for i in range(6):
+            mask = np.zeros((24, 24), bool)
+            if i % 2:
+                mask[rng.integers(0, 12):, rng.integers(0, 12):][:5, :7] = True
+            amap = rng.random((24, 24)).astype(np.float32) + 0.5 * mask
+            sub = tmp_path / "maps" / group / "test"
+            sub.mkdir(parents=True, exist_ok=True)
+            if group == "bottle":  # 16-bit PNG: the evaluator must see the same integer values
+                amap = np.round(amap * 20000).astype(np.uint16)
+                cv2.imwrite(str(sub / f"{i:03d}.png"), amap)
+            else:
+                np.save(sub / f"{i:03d}.npy", amap)
+            if mask.any():  # missing mask = normal image
+                (tmp_path / "masks" / group / "test").mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(tmp_path / "masks" / group / "test" / f"{i:03d}_mask.png"), mask.astype(np.uint8) * 255)
+            want.setdefault(group, []).append((amap.astype(np.float32), mask))
+    result = evaluate_maps(tmp_path / "maps", tmp_path / "masks", tmp_path / "out")
+    assert result["images"] == 12
+    for group, items in want.items():
+        exact = exact_metrics(np.stack([a for a, _ in items]), [m for _, m in items],
+                              np.array([m.any() for _, m in items], int))
+        for metric in METRICS:
+            assert result["per_group"][group][metric] == pytest.approx(exact[metric], abs=1e-3), (group, metric)
+    assert (tmp_path / "out" / "metrics.md").is_file() and (tmp_path / "out" / "curves" / "all.png").is_file()
