@@ -11,10 +11,12 @@ Both views are anchors (symmetric use): every position q of every local view u.
   mean over this rank's 2*B*h*w anchors (Eq. 4 with a mean instead of a sum).
 
 window: 1 (same position; the paper's best), any odd k, or "full" (anywhere).
-Memory: anchors are processed in blocks of at most `chunk` anchor rows
-(view x position); a block holds chunk x (2M views) x (k*k or h*w) similarities
-and, when there is more than one block, is recomputed in the backward pass
-(activation checkpointing), so no (B*h*w)^2 matrix ever exists.
+Memory: anchor positions are processed in blocks whose similarity tensor
+(positions x 2B local views x 2M views x window) holds at most chunk * chunk
+entries (at least one position per block), i.e. never more than a chunk x chunk
+matrix; with more than one block each block is recomputed in the backward pass
+(activation checkpointing), so no (B*h*w)^2 matrix ever exists. Window 1 at
+usual batch sizes fits in one block and runs without recomputation.
 """
 
 from __future__ import annotations
@@ -136,7 +138,8 @@ def local_contrastive_loss(
         cands = cands.permute(1, 0, 2).reshape(cands.shape[1], n_views * hw)  # (C, V*h*w)
     else:
         cands = cands.permute(2, 1, 0).contiguous()  # (h*w, C, V)
-    step = max(1, chunk // n_local)  # positions per block
+    per_position = n_local * n_views * (hw if k is None else k * k)  # similarities of one position
+    step = max(1, chunk * chunk // per_position)  # positions per block
     use_checkpoint = step < hw and torch.is_grad_enabled() and anchors.requires_grad
     total = anchors.new_zeros(())
     for q0 in range(0, hw, step):

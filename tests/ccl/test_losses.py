@@ -188,3 +188,17 @@ def test_global_registry_names_and_signature():
         assert loss.dim() == 0 and torch.isfinite(loss), name
         (grad,) = torch.autograd.grad(loss, anchor)
         assert grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("window", [1, 3, "full"])
+def test_local_blocks_respect_the_chunk_bound(window, monkeypatch):
+    from ccl.losses import local as local_module
+
+    sizes = []
+    real = local_module._reduce
+    monkeypatch.setattr(local_module, "_reduce", lambda sims, *a: sizes.append(sims.numel()) or real(sims, *a))
+    a = torch.randn(4, 6, 8, 8, requires_grad=True)
+    local_contrastive_loss(a, a * 2, torch.tensor([0, 1, 0, 1]), TAU, window=window, chunk=40).backward()
+    per_position = 8 * 8 * (64 if window == "full" else window * window)
+    assert len(sizes) > 1
+    assert max(sizes) <= max(40 * 40, per_position)
