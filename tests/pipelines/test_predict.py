@@ -1,0 +1,73 @@
+"""predict.py on a folder with an unreadable file: scores for the others (equal to the model's), the bad one reported."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ccl.data.transforms import eval_view
+from launch.predict import main
+from pipelines.model import load_export, read_info, write_info
+from tests.pipelines.shard_fixtures import tiny_export
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_export(tmp_path_factory.mktemp("predict") / "export", 64)
+
+
+def write_images(root: Path) -> list[Path]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, rel in enumerate(["a.png", "sub/b.jpg", "sub/c.png"]):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), rng.integers(0, 255, (48 + 8 * i, 40, 3), dtype=np.uint8))
+        paths.append(path)
+    (root / "broken.png").write_bytes(b"\x89PNG not really")
+    (root / "notes.txt").write_text("not an image, not listed")
+    return paths
+
+
+def test_scores_every_readable_image_and_reports_the_bad_one(export: Path, tmp_path: Path, capsys) -> None:
+    images = write_images(tmp_path / "in")
+    assert main(["--checkpoint", str(export), "--input", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                 "--threshold", "1.5", "--batch-size", "2"]) == 0
+    with open(tmp_path / "out" / "scores.csv") as f:
+        rows = {Path(r["path"]).name: r for r in csv.DictReader(f)}
+    assert sorted(rows) == ["a.png", "b.jpg", "c.png"]
+    model, cfg = load_export(export)
+    for path in images:  # independent scoring, one image at a time
+        rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+        with torch.no_grad():
+            score = float(model(eval_view(rgb, None, 64)[0][None])["score"][0])
+        row = rows[path.name]
+        assert float(row["score"]) == pytest.approx(score, rel=1e-4)
+        assert row["anomalous"] == ("yes" if score >= 1.5 else "no")
+    with open(tmp_path / "out" / "skipped.csv") as f:
+        skipped = list(csv.DictReader(f))
+    assert [Path(r["path"]).name for r in skipped] == ["broken.png"]
+    assert "broken.png" in capsys.readouterr().out
+    heatmaps = sorted(p.relative_to(tmp_path / "out" / "heatmaps").as_posix() for p in (tmp_path / "out").rglob("*.png"))
+    assert heatmaps == ["a.png", "sub/b.png", "sub/c.png"]
+
+
+def test_auto_threshold_needs_an_evaluation(export: Path, tmp_path: Path, capsys) -> None:
+    write_images(tmp_path / "in")
+    info = read_info(export)
+    info.pop("image_threshold", None)
+    write_info(export, info)
+    assert main(["--checkpoint", str(export), "--input", str(tmp_path / "in" / "*.png"), "--out", str(tmp_path / "o1")]) == 2
+    assert "image_threshold" in capsys.readouterr().err
+    write_info(export, {**info, "image_threshold": 0.0})  # everything scores above 0: all anomalous
+    assert main(["--checkpoint", str(export), "--input", str(tmp_path / "in" / "*.png"), "--out", str(tmp_path / "o2"),
+                 "--no-vis"]) == 0
+    with open(tmp_path / "o2" / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [Path(r["path"]).name for r in rows] == ["a.png"] and rows[0]["anomalous"] == "yes"
+    assert not (tmp_path / "o2" / "heatmaps").exists()
