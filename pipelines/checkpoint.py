@@ -28,7 +28,7 @@ class TrainState:
     best_val: float = float("inf")
     bad_validations: int = 0
     samples: int = 0  # training samples seen
-    finished: bool = False
+    stopped_early: bool = False  # patience exhausted: --resume does not train further
 
 
 def checkpoint_dir(run_dir: str | Path, name: str = "last") -> Path:

@@ -117,7 +117,7 @@ def setup(cfg: Config, accelerator: Any, shard_set: ShardSet, labels: Labels, re
 
 def fit(run: Run) -> dict[str, Any]:
     cfg, s = run.cfg, run.state
-    stopped_early = s.finished
+    stopped_early = s.stopped_early  # a finished run continues when train.epochs was raised
     while s.epoch < cfg.train.epochs and not stopped_early:
         outcome = train_epoch(run)
         if outcome == "interrupted":
@@ -131,8 +131,8 @@ def fit(run: Run) -> dict[str, Any]:
         if cfg.tracking.vis_every > 0 and (s.epoch % cfg.tracking.vis_every == 0 or last):
             show(run)
         maybe_evaluate(run)
-        s.finished = stopped_early or last
-        if s.epoch % max(1, cfg.train.ckpt_every) == 0 or s.finished:
+        s.stopped_early = stopped_early
+        if s.epoch % max(1, cfg.train.ckpt_every) == 0 or stopped_early or last:
             save_checkpoint(run.accelerator, run.run_dir, s)
         if outcome == "max_steps":
             break
@@ -189,7 +189,7 @@ def train_step(run: Run, batch: dict[str, Any]) -> dict[str, float] | None:
             run.optimizer.zero_grad(set_to_none=True)
             s.step += 1
     if cfg.train.debug_checksums and acc.sync_gradients:
-        write_debug(run, out)
+        write_debug(run, out, batch["keys"])
     return {k: float(out[k].detach()) for k in ("loss", "kd", "lcl", "gcl")}
 
 
@@ -375,11 +375,11 @@ def progress(run: Run) -> Any:
                 dynamic_ncols=True, leave=False)
 
 
-def write_debug(run: Run, out: dict[str, Any]) -> None:
+def write_debug(run: Run, out: dict[str, Any], keys: list[str]) -> None:
     """Per-rank parameter digest and local losses after each optimizer step (tests compare ranks)."""
     path = run.run_dir / "debug" / f"rank{run.accelerator.process_index}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"step": run.state.step, "checksum": param_checksum(run.accelerator.unwrap_model(run.model)),
-              **{k: float(out[k].detach()) for k in ("loss", "kd", "lcl", "gcl")}}
+              **{k: float(out[k].detach()) for k in ("loss", "kd", "lcl", "gcl")}, "keys": keys}
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
