@@ -6,6 +6,8 @@ at 0.5 (binarising at > 0 after resizing would enlarge the defects).
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import torch
@@ -83,59 +85,77 @@ def augment_view(
     jitter_p: float = 0.8,
     grayscale: float = 0.2,
 ) -> np.ndarray:
-    """Random resized crop + flips + rotation (one affine warp), colour jitter, grayscale; same size out."""
+    """Random resized crop + flips + rotation (one affine warp), then colour jitter and grayscale (one
+    colour matrix); same size out. Both passes are single OpenCV calls: the loader's cost per view."""
     out = cv2.warpAffine(image, _crop_flip_rotate_matrix(image.shape[:2], rng, crop_scale, hflip, vflip, rotation),
                          (image.shape[1], image.shape[0]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-    if rng.random() < jitter_p:
-        out = color_jitter(out, rng, brightness, contrast, saturation, hue)
-    if rng.random() < grayscale:
-        out = cv2.cvtColor(cv2.cvtColor(out, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
-    return out
+    jitter = rng.random() < jitter_p
+    gray = rng.random() < grayscale
+    if not (jitter or gray):
+        return out
+    matrix = np.hstack([np.eye(3), np.zeros((3, 1))])
+    if jitter:
+        matrix = color_jitter_matrix(np.array(cv2.mean(out)[:3]), rng, brightness, contrast, saturation, hue)
+    if gray:
+        matrix = _GRAY @ matrix
+    return cv2.transform(out, matrix)
 
 
 def _crop_flip_rotate_matrix(shape: tuple[int, int], rng: np.random.Generator, crop_scale: tuple[float, float],
                              hflip: float, vflip: float, rotation: float) -> np.ndarray:
-    """2x3 matrix mapping output pixels' source: a square crop of area fraction ``crop_scale``, flipped and rotated."""
+    """2x3 source -> output matrix: a crop of area fraction ``crop_scale`` (aspect kept: defects must not be
+    squashed) scaled to the full size, flipped and rotated about the centre. Pixel i sits at coordinate i."""
     h, w = shape
-    side = np.sqrt(rng.uniform(*crop_scale))  # the crop keeps the aspect ratio: defects must not be squashed
-    ch, cw = side * h, side * w
-    cy = rng.uniform(ch / 2, h - ch / 2) - 0.5  # pixel-centre coordinates: pixel i sits at i
-    cx = rng.uniform(cw / 2, w - cw / 2) - 0.5
-    angle = rng.uniform(-rotation, rotation) if rotation > 0 else 0.0
-    sx = -1.0 if rng.random() < hflip else 1.0
-    sy = -1.0 if rng.random() < vflip else 1.0
-    # source -> output: centre the crop, scale by 1/side, flip, rotate, move to the output centre.
-    rot = cv2.getRotationMatrix2D((0.0, 0.0), angle, 1.0)[:, :2]
-    lin = rot @ np.diag([sx / side, sy / side])
-    offset = np.array([(w - 1) / 2, (h - 1) / 2]) - lin @ np.array([cx, cy])
-    return np.hstack([lin, offset[:, None]]).astype(np.float64)
+    side = math.sqrt(rng.uniform(*crop_scale))
+    cy = rng.uniform(side * h / 2, h - side * h / 2) - 0.5
+    cx = rng.uniform(side * w / 2, w - side * w / 2) - 0.5
+    angle = math.radians(rng.uniform(-rotation, rotation)) if rotation > 0 else 0.0
+    sx = (-1.0 if rng.random() < hflip else 1.0) / side
+    sy = (-1.0 if rng.random() < vflip else 1.0) / side
+    a, b = math.cos(angle), math.sin(angle)
+    lin = ((a * sx, b * sy), (-b * sx, a * sy))
+    ox = (w - 1) / 2 - lin[0][0] * cx - lin[0][1] * cy
+    oy = (h - 1) / 2 - lin[1][0] * cx - lin[1][1] * cy
+    return np.array([[lin[0][0], lin[0][1], ox], [lin[1][0], lin[1][1], oy]])
 
 
-def color_jitter(image: np.ndarray, rng: np.random.Generator, brightness: float, contrast: float,
-                 saturation: float, hue: float) -> np.ndarray:
-    """torchvision-style jitter on uint8 RGB with cv2 (factors uniform in [1-x, 1+x], hue shift in [-x, x])."""
-    out = image
+_LUMA = np.array([[0.299, 0.587, 0.114]])
+_GRAY = np.repeat(_LUMA, 3, axis=0)  # every channel <- the pixel's gray
+_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def color_jitter_matrix(mean_rgb: np.ndarray, rng: np.random.Generator, brightness: float, contrast: float,
+                        saturation: float, hue: float) -> np.ndarray:
+    """3x4 affine colour matrix of torchvision-style jitter (factors uniform in [1-x, 1+x], hue in [-x, x] turns).
+
+    Brightness, contrast (towards the mean gray of the image), saturation (towards each pixel's gray) and hue
+    (a rotation of the chroma plane in YIQ) are all affine in RGB, so they compose into one matrix applied
+    by a single ``cv2.transform``; unlike torchvision the order is fixed and there is no clipping in between.
+    """
+    m, t = np.eye(3), np.zeros(3)
     if brightness > 0:
-        out = cv2.convertScaleAbs(out, alpha=rng.uniform(1 - brightness, 1 + brightness))
+        f = rng.uniform(1 - brightness, 1 + brightness)
+        m, t = f * m, f * t
     if contrast > 0:
         c = rng.uniform(1 - contrast, 1 + contrast)
-        mean = float(cv2.cvtColor(out, cv2.COLOR_RGB2GRAY).mean())
-        out = cv2.convertScaleAbs(out, alpha=c, beta=mean * (1 - c))
+        gray_mean = float(_LUMA[0] @ (m @ mean_rgb + t))
+        m, t = c * m, c * t + (1 - c) * gray_mean
     if saturation > 0:
         s = rng.uniform(1 - saturation, 1 + saturation)
-        gray = cv2.cvtColor(cv2.cvtColor(out, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
-        out = cv2.addWeighted(out, s, gray, 1 - s, 0.0)
+        sat = s * np.eye(3) + (1 - s) * _GRAY
+        m, t = sat @ m, sat @ t
     if hue > 0:
-        hsv = cv2.cvtColor(out, cv2.COLOR_RGB2HSV)
-        shift = int(round(rng.uniform(-hue, hue) * 180))  # OpenCV's 8-bit hue spans 0..179
-        hsv[..., 0] = ((hsv[..., 0].astype(np.int16) + shift) % 180).astype(np.uint8)
-        out = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
-    return out
+        theta = rng.uniform(-hue, hue) * 2 * math.pi
+        rot = np.array([[1, 0, 0], [0, math.cos(theta), -math.sin(theta)], [0, math.sin(theta), math.cos(theta)]])
+        h = np.linalg.inv(_YIQ) @ rot @ _YIQ
+        m, t = h @ m, h @ t
+    return np.hstack([m, t[:, None]])
 
 
 def to_uint8_tensor(images: list[np.ndarray]) -> torch.Tensor:
-    """List of (H, W, 3) uint8 -> (B, 3, H, W) uint8 tensor."""
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    """List of (H, W, 3) uint8 -> (B, 3, H, W) uint8 tensor, a channels-last view (no copy: the layout
+    change happens for free in ``normalize_batch`` on the device)."""
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
 
 
 def normalize_batch(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

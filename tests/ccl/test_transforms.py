@@ -52,3 +52,21 @@ def test_train_views_anchor_is_the_eval_resize_and_batch_normalisation_matches()
     batch = to_uint8_tensor([anchor, view])
     assert batch.shape == (2, 3, 32, 32) and batch.dtype == torch.uint8
     assert torch.allclose(normalize_batch(batch)[0], normalize(anchor), atol=1e-6)
+
+
+def test_colour_matrix_matches_the_direct_operations() -> None:
+    """Brightness, contrast and saturation composed into one matrix equal the step-by-step formulas."""
+    from ccl.data.transforms import color_jitter_matrix
+
+    image = _image().astype(np.float64)
+    rng = np.random.default_rng(4)
+    matrix = color_jitter_matrix(image.reshape(-1, 3).mean(0), np.random.default_rng(4), 0.3, 0.3, 0.3, 0.0)
+    b, c, s = rng.uniform(0.7, 1.3), rng.uniform(0.7, 1.3), rng.uniform(0.7, 1.3)
+    luma = np.array([0.299, 0.587, 0.114])
+    x = image * b
+    x = c * x + (1 - c) * (x @ luma).mean()
+    x = s * x + (1 - s) * (x @ luma)[..., None]
+    assert np.allclose(image @ matrix[:, :3].T + matrix[:, 3], x)
+    hue = color_jitter_matrix(np.zeros(3), np.random.default_rng(0), 0.0, 0.0, 0.0, 0.1)
+    gray = np.array([[100.0, 100.0, 100.0]])
+    assert np.allclose(gray @ hue[:, :3].T + hue[:, 3], gray, atol=1e-6)  # a hue turn leaves grays alone
