@@ -28,9 +28,7 @@ def scaled_lrs(cfg: Config) -> tuple[float, float]:
 def make_optimizer(model: Any, cfg: Config) -> torch.optim.Optimizer:
     """Adam over the trainable groups only (the frozen teacher never reaches the optimizer)."""
     lr_p, lr_r = scaled_lrs(cfg)
-    groups = model.param_groups(lr_p, lr_r)
-    for g in groups:
-        g["base_lr"] = g["lr"]
+    groups = model.param_groups(lr_p, lr_r)  # empty groups (e.g. projector "none") are left out
     return torch.optim.Adam(groups, betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay)
 
 

@@ -31,7 +31,7 @@ from pipelines.distributed import (agree, configure_deepspeed, convert_sync_batc
                                    mean_over_ranks, param_checksum, shutdown, sum_over_ranks, world_from_env)
 from pipelines.model import build_model
 from pipelines.monitor import class_separation, heatmaps, tsne_image
-from pipelines.optim import lr_factor, make_optimizer, scaled_lrs, set_lr
+from pipelines.optim import lr_factor, make_optimizer, set_lr
 from pipelines.shards import ShardError, ShardSet
 from pipelines.tracking import Tracker
 from pipelines.train_data import Labels, epoch_steps, exact_loader, first_samples, train_loader
@@ -92,6 +92,7 @@ def setup(cfg: Config, accelerator: Any, shard_set: ShardSet, labels: Labels, re
     if cfg.train.sync_bn and accelerator.num_processes > 1:
         model = convert_sync_batchnorm(model)
     optimizer = make_optimizer(model, cfg)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]  # before prepare; groups keep their order
     configure_deepspeed(accelerator, cfg, cfg.data.batch_size // accelerator.num_processes)
     model, optimizer = accelerator.prepare(model, optimizer)
     state = TrainState()
@@ -106,7 +107,7 @@ def setup(cfg: Config, accelerator: Any, shard_set: ShardSet, labels: Labels, re
     total = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision)
     dtype = half if (half is not None and is_deepspeed(accelerator)) else torch.float32  # DeepSpeed casts the model
-    run = Run(cfg, accelerator, model, optimizer, list(scaled_lrs(cfg)), shard_set, labels,
+    run = Run(cfg, accelerator, model, optimizer, base_lrs, shard_set, labels,
               Tracker(cfg, cfg.run.dir, accelerator.is_main_process), state, steps, total, dtype)
     if accelerator.is_main_process and cfg.tracking.vis_every > 0 and cfg.tracking.vis_images > 0:
         split = "val" if shard_set.count("val") else "train"
