@@ -47,7 +47,7 @@ def _numpy(x: Any, dtype: Any = None) -> np.ndarray:
 class AnomalyMetrics:
     """Per-group I-/P-AUROC, AP, F1max and AUPRO in constant memory."""
 
-    def __init__(self, group_names: Sequence[str] = (), bins: int = 8192,
+    def __init__(self, group_names: Sequence[str] = (), bins: int = 16384,
                  score_range: tuple[float, float] | str | None = "auto", fpr_limit: float = 0.3) -> None:
         """``bins`` per group; ``score_range=(lo, hi)``: linear bins on a known range, ``"auto"``: adaptive grid."""
         if not 0 < fpr_limit <= 1:

@@ -28,6 +28,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SIZE = 64
 
 
+class FakeTracker:
+    """What pipelines.tracking.Tracker receives, recorded."""
+
+    def __init__(self) -> None:
+        self.scalars, self.tables, self.images, self.steps = {}, {}, {}, set()
+
+    def log(self, scalars: dict, step: int) -> None:
+        self.scalars.update(scalars)
+        self.steps.add(step)
+
+    def log_table(self, name: str, columns: list, rows: list, step: int) -> None:
+        self.tables[name] = rows
+
+    def log_images(self, name: str, images: list, step: int) -> None:
+        self.images[name] = images
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("eval")
@@ -65,7 +82,8 @@ def reference(model: torch.nn.Module, builds: list[Path]) -> dict[str, dict]:
 def test_model_metrics_match_an_independent_exact_computation(setup: dict) -> None:
     model, cfg = setup["model"], setup["cfg"]
     out = setup["tmp"] / "single"
-    result = evaluate_model(model, setup["builds"], cfg, None, out, vis=2)
+    tracker = FakeTracker()
+    result = evaluate_model(model, setup["builds"], cfg, None, out, tracker=tracker, step=5, vis=2)
     want = reference(model, setup["builds"])
     assert sorted(result["per_group"]) == sorted(want) == ["mvtec/bottle", "mvtec/cable", "visa/pcb"]
     for group, metrics in want.items():
@@ -83,6 +101,11 @@ def test_model_metrics_match_an_independent_exact_computation(setup: dict) -> No
     with open(out / "image_scores.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["key"] for r in rows) == sorted(tar_keys(setup["builds"][0]) + tar_keys(setup["builds"][1]))
+    assert tracker.scalars["eval/I-AUROC"] == pytest.approx(result["mean"]["I-AUROC"]) and tracker.steps == {5}
+    assert tracker.scalars["eval/visa/P-AUROC"] == pytest.approx(result["per_dataset"]["visa"]["P-AUROC"])
+    assert [row[0] for row in tracker.tables["eval/metrics"]][:3] == ["mvtec/bottle", "mvtec/cable", "visa/pcb"]
+    assert sorted(tracker.images) == ["eval/heatmaps/mvtec/bottle", "eval/heatmaps/mvtec/cable", "eval/heatmaps/visa/pcb"]
+    assert all(len(v) == 4 and v[0][0].dtype == np.uint8 for v in tracker.images.values())
     top = max((r for r in rows if r["group"] == "mvtec/bottle"), key=lambda r: float(r["score"]))
     assert next((out / "heatmaps" / "mvtec" / "bottle").glob("top00_*")).name.endswith(top["key"].split("/")[-1] + ".png")
 
