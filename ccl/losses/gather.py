@@ -42,9 +42,12 @@ def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def _gather(x: torch.Tensor, rank: int, world_size: int, with_grad: bool) -> tuple[torch.Tensor, int]:
+    if (rank, world_size) != (dist.get_rank(), dist.get_world_size()):
+        raise ValueError(
+            f"loss called with rank {rank} / world size {world_size}, "
+            f"but the process group has rank {dist.get_rank()} / world size {dist.get_world_size()}"
+        )
     sizes = _local_sizes(x.shape[0], world_size, x.device)
-    if sizes[rank] != x.shape[0]:
-        raise RuntimeError(f"rank {rank} was told it is rank {rank} but the process group disagrees")
     padded = _pad_rows(x, max(sizes))
     if with_grad:
         parts = list(dist_nn.all_gather(padded))

@@ -132,6 +132,15 @@ def local_contrastive_loss(
     local = views.flatten(0, 1).flatten(2)  # (U=2B, C, h*w)
     cands = gathered.flatten(0, 1).flatten(2)  # (V=2M, C, h*w)
     own_view, partner = _view_masks(labels, all_labels, offset)
+    total = _blockwise_sum(local, cands, h, w, k, own_view, partner, temperature, chunk)
+    return total / (local.shape[0] * h * w)
+
+
+def _blockwise_sum(
+    local: torch.Tensor, cands: torch.Tensor, h: int, w: int, k: int | None,
+    own_view: torch.Tensor, partner: torch.Tensor, temperature: float, chunk: int,
+) -> torch.Tensor:
+    """Sum of the anchor losses of local (U, C, h*w) against cands (V, C, h*w), block by block."""
     n_local, n_views, hw = local.shape[0], cands.shape[0], h * w
     anchors = local.permute(2, 0, 1).contiguous()  # (h*w, U, C)
     if k is None:
@@ -152,4 +161,4 @@ def local_contrastive_loss(
             fn = _windowed_block
         part = checkpoint(fn, *args, use_reentrant=False) if use_checkpoint else fn(*args)
         total = total + part
-    return total / (n_local * hw)
+    return total
