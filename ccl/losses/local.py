@@ -36,6 +36,8 @@ def _check_window(window: Window, h: int, w: int) -> int | None:
     """Window side as an odd int, or None for "full" (also when k covers the map from every centre)."""
     if window == "full":
         return None
+    if isinstance(window, str) and window.isdigit():  # e.g. "3" from a command-line override
+        window = int(window)
     if not isinstance(window, int) or window < 1 or window % 2 == 0:
         raise ValueError(f"local CL window must be a positive odd int or 'full', got {window!r}")
     return None if window >= 2 * max(h, w) - 1 else window
