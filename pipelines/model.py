@@ -30,8 +30,19 @@ def build_model(cfg: Config, start_checkpoint: bool = True) -> RDCCL:
 
     ``start_checkpoint``: load ``model.checkpoint`` (an official RD4AD file) as the starting point.
     """
+    # Seeded construction: a teacher with pretrained=none is not saved in the export, so evaluation
+    # and prediction must rebuild the very same random weights (on every rank).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.run.seed)
+        model = _construct(cfg)
+    if start_checkpoint and cfg.model.checkpoint:
+        model.load_rd4ad_checkpoint(cfg.model.checkpoint)
+    return model
+
+
+def _construct(cfg: Config) -> RDCCL:
     m, loss = cfg.model, cfg.loss
-    model = RDCCL(
+    return RDCCL(
         teacher=m.teacher,
         pretrained=m.pretrained,
         out_indices=tuple(m.out_indices),
@@ -46,9 +57,6 @@ def build_model(cfg: Config, start_checkpoint: bool = True) -> RDCCL:
         kd_mode=loss.kd_mode,
         sigma=cfg.eval.sigma,
     )
-    if start_checkpoint and m.checkpoint:
-        model.load_rd4ad_checkpoint(m.checkpoint)
-    return model
 
 
 def save_export(model: RDCCL, cfg: Config, out_dir: str | Path, info: dict[str, Any]) -> Path:
