@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import socket
 import statistics
 import subprocess
@@ -211,12 +210,31 @@ def _memory_child(chunk: int, batch: int, channels: int, side: int) -> None:
     tiny = a[:2, :, :4, :4].detach().requires_grad_()
     local_contrastive_loss(tiny, tiny * 2, labels[:2], window="full", chunk=8).backward()
     a.grad = b.grad = None
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _reset_peak_rss_kib()
     t0 = time.perf_counter()
     local_contrastive_loss(a, b, labels, window="full", chunk=chunk).backward()
     elapsed = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_mib": (peak - base) / 1024, "seconds": elapsed}))
+    print(json.dumps({"peak_mib": (_peak_rss_kib() - base) / 1024, "seconds": elapsed}))
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _reset_peak_rss_kib() -> int:
+    """Reset the peak-RSS mark to the current RSS and return it (KiB).
+
+    ru_maxrss would not do: Linux carries it over fork + exec from the parent.
+    """
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_kib("VmRSS")
+
+
+def _peak_rss_kib() -> int:
+    return _status_kib("VmHWM")
 
 
 def bench_memory(batch: int, channels: int, side: int) -> None:
