@@ -58,10 +58,15 @@ class Bottleneck(nn.Module):
 
 
 class ReverseBottleneck(nn.Module):
-    """Decoder block: like Bottleneck but the stride is a transposed conv that up-samples."""
+    """Decoder block: like Bottleneck but the stride is a transposed conv that up-samples.
 
-    def __init__(self, c_in: int, planes: int, width: int, stride: int = 1) -> None:
+    ``final_relu=False`` leaves the output signed: a ReLU output cannot point where a teacher
+    feature with negative entries points (MobileNetV2's linear bottlenecks), capping the cosine.
+    """
+
+    def __init__(self, c_in: int, planes: int, width: int, stride: int = 1, final_relu: bool = True) -> None:
         super().__init__()
+        self.final_relu = final_relu
         c_out = planes * EXPANSION
         self.conv1 = conv1x1(c_in, width)
         self.bn1 = nn.BatchNorm2d(width)
@@ -79,4 +84,4 @@ class ReverseBottleneck(nn.Module):
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         identity = x if self.upsample is None else self.upsample(x)
-        return self.relu(out + identity)
+        return self.relu(out + identity) if self.final_relu else out + identity

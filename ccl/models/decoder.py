@@ -28,10 +28,12 @@ class ReverseDecoder(nn.Module):
         in_channels: int,
         width_mult: int = 1,
         blocks: Sequence[int] | None = None,
+        signed: Sequence[bool] | None = None,
     ) -> None:
         super().__init__()
         n = len(channels)
         blocks = list(blocks or DEFAULT_BLOCKS[:n])
+        signed = list(signed or [False] * n)  # per scale: the teacher's features take negative values
         self.n_layers = n
         c_in = in_channels
         for k in range(1, n + 1):
@@ -43,6 +45,7 @@ class ReverseDecoder(nn.Module):
             stride = 2 if k == 1 else reductions[scale + 1] // reductions[scale]
             layers = [ReverseBottleneck(c_in, planes, planes * width_mult, stride)]
             layers += [ReverseBottleneck(planes * EXPANSION, planes, planes * width_mult) for _ in range(blocks[k - 1] - 1)]
+            layers[-1].final_relu = not signed[scale]  # the scale's output matches the teacher's sign range
             setattr(self, f"layer{k}", nn.Sequential(*layers))
             c_in = planes * EXPANSION
         init_convs(self)
@@ -57,7 +60,8 @@ class ReverseDecoder(nn.Module):
 
 
 def build_decoder(
-    channels: Sequence[int], reductions: Sequence[int], in_channels: int, width_mult: int = 1
+    channels: Sequence[int], reductions: Sequence[int], in_channels: int, width_mult: int = 1,
+    signed: Sequence[bool] | None = None,
 ) -> ReverseDecoder:
-    """Reverse decoder mirroring the teacher (width_mult 2 for wide ResNets)."""
-    return ReverseDecoder(channels, reductions, in_channels, width_mult)
+    """Reverse decoder mirroring the teacher (width_mult 2 for wide ResNets; ``signed`` per scale)."""
+    return ReverseDecoder(channels, reductions, in_channels, width_mult, signed=signed)

@@ -58,7 +58,7 @@ class RDCCL(nn.Module):
         width_mult = 2 if "wide" in teacher else 1  # wide ResNets double the bottleneck width
         self.projector = build_projector(channels, projector)
         self.neck = build_neck(channels, reductions, width_mult)
-        self.decoder = build_decoder(channels, reductions, self.neck.out_channels, width_mult)
+        self.decoder = build_decoder(channels, reductions, self.neck.out_channels, width_mult, self.teacher.signed())
         if global_loss not in global_losses:
             raise ValueError(f"unknown global_loss {global_loss!r}; choose one of {sorted(global_losses)}")
         bad = [s for s in local_scales if not 0 <= s < len(channels)]

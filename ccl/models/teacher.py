@@ -37,6 +37,15 @@ class Teacher(nn.Module):
     def reductions(self) -> list[int]:
         return list(self.body.feature_info.reduction())
 
+    def signed(self, size: int = 64) -> list[bool]:
+        """Per scale: whether the features take negative values (probed once on a fixed random input).
+
+        ResNet stages end in a ReLU (features >= 0, as RD4AD's decoder assumes); MobileNetV2's
+        linear bottlenecks do not, and the decoder must then be able to output negative values.
+        """
+        probe = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+        return [bool((f < 0).any()) for f in self(probe)]
+
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """images (B, 3, H, W) -> feature maps [(B, C_i, H/r_i, W/r_i)], no gradient."""
         with torch.no_grad():

@@ -255,3 +255,14 @@ def test_local_weights_file_and_bad_path(tmp_path):
     torch.testing.assert_close(teacher.body.conv1.weight, src.conv1.weight)
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         build_teacher("resnet18", pretrained=str(tmp_path / "nope.pth"))
+
+
+def test_decoder_output_sign_follows_the_teacher():
+    """ResNet features are post-ReLU, MobileNetV2's linear bottlenecks are signed: the decoder must match."""
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    for name, signed in (("resnet18", False), ("mobilenetv2_100", True)):
+        model = RDCCL(teacher=name, pretrained="none", projector="none").eval()
+        assert model.teacher.signed() == [signed] * 3
+        with torch.no_grad():
+            student = model.decoder(model.neck(model.teacher(images)))
+        assert all(bool((s < 0).any()) == signed for s in student), name
