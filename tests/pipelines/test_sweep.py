@@ -143,18 +143,15 @@ def test_sweep_runs_rows_writes_the_table_and_resumes(tmp_path: Path, capsys) ->
 
 
 def test_toy_sweep_end_to_end(tmp_path: Path) -> None:
-    """Two real rows through the real trainer and evaluator, once they exist."""
-    pytest.importorskip("pipelines.train")
-    pytest.importorskip("pipelines.evaluate")
-    fixtures = _shard_fixtures()
-    build = _toy_build(fixtures, tmp_path)
+    """Two real rows through the real trainer and evaluator produce the table."""
+    build = _toy_build(tmp_path)
     sweep_file = tmp_path / "table8.yaml"
     sweep_file.write_text("table: 8\ntitle: toy\nrows:\n"
                           "  - {name: Joint RD, overrides: [loss.lambda_local=0, loss.lambda_global=0,"
                           " model.projector=none]}\n  - {name: CCL, overrides: []}\n")
     extra = ["model.teacher=resnet18", "model.pretrained=none", "data.image_size=64", "train.max_steps=2",
              f"data.shards=[{build}]", "data.num_workers=0", "eval.num_workers=0", "data.batch_size=4",
-             "data.classes_per_batch=2"]
+             "data.classes_per_batch=2", "tracking.vis_images=0"]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sweep = load_sweep(sweep_file)
     plans = plan_sweep(sweep, CONFIGS / "base.yaml", extra, tmp_path / "sweep", launcher=sys.executable)
@@ -164,18 +161,13 @@ def test_toy_sweep_end_to_end(tmp_path: Path) -> None:
     assert "| Joint RD |" in table and "| CCL |" in table and " - |" not in table.split("| CCL |")[1]
 
 
-def _shard_fixtures():
-    """tests/pipelines/shard_fixtures.py (train, val and test shards with masks), once it exists."""
-    return pytest.importorskip("tests.pipelines.shard_fixtures")
+def _toy_build(tmp_path: Path) -> Path:
+    """A complete toy build (train / val / test with masks): a small demo folder through the real builder."""
+    from shard_tools.build import run as build_shards
+    from shard_tools.demo_data import DemoSpec, write_demo
 
-
-def _toy_build(fixtures, tmp_path: Path) -> Path:
-    """A complete toy build (train / val / test) from the shared fixtures module."""
-    helper = next((getattr(fixtures, n) for n in ("write_build", "make_build", "toy_build") if hasattr(fixtures, n)),
-                  None)
-    if helper is None:
-        pytest.skip("tests/pipelines/shard_fixtures.py has no write_build / make_build / toy_build helper")
-    try:
-        return Path(helper(tmp_path / "shards"))
-    except TypeError as err:  # the helper wants more arguments than a directory
-        pytest.skip(f"shard_fixtures build helper signature not known to this test: {err}")
+    source = tmp_path / "source"
+    write_demo(source, spec=DemoSpec(size=64, per_class=6, test_good=2, test_defect=2))
+    build_shards(["--datasets", "demo", "--root", f"demo={source}", "--out", str(tmp_path / "shards"),
+                  "--val-fraction", "0.2"])
+    return tmp_path / "shards" / "demo"
