@@ -61,11 +61,21 @@ def write_test_build(out: str | Path, dataset: str, classes: Sequence[str], shar
             kind = "anomalous" if anomalous else "normal"
             counts.setdefault(split, {}).setdefault(cls, {"normal": 0, "anomalous": 0})[kind] += 1
             n += 1
-        name = shard_name(split, s)
-        data = tar_bytes(samples)
-        (out / name).write_bytes(data)
-        entries.append({"name": name, "split": split, "samples": count, "bytes": len(data),
-                        "sha256": hashlib.sha256(data).hexdigest()})
+        entries.append(write_shard(out, split, s, samples))
+    return write_manifest(out, dataset, index, counts, entries)
+
+
+def write_shard(out: Path, split: str, number: int, samples: list[list[tuple[str, bytes]]]) -> dict:
+    """``{split}-NNNNNN.tar`` of ``samples``; returns its manifest entry."""
+    name = shard_name(split, number)
+    data = tar_bytes(samples)
+    (out / name).write_bytes(data)
+    return {"name": name, "split": split, "samples": len(samples), "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def write_manifest(out: Path, dataset: str, index: dict, counts: dict, entries: list[dict]) -> Path:
+    """The build's manifest.json (the fields shard_tools writes); returns the build directory."""
     manifest = {"builder_version": "1", "dataset": dataset, "args": {"fixture": True}, "classes": index,
                 "counts": counts, "shards": entries, "skipped": []}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))

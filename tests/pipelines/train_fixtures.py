@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import tarfile
 from pathlib import Path
 from typing import Sequence
 
 import cv2
 import numpy as np
 
-from ccl.data.schema import make_key, shard_name
+from ccl.data.schema import make_key
+from tests.pipelines.shard_fixtures import tar_keys, write_manifest, write_shard
 
 
 def class_image(class_id: int, index: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -41,15 +39,8 @@ def write_build(out: str | Path, dataset: str, classes: Sequence[str], shard_siz
                 samples.append(_sample(dataset, cls, index[f"{dataset}/{cls}"], sp, n, size, rng, encoded))
                 counts.setdefault(sp, {}).setdefault(cls, {"normal": 0, "anomalous": 0})["normal"] += 1
                 n += 1
-            name = shard_name(sp, s)
-            data = _tar_bytes(samples)
-            (out / name).write_bytes(data)
-            entries.append({"name": name, "split": sp, "samples": count, "bytes": len(data),
-                            "sha256": hashlib.sha256(data).hexdigest()})
-    manifest = {"builder_version": "1", "dataset": dataset, "args": {"fixture": True}, "classes": index,
-                "counts": counts, "shards": entries, "skipped": []}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    return out
+            entries.append(write_shard(out, sp, s, samples))
+    return write_manifest(out, dataset, index, counts, entries)
 
 
 def _sample(dataset: str, cls: str, class_id: int, split: str, n: int, size: int, rng: np.random.Generator,
@@ -64,21 +55,6 @@ def _sample(dataset: str, cls: str, class_id: int, split: str, n: int, size: int
             (f"{key}.cls", str(class_id).encode())]
 
 
-def _tar_bytes(samples: list[list[tuple[str, bytes]]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for members in samples:
-            for name, data in members:
-                info = tarfile.TarInfo(name)
-                info.size, info.mtime, info.mode = len(data), 0, 0o644
-                tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def keys_of(build: str | Path, split: str = "train") -> list[str]:
     """Every sample key of a build's split, read back independently of the training reader."""
-    keys = []
-    for path in sorted(Path(build).glob(f"{split}-*.tar")):
-        with tarfile.open(path) as tar:
-            keys += sorted({m.name.split(".")[0] for m in tar.getmembers()})
-    return keys
+    return tar_keys(build, split)
