@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import os
+import warnings
 from datetime import timedelta
 from typing import Any
 
@@ -19,6 +20,10 @@ import torch.distributed.nn.functional as dist_nn
 from torch import nn
 
 from pipelines.config import Config
+
+# The autograd all-reduce is what synchronised BN needs (gradients flow back to every rank); torch 2.14
+# marks it deprecated; the message would repeat at every BN layer of every step.
+warnings.filterwarnings("ignore", message="torch.distributed.nn.functional.all_reduce is deprecated")
 
 
 def make_accelerator(cfg: Config) -> Any:
