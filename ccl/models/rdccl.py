@@ -3,14 +3,16 @@
 Frozen teacher -> projector phi_p -> OCBE neck -> reverse decoder. The decoder
 reconstructs the detached, unprojected teacher features (KD loss); local CL
 acts on the projected maps, global CL on the pooled neck code; both views of a
-training sample go through teacher, projector and neck (one concatenated batch,
-so the neck's BatchNorm sees both views), only the anchor view is decoded.
+training sample go through teacher and projector (one concatenated batch) and the
+neck (one batch per view; only the anchor view moves the neck's BatchNorm running
+statistics, as only clean images are seen at inference); only the anchor view is decoded.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Iterator, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +28,24 @@ from ccl.models.projector import build_projector
 from ccl.models.teacher import build_teacher
 
 TEACHER_PREFIX = "teacher."
+
+
+@contextmanager
+def running_stats_frozen(module: nn.Module) -> Iterator[None]:
+    """BatchNorm layers of ``module`` keep normalising with batch statistics but do not update their
+    running statistics (momentum 0) inside the block."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+             for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
 
 
 def pooled(code: torch.Tensor) -> torch.Tensor:
@@ -100,17 +120,21 @@ class RDCCL(nn.Module):
         teacher = self.teacher(torch.cat([images, augmented]) if two_views else images)  # [(nB, c, h, w)]
         projected = self.projector(teacher)
         anchor_proj = [p[:b] for p in projected]
-        code = self.neck(projected if use_global else anchor_proj)  # (nB, D, h, w)
-        kd = kd_loss([t[:b] for t in teacher], self.decoder(code[:b]), self.kd_mode)
+        code = self.neck(anchor_proj)  # (B, D, h, w)
+        kd = kd_loss([t[:b] for t in teacher], self.decoder(code), self.kd_mode)
         zero = kd.new_zeros(())
         lcl = self._local(projected, b, labels, rank, world_size) if use_local else zero
         gcl = zero
         if use_global:
+            # The augmented view is normalised with its own batch statistics but leaves the running
+            # statistics alone: inference sees clean images, as the anchor view is.
+            with running_stats_frozen(self.neck):
+                code_aug = self.neck([p[b:] for p in projected])
             gcl = global_losses[self.global_loss](
-                pooled(code[:b]), pooled(code[b:]), labels, self.temperature, rank, world_size
+                pooled(code), pooled(code_aug), labels, self.temperature, rank, world_size
             )
         loss = kd + self.lambda_local * lcl + self.lambda_global * gcl
-        features = F.normalize(pooled(code[:b]), dim=1).detach()
+        features = F.normalize(pooled(code), dim=1).detach()
         return {"loss": loss, "kd": kd, "lcl": lcl, "gcl": gcl, "global_features": features}
 
     def _local(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 
@@ -183,7 +184,22 @@ def test_zero_lambdas_skip_their_terms():
     assert seen == [8, ("neck", 4)] and out["gcl"].item() == 0 and out["lcl"] > 0
     global_only = RDCCL(teacher="resnet18", lambda_local=0.0).train()
     seen, out = _teacher_batch_sizes(global_only, x, aug, labels)
-    assert seen == [8, ("neck", 8)] and out["lcl"].item() == 0 and out["gcl"] > 0
+    assert seen == [8, ("neck", 4), ("neck", 4)] and out["lcl"].item() == 0 and out["gcl"] > 0
+
+
+def test_only_the_anchor_view_moves_the_neck_running_statistics():
+    """Inference sees clean images: the augmented view must not leak into the BN running statistics."""
+    x, aug, labels = _batch()
+    torch.manual_seed(0)
+    model = RDCCL(teacher="resnet18", projector="none", lambda_local=0.0).train()
+    reference = copy.deepcopy(model)
+    model(x, aug, labels)
+    with torch.no_grad():
+        reference.neck(reference.teacher(x))  # the anchor view alone, one training-mode pass
+    for (name, ours), theirs in zip(model.neck.state_dict().items(), reference.neck.state_dict().values()):
+        if "running" in name or "num_batches" in name:
+            torch.testing.assert_close(ours, theirs, msg=name)
+    assert all(m.momentum == 0.1 for m in model.neck.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
 
 def test_decoder_reconstructs_unprojected_teacher_features(small):
