@@ -12,6 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipelines.config import ConfigError  # noqa: E402
 from pipelines.sweep import load_sweep, plan_sweep, run_sweep  # noqa: E402
 
 
@@ -25,8 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="rerun rows that already have eval/metrics.json")
     p.add_argument("overrides", nargs="*", help="k=v applied to every row (after the row's own)")
     a = p.parse_args(argv)
-    sweep = load_sweep(a.table)
-    plans = plan_sweep(sweep, a.config, a.overrides, a.out, a.launcher)
+    try:  # a bad table, row or override fails before anything runs, with the file and key named
+        sweep = load_sweep(a.table)
+        plans = plan_sweep(sweep, a.config, a.overrides, a.out, a.launcher)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     run_sweep(sweep, plans, dry_run=a.dry_run, force=a.force, experiment=Path(a.config).stem)
     return 0
 

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         from pipelines.train import train
 
         result = train(cfg, args.resume)
-    except (ConfigError, ShardError, FileNotFoundError, FloatingPointError) as err:
+    except (ConfigError, ShardError, FileNotFoundError, FloatingPointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if rank == 0:

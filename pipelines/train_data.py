@@ -74,7 +74,10 @@ def load_labels(shard_set: ShardSet, class_source: str, pseudo_file: str = "") -
         if not path.is_file():
             raise ShardError(f"data.class_source=pseudo but {path} does not exist "
                              "(make it with shard_tools/pseudo_classes.py)")
-        doc = json.loads(path.read_text())
+        try:
+            doc = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ShardError(f"{path}: pseudo-class file is not valid JSON ({err})") from None
         if not isinstance(doc, dict) or "k" not in doc or "labels" not in doc:
             raise ShardError(f"{path}: expected {{'k': K, 'labels': {{key: id}}}}")
         k = max(k, int(doc["k"]))

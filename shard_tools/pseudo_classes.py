@@ -39,7 +39,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from ccl.data.transforms import normalize, resize_image  # noqa: E402
 from ccl.models import build_teacher  # noqa: E402
-from pipelines.shards import ShardInfo, decode_record, open_builds  # noqa: E402
+from pipelines.shards import ShardError, ShardInfo, decode_record, open_builds  # noqa: E402
 
 DEFAULT_NAME = "pseudo_classes.json"
 SPLITS_EMBEDDED = ("train", "val")
@@ -195,8 +195,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default=DEFAULT_NAME, help="file name beside each build, or one path")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    result = pseudo_classes(a.shards, a.k, a.teacher, a.pretrained, a.image_size, a.batch_size, a.seed,
-                            a.device, a.workers)
+    try:
+        result = pseudo_classes(a.shards, a.k, a.teacher, a.pretrained, a.image_size, a.batch_size, a.seed,
+                                a.device, a.workers)
+    except (ShardError, ValueError, FileNotFoundError) as err:  # bad build, corrupt sample, bad k or teacher
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     for path in write_sidecars(result, a.shards, a.out):
         print(f"wrote {path}")
     print(f"K = {a.k}, {result['counts']['train']} train / {result['counts']['val']} val images: "

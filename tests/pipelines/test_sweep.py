@@ -171,3 +171,11 @@ def _toy_build(tmp_path: Path) -> Path:
     build_shards(["--datasets", "demo", "--root", f"demo={source}", "--out", str(tmp_path / "shards"),
                   "--val-fraction", "0.2"])
     return tmp_path / "shards" / "demo"
+
+
+def test_cli_reports_an_unknown_table_without_a_traceback(capsys) -> None:
+    from launch.sweep import main
+
+    assert main(["--table", "4", "--config", str(CONFIGS / "base.yaml"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "table4.yaml" in err and "does not exist" in err

@@ -120,3 +120,11 @@ def test_teacher_is_frozen_and_returns_only_the_pooled_level() -> None:
     assert not any(p.requires_grad for p in model.parameters())
     (level,) = model(torch.zeros(1, 3, 64, 64))
     assert level.shape == (1, 256, 4, 4)  # resnet18 layer3: 256 channels at stride 16
+
+
+def test_cli_reports_a_missing_build_without_a_traceback(tmp_path, capsys) -> None:
+    from shard_tools.pseudo_classes import main
+
+    assert main(["--shards", str(tmp_path / "nowhere"), "--k", "3", "--pretrained", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "does not exist" in err and "Traceback" not in err
