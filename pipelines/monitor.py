@@ -12,6 +12,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from pipelines.visualize import overlay
+
 
 def class_separation(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
     """V-measure in [0, 1] of K-means clusters against the class labels (1 = classes perfectly apart)."""
@@ -49,20 +51,6 @@ def tsne_image(features: np.ndarray, labels: np.ndarray, names: Sequence[str], t
     image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
     plt.close(fig)
     return image
-
-
-def overlay(image: np.ndarray, amap: np.ndarray) -> np.ndarray:
-    """Heatmap blend; pipelines.visualize.overlay when it exists, else a jet colormap at 50 %."""
-    try:
-        from pipelines.visualize import overlay as project_overlay
-
-        return project_overlay(image, amap)
-    except ImportError:
-        import cv2
-
-        a = (amap - amap.min()) / (np.ptp(amap) + 1e-8)
-        heat = cv2.cvtColor(cv2.applyColorMap((a * 255).astype(np.uint8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
-        return cv2.addWeighted(image, 0.5, heat, 0.5, 0.0)
 
 
 @torch.no_grad()
