@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ccl.metrics.report import percent
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 MODELS = {  # name -> overrides on top of configs/demo.yaml
@@ -101,16 +103,13 @@ def comparison_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
     def cells(pick: Any) -> list[str]:
-        return [fmt(pick(results[n]).get(key)) for _, key in COLUMNS for n in names]
+        return [percent(pick(results[n]).get(key)) for _, key in COLUMNS for n in names]
 
     for g in groups:
         lines.append("| " + " | ".join([g] + cells(lambda r: r.get("per_group", {}).get(g, {}))) + " |")
     lines.append("| **mean** | " + " | ".join(cells(lambda r: r.get("mean", {}))) + " |")
     return "\n".join(lines) + "\n"
 
-
-def fmt(value: Any) -> str:
-    return "-" if value is None else f"{100 * float(value):.1f}"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from ccl.metrics.report import percent
 from pipelines.config import Config, ConfigError, load_config, to_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -223,7 +224,7 @@ def render_table(sweep: Sweep, results: Mapping[str, Mapping[str, Any] | None], 
     previous = None
     for row in sweep.rows:
         mean = results.get(row.slug) or {}
-        cells = [_percent(mean.get(key)) for _, key in METRICS]
+        cells = [percent(mean.get(key)) for _, key in METRICS]
         group = [row.group if row.group != previous else ""] if grouped else []
         previous = row.group
         lines.append(_line(group + [row.name] + cells))
@@ -233,7 +234,4 @@ def render_table(sweep: Sweep, results: Mapping[str, Mapping[str, Any] | None], 
 def _line(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
-
-def _percent(value: Any) -> str:
-    return "-" if value is None else f"{100.0 * float(value):.1f}"
 

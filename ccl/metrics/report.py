@@ -40,8 +40,9 @@ def summarize(per_group: Mapping[str, Scores]) -> dict[str, Any]:
     }
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
+def percent(value: float | None) -> str:
+    """A metric in % with one decimal, "-" when it is undefined (the tables' cell format)."""
+    return "-" if value is None else f"{100.0 * float(value):.1f}"
 
 
 def table_rows(result: Mapping[str, Any]) -> list[tuple[str, Scores]]:
@@ -57,7 +58,7 @@ def to_markdown(result: Mapping[str, Any]) -> str:
     lines = ["| group | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
     for label, scores in table_rows(result):
         bold = label.startswith("mean")
-        cells = [_fmt(scores.get(m)) for m in METRICS]
+        cells = [percent(scores.get(m)) for m in METRICS]
         cells = [f"**{c}**" if bold and c != "-" else c for c in cells]
         lines.append(f"| {'**' + label + '**' if bold else label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
