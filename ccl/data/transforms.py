@@ -16,19 +16,23 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def _interpolation(shape: tuple[int, ...], size: int) -> int:
+    """Area interpolation when shrinking (no aliasing), bilinear when enlarging."""
+    return cv2.INTER_AREA if shape[0] > size or shape[1] > size else cv2.INTER_LINEAR
+
+
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (size, size, 3) uint8; area interpolation when shrinking."""
+    """(H, W, 3) uint8 -> (size, size, 3) uint8."""
     if image.shape[:2] == (size, size):
         return image
-    shrink = image.shape[0] > size or image.shape[1] > size
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return cv2.resize(image, (size, size), interpolation=_interpolation(image.shape, size))
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """(H, W) bool -> (size, size) bool, resized as a float image and binarised at 0.5."""
+    """(H, W) bool -> (size, size) bool: resized the way the image is, as a float image, binarised at 0.5."""
     if mask.shape == (size, size):
         return mask.astype(bool)
-    resized = cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
+    resized = cv2.resize(mask.astype(np.float32), (size, size), interpolation=_interpolation(mask.shape, size))
     return resized >= 0.5
 
 

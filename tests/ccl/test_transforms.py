@@ -70,3 +70,14 @@ def test_colour_matrix_matches_the_direct_operations() -> None:
     hue = color_jitter_matrix(np.zeros(3), np.random.default_rng(0), 0.0, 0.0, 0.0, 0.1)
     gray = np.array([[100.0, 100.0, 100.0]])
     assert np.allclose(gray @ hue[:, :3].T + hue[:, 3], gray, atol=1e-6)  # a hue turn leaves grays alone
+
+
+def test_mask_shrinks_like_the_image_then_binarises_at_half() -> None:
+    """Integer-factor shrink: area interpolation is the block mean, so the mask is the >= 0.5 block vote."""
+    rng = np.random.default_rng(3)
+    mask = rng.random((256, 256)) < 0.5
+    mask[100:102, :] = True  # a thin scratch: 2 of every 4 rows in its blocks
+    expected = mask.reshape(64, 4, 64, 4).mean(axis=(1, 3)) >= 0.5
+    from ccl.data.transforms import resize_mask
+
+    assert np.array_equal(resize_mask(mask, 64), expected)
