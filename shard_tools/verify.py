@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tarfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -21,6 +20,8 @@ import numpy as np  # noqa: E402
 
 from ccl.data.schema import (CLASS_EXTENSION, IMAGE_EXTENSIONS, MANIFEST_NAME, MASK_EXTENSION,  # noqa: E402
                              META_EXTENSION, SchemaError, class_key, make_key, parse_shard_name, validate_meta)
+from pipelines.shards import ShardError  # noqa: E402
+from pipelines.tar_reader import iter_range  # noqa: E402
 from shard_tools.manifest import sum_counts  # noqa: E402
 from shard_tools.tarwriter import file_sha256  # noqa: E402
 
@@ -61,34 +62,24 @@ def _check_shard(directory: Path, shard: dict, classes: dict, seen_keys: set) ->
         problems.append(f"{path}: {path.stat().st_size} bytes, manifest says {shard['bytes']}")
     if file_sha256(path) != shard["sha256"]:
         problems.append(f"{path}: sha256 differs from the manifest (corrupt or replaced)")
-    try:
-        samples = _read_samples(path)
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    read = 0
+    try:  # streamed sample by sample: memory holds one sample, not one shard
+        for sample in iter_range(str(path)):
+            read += 1
+            key = sample["__key__"]
+            where = f"{path}:{key}"
+            if key in seen_keys:  # also a key whose members are not adjacent in the tar
+                problems.append(f"{where}: duplicate key")
+            seen_keys.add(key)
+            members = {ext: data for ext, data in sample.items() if not ext.startswith("__")}
+            problems += _check_sample(where, key, members, shard["split"], classes, counts)
+            if len(problems) > MAX_PROBLEMS_PER_SHARD:
+                return problems + [f"{path}: more problems not listed"], counts
+    except ShardError as exc:
         return problems + [f"{path}: not a readable tar ({exc})"], counts
-    if len(samples) != shard["samples"]:
-        problems.append(f"{path}: {len(samples)} samples, manifest says {shard['samples']}")
-    for key, members in samples.items():
-        where = f"{path}:{key}"
-        if key in seen_keys:
-            problems.append(f"{where}: duplicate key")
-        seen_keys.add(key)
-        problems += _check_sample(where, key, members, shard["split"], classes, counts)
-        if len(problems) > MAX_PROBLEMS_PER_SHARD:
-            problems.append(f"{path}: more problems not listed")
-            break
+    if read != shard["samples"]:
+        problems.append(f"{path}: {read} samples, manifest says {shard['samples']}")
     return problems, counts
-
-
-def _read_samples(path: Path) -> dict[str, dict[str, bytes]]:
-    """Members grouped by key (the part of the name before the first dot, as WebDataset does)."""
-    samples: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(path) as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            key, _, ext = info.name.partition(".")
-            samples.setdefault(key, {})[ext] = tar.extractfile(info).read()
-    return samples
 
 
 def _check_sample(where: str, key: str, members: dict[str, bytes], split: str, classes: dict,

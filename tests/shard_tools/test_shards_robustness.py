@@ -214,3 +214,12 @@ def test_verify_reports_a_non_binary_mask(tmp_path, mvtec_src):
     (out / "manifest.json").write_text(json.dumps(manifest))
     problems = verify_build(out)
     assert problems and all("not binary" in p for p in problems)
+
+
+def test_verify_reports_a_truncated_shard(tmp_path, mvtec_src):
+    out = tmp_path / "o" / "mvtec"
+    assert main(build_args(mvtec_src, tmp_path / "o")) == 0
+    shard = out / "test-000000.tar"
+    shard.write_bytes(shard.read_bytes()[:1500])  # cut inside a member
+    text = "\n".join(verify_build(out))
+    assert "test-000000.tar" in text and "not a readable tar" in text
