@@ -73,15 +73,8 @@ def pro_auc(neg: np.ndarray, region_overlap: np.ndarray, regions: float, fpr_lim
     its reverse cumulative sum over ``regions`` is the mean per-region overlap PRO(t).
     The curve runs from (0, 0) through every threshold; it is interpolated linearly at the limit.
     """
-    neg = np.asarray(neg, np.float64)
-    total_neg = neg.sum()
-    if regions <= 0 or total_neg <= 0:
-        return None
-    keep = (neg + region_overlap) > 0
-    fpr = np.concatenate([[0.0], np.cumsum(neg[keep][::-1]) / total_neg])
-    pro = np.concatenate([[0.0], np.cumsum(np.asarray(region_overlap, np.float64)[keep][::-1]) / regions])
-    fpr, pro = np.minimum(fpr, 1.0), np.minimum(pro, 1.0)  # guard against float rounding above 1
-    return _area_to(fpr, pro, fpr_limit) / fpr_limit
+    fpr, pro = pro_points(neg, region_overlap, regions)
+    return None if len(fpr) == 0 else _area_to(fpr, pro, fpr_limit) / fpr_limit
 
 
 def _area_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
@@ -104,10 +97,13 @@ def roc_points(neg: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def pro_points(neg: np.ndarray, region_overlap: np.ndarray, regions: float) -> tuple[np.ndarray, np.ndarray]:
-    """(FPR, PRO) of the PRO curve, for plots."""
-    keep = (neg + region_overlap) > 0
-    if regions <= 0 or neg.sum() <= 0:
+    """(FPR, PRO) of the PRO curve from (0, 0) through every threshold; empty when undefined."""
+    neg = np.asarray(neg, np.float64)
+    region_overlap = np.asarray(region_overlap, np.float64)
+    total_neg = neg.sum()
+    if regions <= 0 or total_neg <= 0:
         return np.zeros(0), np.zeros(0)
-    fpr = np.concatenate([[0.0], np.cumsum(neg[keep][::-1]) / neg.sum()])
+    keep = (neg + region_overlap) > 0
+    fpr = np.concatenate([[0.0], np.cumsum(neg[keep][::-1]) / total_neg])
     pro = np.concatenate([[0.0], np.cumsum(region_overlap[keep][::-1]) / regions])
-    return np.minimum(fpr, 1.0), np.minimum(pro, 1.0)
+    return np.minimum(fpr, 1.0), np.minimum(pro, 1.0)  # guard against float rounding above 1
