@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from ccl.data.transforms import eval_view, resize_image
+from ccl.data.transforms import normalize, resize_image
 from pipelines.model import read_info
 from pipelines.visualize import overlay, save_png
 
@@ -76,7 +76,7 @@ def _batches(files: list[Path], size: int, image_size: int, skipped: list[tuple[
             paths.append(path)
             images.append(resize_image(image, image_size))
         if paths and (len(paths) == size or i == len(files) - 1):
-            yield paths, images, torch.stack([eval_view(im, None, image_size)[0] for im in images])
+            yield paths, images, torch.stack([normalize(im) for im in images])  # already resized
             paths, images = [], []
 
 
