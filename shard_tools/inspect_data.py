@@ -165,7 +165,7 @@ def _draw_defect(image: np.ndarray, kind: str, rng: np.random.Generator) -> tupl
         map_x = (center[0] + dx * np.cos(theta) - dy * np.sin(theta)).astype(np.float32)
         map_y = (center[1] + dx * np.sin(theta) + dy * np.cos(theta)).astype(np.float32)
         out = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-        mask = (np.sqrt((map_x - xx) ** 2 + (map_y - yy) ** 2) > 1.0).astype(np.uint8)
+        mask = (r < 1.6 * radius).astype(np.uint8)  # every pixel the swirl moves, however little
     elif kind == "speckle":  # sensor-like noise inside the region
         noise = rng.normal(0, 45, image.shape).astype(np.float32)
         out[mask > 0] = np.clip(image.astype(np.float32) + noise, 0, 255).astype(np.uint8)[mask > 0]
