@@ -73,6 +73,7 @@ class ModelConfig:
     pretrained: str = "hub"  # hub | none | offline | PATH (.pth / .safetensors)
     out_indices: tuple[int, ...] = (1, 2, 3)
     projector: str = "4-cblocks"  # 4-cblocks | 2-cblocks | 2-mlp | none
+    projector_residual: bool = False  # teacher + gain * projector(teacher), gain from 0 (starts as Joint RD)
     checkpoint: str = ""  # optional official RD4AD checkpoint (bn.*, decoder.*) to start from
     # The official CCL code's perturbation (not in the paper): with probability noise_prob per training step,
     # Gaussian noise of std noise_std on a random half of the positions of the neck's input. 0 = off.

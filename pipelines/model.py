@@ -47,6 +47,7 @@ def _construct(cfg: Config) -> RDCCL:
         pretrained=m.pretrained,
         out_indices=tuple(m.out_indices),
         projector=m.projector,
+        projector_residual=m.projector_residual,
         lambda_local=loss.lambda_local,
         lambda_global=loss.lambda_global,
         temperature=loss.temperature,

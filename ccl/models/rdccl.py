@@ -64,6 +64,7 @@ class RDCCL(nn.Module):
         pretrained: str = "none",
         out_indices: Sequence[int] = (1, 2, 3),
         projector: str = "4-cblocks",
+        projector_residual: bool = False,
         lambda_local: float = 1.0,
         lambda_global: float = 1.0,
         temperature: float = 0.1,
@@ -84,7 +85,7 @@ class RDCCL(nn.Module):
         self.teacher = build_teacher(teacher, pretrained, out_indices)
         channels, reductions = self.teacher.channels, self.teacher.reductions
         width_mult = 2 if "wide" in teacher else 1  # wide ResNets double the bottleneck width
-        self.projector = build_projector(channels, projector)
+        self.projector = build_projector(channels, projector, projector_residual)
         self.neck = build_neck(channels, reductions, width_mult)
         self.decoder = build_decoder(channels, reductions, self.neck.out_channels, width_mult, self.teacher.signed())
         if global_loss not in global_losses:

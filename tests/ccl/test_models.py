@@ -354,3 +354,20 @@ def test_feature_noise_covers_about_half_of_the_positions():
 def test_bad_switches_are_refused(kw, match):
     with pytest.raises(ValueError, match=match):
         RDCCL(teacher="resnet18", pretrained="none", **kw)
+
+
+def test_residual_projector_starts_as_the_teacher_and_learns_its_gain():
+    x, aug, labels = _double_batch()
+    model = _fresh(projector_residual=True)
+    with torch.no_grad():
+        feats = model.teacher(x)
+        for f, p in zip(feats, model.projector(feats)):
+            assert torch.equal(f, p)  # gain 0: exactly Joint RD's neck input
+    out = model(x, aug, labels)
+    out["loss"].backward()
+    gains = list(model.projector.gains)
+    assert len(gains) == 3 and all(g.grad is not None and g.grad.abs().sum() > 0 for g in gains)
+    names = [n for g in model.param_groups(1e-3, 5e-3) if g["name"] == "projector" for n in g["params"]]
+    assert any(p is gains[0] for p in names)
+    assert "projector.gains.0" in model.trainable_state_dict()
+    assert not RDCCL(teacher="resnet18", projector="none", projector_residual=True).projector.residual
