@@ -99,7 +99,7 @@ def parse_named(items: Sequence[str], what: str) -> dict[str, tuple[str, ...]]:
 
 def run_grid(grid: Grid, out: Path, jobs: int = 1, processes: int = 2, port: int = 29600,
              threads: int = 1) -> list[dict[str, Any]]:
-    """Run every cell (``jobs`` at a time), then return one record per cell."""
+    """Run every cell (``jobs`` at a time), then return one record per cell (metrics None: the job failed)."""
     cells = grid.cells()
     ports: queue.Queue[int] = queue.Queue()
     for i in range(max(1, jobs)):
@@ -110,9 +110,12 @@ def run_grid(grid: Grid, out: Path, jobs: int = 1, processes: int = 2, port: int
     def one(cell: Cell) -> dict[str, Any]:
         job = grid.job(cell, out)
         p = ports.get()
+        log = job.run_dir / "job.log" if jobs > 1 else None
         try:
-            log = job.run_dir / "job.log" if jobs > 1 else None
             metrics = run_job(job, processes, p, env, log)
+        except SystemExit as err:  # one failed job must not cost the others their results
+            print(f"FAILED {cell.bench} | {cell.model} | {cell.budget} ep | seed {cell.seed}: {err}", flush=True)
+            return {"cell": cell, "metrics": None}
         finally:
             ports.put(p)
         done[0] += 1
@@ -285,7 +288,13 @@ def main_grid(grid: Grid, out: Path, jobs: int, processes: int, port: int, threa
             print(f"{job.run_dir}: {shlex.join(job.overrides)}")
         return 0
     records = finished(grid, out) if report_only else run_grid(grid, out, jobs, processes, port, threads)
+    failed = [r["cell"] for r in records if r["metrics"] is None]
+    records = [r for r in records if r["metrics"] is not None]
     print("\n" + report(grid, records, out))
     print(f"tables: {out / 'comparison.md'}; every job: {out / 'results.csv'}; plot: {out / 'budget.png'}",
           file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} job(s) failed (left out of the tables; their logs are in their run folders): " +
+              "; ".join(f"{c.bench} | {c.model} | {c.budget} ep | seed {c.seed}" for c in failed), file=sys.stderr)
+        return 1
     return 0

@@ -42,12 +42,12 @@ class Job:
 
 def launcher(processes: int, port: int) -> list[str]:
     """``accelerate launch`` that really starts ``processes`` ranks (on CPU: gloo, DESIGN.md section 7)."""
-    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    script = Path(sys.executable).with_name("accelerate")  # the venv's; else the module of this interpreter
+    accelerate = [str(script), "launch"] if script.is_file() else [sys.executable, "-m", "accelerate.commands.launch"]
     common = ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     if processes <= 1:
-        return [accelerate, "launch", "--num_processes", "1", *common]
-    return [accelerate, "launch", "--multi_gpu", "--num_processes", str(processes), "--main_process_port", str(port),
-            *common]
+        return [*accelerate, "--num_processes", "1", *common]
+    return [*accelerate, "--multi_gpu", "--num_processes", str(processes), "--main_process_port", str(port), *common]
 
 
 def job_env(processes: int, threads: int = 1) -> dict[str, str]:

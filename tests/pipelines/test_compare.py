@@ -64,11 +64,18 @@ def _compare(build: Path, out: Path, *extra: str) -> subprocess.CompletedProcess
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
+MODELS = ["--model", "Joint RD=loss.lambda_local=0 loss.lambda_global=0 model.projector=none", "--model", "RD + CCL=",
+          "--model", "Broken=loss.reduction=max"]
+
+
 @pytest.mark.slow
 def test_toy_grid_runs_every_job_once_and_reports(toy_build: Path, tmp_path: Path) -> None:
     out = tmp_path / "cmp"
-    proc = _compare(toy_build, out)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = _compare(toy_build, out, *MODELS)
+    # the broken model's jobs fail (exit 1, named), the others' results are all there
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("FAILED toy | Broken | 1 ep") == 2 and "2 job(s) failed" in proc.stderr
+    assert "loss.reduction='max' is not one of" in (out / "toy" / "broken" / "e1" / "s0" / "job.log").read_text()
     classes = sorted(json.loads((toy_build / "manifest.json").read_text())["classes"])
     runs = sorted(out.glob("toy/*/e1/s*/eval/metrics.json"))
     assert [p.relative_to(out).parts[1:4] for p in runs] == [
@@ -79,6 +86,7 @@ def test_toy_grid_runs_every_job_once_and_reports(toy_build: Path, tmp_path: Pat
         assert ("projector: none" in config) == ("joint_rd" in str(path))
     table = (out / "comparison.md").read_text()
     assert "| Joint RD | 2 |" in table and "| RD + CCL | 2 |" in table and "| Δ RD + CCL | 2 |" in table
+    assert "| Broken | 0 |" in table
     assert sum(line.startswith("| demo/") for line in table.splitlines()) == len(classes)
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
@@ -90,7 +98,7 @@ def test_toy_grid_runs_every_job_once_and_reports(toy_build: Path, tmp_path: Pat
         assert float(r["I-AUROC"]) == pytest.approx(metrics["mean"]["I-AUROC"], abs=1e-6)
     assert (out / "budget.png").stat().st_size > 1000
     stamps = [p.stat().st_mtime for p in runs]
-    again = _compare(toy_build, out, "--report-only")  # nothing runs again; the same tables come out
+    again = _compare(toy_build, out, "--report-only", *MODELS)  # nothing runs again; the same tables come out
     assert again.returncode == 0 and (out / "comparison.md").read_text() == table
     assert [p.stat().st_mtime for p in runs] == stamps
 
