@@ -69,7 +69,7 @@ def eval_view(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[to
 # Named augmented views (every ``augment_view`` keyword); a config names one and may override its fields.
 AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
     # The first release's view: the paper's list plus a random crop and grayscale.
-    "default": dict(crop_scale=(0.7, 1.0), hflip=0.5, vflip=0.0, rotation=15.0, brightness=0.3, contrast=0.3,
+    "first-release": dict(crop_scale=(0.7, 1.0), hflip=0.5, vflip=0.0, rotation=15.0, brightness=0.3, contrast=0.3,
                     saturation=0.3, hue=0.05, jitter_p=0.8, grayscale=0.2, blur_p=0.0, blur_sigma=(0.1, 2.0)),
     # The paper's list (Section 4.1): resizing, flipping, colour jittering and rotation; no crop, no grayscale.
     "paper": dict(crop_scale=(1.0, 1.0), hflip=0.5, vflip=0.0, rotation=15.0, brightness=0.3, contrast=0.3,
