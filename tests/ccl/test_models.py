@@ -80,21 +80,6 @@ def test_wide_resnet50_shapes_match_rd4ad(wrn):
     assert wrn.channels == [256, 512, 1024]
 
 
-@pytest.fixture
-def offline_hub(monkeypatch):
-    """timm's hub download replaced by random initialisation (tests never download); everything else,
-    the tag timm resolves for a name included, is timm's own."""
-    import timm
-
-    real = timm.create_model
-
-    def create(name, pretrained=False, **kwargs):
-        kwargs.pop("pretrained_cfg_overlay", None)
-        return real(name, pretrained=False, **kwargs)
-
-    monkeypatch.setattr(timm, "create_model", create)
-
-
 @pytest.fixture(scope="module")
 def rd4ad_checkpoint(tmp_path_factory):
     """An official-format RD4AD checkpoint (random values), with the memory keys RD4AD's test script drops."""
