@@ -190,8 +190,8 @@ def write_sidecars(result: Mapping[str, Any], builds: Sequence[str | Path], out:
 # ---------------------------------------------------------------- CLI
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse, cluster, write the sidecar(s), print the agreement with the raw classes."""
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line (its defaults are the paper's encoder and stage)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shards", nargs="+", action="extend", required=True, help="shard build directories")
     p.add_argument("--k", type=int, required=True, help="number of pseudo classes")
@@ -204,7 +204,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=DEFAULT_NAME, help="file name beside each build, or one path")
     p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, cluster, write the sidecar(s), print the agreement with the raw classes."""
+    a = parse_args(argv)
     try:
         result = pseudo_classes(a.shards, a.k, a.teacher, a.pretrained, a.image_size, a.batch_size, a.seed,
                                 a.device, a.workers, a.level)
