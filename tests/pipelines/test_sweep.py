@@ -232,3 +232,43 @@ def test_cli_reports_an_unknown_table_without_a_traceback(capsys) -> None:
     assert main(["--table", "4", "--config", str(CONFIGS / "base.yaml"), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "table4.yaml" in err and "does not exist" in err
+
+
+def test_cocoad_one_command_trains_and_evaluates_the_four_splits_into_one_table(tmp_path: Path, monkeypatch,
+                                                                                 capsys) -> None:
+    """A tiny synthetic COCO through the builder (four splits), then `launch/sweep.py --table cocoad`: each
+    split trained and evaluated on its own build, one table with a column per split and their mean."""
+    from launch.sweep import main
+    from shard_tools.build import run as build_shards
+    from tests.shard_tools.fixtures import write_cocoad_four_splits
+
+    want = write_cocoad_four_splits(tmp_path / "coco")
+    for k in range(4):  # as the sweep file says; relative paths resolve against the working directory
+        build_shards(["--datasets", "cocoad", "--root", f"cocoad={tmp_path / 'coco'}", "--cocoad-split", str(k),
+                      "--out", str(tmp_path / "data" / "shards" / f"cocoad_split{k}")])
+    monkeypatch.chdir(tmp_path)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    extra = ["model.teacher=resnet18", "model.pretrained=none", "data.image_size=64", "train.max_steps=1",
+             "train.epochs=1", "data.num_workers=0", "eval.num_workers=0", "data.batch_size=4",
+             "data.classes_per_batch=2", "tracking.vis_images=0", "tracking.tsne=false", "tracking.vis_every=0",
+             "eval.vis=0"]
+    assert main(["--table", "cocoad", "--launcher", sys.executable, *extra]) == 0
+    root = tmp_path / "runs" / "cocoad" / "cocoad"
+    table = (root / "cocoad.md").read_text()
+    capsys.readouterr()
+    with capsys.disabled():
+        print("\n" + table)
+    lines = table.splitlines()
+    assert lines[2] == "| Metric | Split 0 | Split 1 | Split 2 | Split 3 | Mean |"
+    results = []
+    for k in range(4):
+        result = json.loads((root / f"split-{k}" / "eval" / "metrics.json").read_text())
+        assert list(result["per_group"]) == ["cocoad/coco"]  # one metric group, whatever the classes
+        assert result["images"] == result["expected"] == want[k]["normal"] + want[k]["anomalous"]
+        assert result["shards"] == [f"data/shards/cocoad_split{k}/cocoad"]
+        results.append(result["mean"])
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in lines[4:]}
+    for column, key in (("I-AUROC", "I-AUROC"), ("I-AP", "I-AP"), ("P-AUROC", "P-AUROC"), ("PRO", "AUPRO")):
+        values = [r[key] for r in results]
+        assert cells[column] == [f"{100 * v:.1f}" for v in values] + [f"{100 * sum(values) / 4:.1f}"], column
+    assert cells["train classes"] == [str(want[k]["classes"]) for k in range(4)] + [""]
