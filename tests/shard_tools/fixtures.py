@@ -162,15 +162,17 @@ def write_btad(root: Path) -> Expected:
 
 
 # -- Real-IAD ------------------------------------------------------------------------------------------
-def write_realiad(root: Path, nested: bool, resolution: str = "256", jsons: str = "realiad_jsons") -> Expected:
+def write_realiad(root: Path, nested: bool, resolution: str = "256", jsons: str = "realiad_jsons",
+                  train_samples: int = 1) -> Expected:
     """Two categories, 5 views each; an NG-folder sample whose views the json marks OK (normal), and one
-    NG view with no mask_path (normal too)."""
+    NG view with no mask_path (normal too); ``train_samples`` normal training samples per category."""
     exp = Expected()
     for c, cat in enumerate(["audiojack", "toy_brick"]):
         entries: dict[str, list] = {"train": [], "test": []}
         cat_dir = root / f"realiad_{resolution}" / cat
         samples = [("train", "OK", "S0001", "OK"), ("test", "OK", "S0002", "OK"), ("test", "NG/AK", "S0003", "AK"),
                    ("test", "NG/QS", "S0004", "OK")]
+        samples += [("train", "OK", f"S{100 + t:04d}", "OK") for t in range(1, train_samples)]
         for s, (split, folder, sample, anomaly) in enumerate(samples):
             for v in range(1, 6):
                 status = "OK" if folder == "OK" else "NG"
