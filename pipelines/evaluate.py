@@ -32,6 +32,7 @@ from ccl.data.transforms import denormalize
 from ccl.metrics import AnomalyMetrics, merged_grids, to_csv_rows, to_markdown
 from ccl.metrics.report import METRICS, dataset_of, table_rows
 from pipelines import visualize
+from pipelines.checks import check_model
 from pipelines.config import Config, ConfigError, load_config
 from pipelines.distributed import make_accelerator, shutdown
 from pipelines.eval_data import class_test_count, eval_loader, eval_plan, iter_map_files, list_map_files
@@ -349,6 +350,7 @@ def _checkpoint_config(config: str | Path | None, overrides: Sequence[str]) -> C
         raise ConfigError(f"{config}: evaluating a config needs model.checkpoint=PATH (an official RD4AD checkpoint)")
     if not Path(cfg.model.checkpoint).is_file():
         raise FileNotFoundError(f"model.checkpoint={cfg.model.checkpoint}: no such file")
+    check_model(cfg)  # an RD4AD checkpoint on other teacher weights is refused before anything is downloaded
     return cfg
 
 

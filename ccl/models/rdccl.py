@@ -54,6 +54,17 @@ def pooled(code: torch.Tensor) -> torch.Tensor:
     return code.mean(dim=(2, 3))
 
 
+def require_rd4ad_teacher(weights: str, where: str, teacher: str, pretrained: str) -> None:
+    """ValueError unless ``weights`` (``Teacher.weights``) are those RD4AD's checkpoints were trained on."""
+    if weights != RD4AD_TEACHER_WEIGHTS:
+        raise ValueError(
+            f"{where}: an RD4AD checkpoint needs the teacher it was trained with, torchvision's wide_resnet50_2 "
+            f"ImageNet weights ({RD4AD_TEACHER_WEIGHTS}), but this teacher holds {weights!r} "
+            f"(model.teacher={teacher!r}, model.pretrained={pretrained!r}). Use model.teacher={RD4AD_TEACHER_WEIGHTS} "
+            f"model.pretrained=hub (configs/rd4ad.yaml), or model.pretrained=PATH of torchvision's "
+            f"wide_resnet50_2-95faca4d.pth")
+
+
 class RDCCL(nn.Module):
     """Teacher + projector + neck + decoder; forward returns a dict of losses (and maps at inference)."""
 
@@ -195,14 +206,7 @@ class RDCCL(nn.Module):
         RD4AD has no projector: use projector="none" for the original RD4AD model.
         """
         where = "checkpoint" if isinstance(path_or_dict, dict) else str(path_or_dict)
-        if self.teacher.weights != RD4AD_TEACHER_WEIGHTS:
-            raise ValueError(
-                f"{where}: an RD4AD checkpoint needs the teacher it was trained with, torchvision's "
-                f"wide_resnet50_2 ImageNet weights ({RD4AD_TEACHER_WEIGHTS}), but this model's teacher holds "
-                f"{self.teacher.weights!r} (model.teacher={self.teacher.architecture!r}, "
-                f"model.pretrained={self.teacher.pretrained!r}). Use model.teacher={RD4AD_TEACHER_WEIGHTS} "
-                f"model.pretrained=hub (configs/rd4ad.yaml), or model.pretrained=PATH of torchvision's "
-                f"wide_resnet50_2-95faca4d.pth")
+        require_rd4ad_teacher(self.teacher.weights, where, self.teacher.architecture, self.teacher.pretrained)
         ckpt = path_or_dict
         if not isinstance(ckpt, dict):
             ckpt = torch.load(Path(path_or_dict), map_location="cpu", weights_only=True)

@@ -114,6 +114,15 @@ def build_teacher(
     return Teacher(_create(name, out_indices, str(pretrained)), str(pretrained))
 
 
+def resolved_weights(name: str, pretrained: str) -> str:
+    """What ``build_teacher(name, pretrained)`` will hold, from timm's registry, without building or downloading."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    architecture = cfg.architecture if cfg is not None else name.split(".")[0]
+    return weights_name(architecture, (cfg.tag or "") if cfg is not None else "", str(pretrained))
+
+
 def weights_name(architecture: str, tag: str, pretrained: str) -> str:
     """``architecture.tag`` of the weights a teacher built with ``pretrained`` holds (see module docstring)."""
     if pretrained == "none":

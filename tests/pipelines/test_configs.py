@@ -170,3 +170,21 @@ def test_cocoad_sweep_trains_each_split_on_its_own_build() -> None:
     assert {name: cfg.data.shards for name, cfg in rows.items()} == {
         f"Split {k}": (f"data/shards/cocoad_split{k}/cocoad",) for k in range(4)}
     assert [dict(r.build_args) for r in sweep.rows] == [{"cocoad_split": k} for k in range(4)]
+
+
+def test_rd4ad_config_takes_torchvisions_teacher_and_the_default_refuses_a_checkpoint(tmp_path: Path) -> None:
+    """Checked from the config alone, before any weights are downloaded or any process group starts."""
+    from pipelines.checks import check_model
+    from pipelines.config import ConfigError
+
+    ckpt = tmp_path / "wres50_bottle.pth"
+    ckpt.write_bytes(b"not read by the check")
+    rd4ad = load_config(CONFIGS / "rd4ad.yaml", [f"model.checkpoint={ckpt}"])
+    assert (rd4ad.model.teacher, rd4ad.model.pretrained, rd4ad.model.projector) == ("wide_resnet50_2.tv_in1k", "hub", "none")
+    assert (rd4ad.loss.lambda_local, rd4ad.loss.lambda_global, rd4ad.data.image_size, rd4ad.eval.sigma) == (0, 0, 256, 4)
+    check_model(rd4ad)
+    for config, holds in (("mvtec.yaml", "wide_resnet50_2.racm_in1k"), ("base.yaml", "wide_resnet50_2.racm_in1k")):
+        with pytest.raises(ConfigError, match=f"holds '{holds}'"):
+            check_model(load_config(CONFIGS / config, [f"model.checkpoint={ckpt}"]))
+    with pytest.raises(ConfigError, match="holds 'random'"):
+        check_model(load_config(CONFIGS / "rd4ad.yaml", [f"model.checkpoint={ckpt}", "model.pretrained=none"]))
