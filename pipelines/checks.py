@@ -71,3 +71,12 @@ def check_model(cfg: Config) -> None:
         raise ConfigError(f"model.pretrained={m.pretrained!r}: not hub|none|offline and no such file")
     if m.checkpoint and not Path(m.checkpoint).is_file():
         raise ConfigError(f"model.checkpoint={m.checkpoint!r} does not exist")
+    if m.checkpoint:  # before any weights are downloaded: an RD4AD checkpoint needs torchvision's teacher
+        from ccl.models.rdccl import require_rd4ad_teacher
+        from ccl.models.teacher import resolved_weights
+
+        try:
+            require_rd4ad_teacher(resolved_weights(m.teacher, m.pretrained), f"model.checkpoint={m.checkpoint}",
+                                  m.teacher, m.pretrained)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None

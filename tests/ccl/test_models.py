@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import os
+import re
 
 import pytest
 import torch
@@ -79,22 +80,80 @@ def test_wide_resnet50_shapes_match_rd4ad(wrn):
     assert wrn.channels == [256, 512, 1024]
 
 
-def test_rd4ad_checkpoint_loads_strictly(wrn, tmp_path):
-    bn_spec, dec_spec = rd4ad_bn_keys(), rd4ad_decoder_keys()
+@pytest.fixture(scope="module")
+def rd4ad_checkpoint(tmp_path_factory):
+    """An official-format RD4AD checkpoint (random values), with the memory keys RD4AD's test script drops."""
+    ckpt = {"bn": _random_state(rd4ad_bn_keys(), 0), "decoder": _random_state(rd4ad_decoder_keys(), 1)}
+    ckpt["bn"]["memory.weight"] = torch.zeros(3)
+    ckpt["bn"]["bn_layer.memory_bank"] = torch.zeros(2, 2)
+    path = tmp_path_factory.mktemp("rd4ad") / "wres50_bottle.pth"
+    torch.save(ckpt, path)
+    return ckpt, path
+
+
+def test_rd4ad_key_layout_matches_the_official_checkpoint(wrn):
     ours_neck = {k: tuple(v.shape) for k, v in wrn.neck.state_dict().items()}
     ours_dec = {k: tuple(v.shape) for k, v in wrn.decoder.state_dict().items()}
-    assert ours_neck == {k: s for k, s in bn_spec.items() if not k.startswith(("conv4.", "bn4."))}
-    assert ours_dec == dec_spec
-    ckpt = {"bn": _random_state(bn_spec, 0), "decoder": _random_state(dec_spec, 1)}
-    path = tmp_path / "wres50_mvtec.pth"
-    torch.save(ckpt, path)
-    wrn.load_rd4ad_checkpoint(str(path))
-    torch.testing.assert_close(wrn.neck.bn_layer[0].downsample[0].weight, ckpt["bn"]["bn_layer.0.downsample.0.weight"])
-    torch.testing.assert_close(wrn.decoder.layer3[5].conv3.weight, ckpt["decoder"]["layer3.5.conv3.weight"])
-    # Strictness is real: a stray key fails.
+    assert ours_neck == {k: s for k, s in rd4ad_bn_keys().items() if not k.startswith(("conv4.", "bn4."))}
+    assert ours_dec == rd4ad_decoder_keys()
+
+
+def test_rd4ad_checkpoint_loads_strictly_on_torchvision_weights(offline_hub, rd4ad_checkpoint):
+    model = RDCCL(teacher="wide_resnet50_2.tv_in1k", pretrained="hub", projector="none")
+    assert model.teacher.weights == "wide_resnet50_2.tv_in1k"
+    ckpt, path = rd4ad_checkpoint
+    model.load_rd4ad_checkpoint(str(path))  # memory* keys dropped, conv4 / bn4 ignored, the rest strict
+    torch.testing.assert_close(model.neck.bn_layer[0].downsample[0].weight, ckpt["bn"]["bn_layer.0.downsample.0.weight"])
+    torch.testing.assert_close(model.decoder.layer3[5].conv3.weight, ckpt["decoder"]["layer3.5.conv3.weight"])
+    # Strictness is real: a stray key that is not a memory key fails.
     bad = {"bn": dict(ckpt["bn"], extra=torch.zeros(1)), "decoder": ckpt["decoder"]}
     with pytest.raises(RuntimeError, match="extra"):
-        wrn.load_rd4ad_checkpoint(bad)
+        model.load_rd4ad_checkpoint(bad)
+
+
+@pytest.mark.parametrize("teacher, pretrained, holds", [
+    ("wide_resnet50_2", "hub", "wide_resnet50_2.racm_in1k"),  # the default teacher: timm's own weights
+    ("wide_resnet50_2", "none", "random"),
+])
+def test_rd4ad_checkpoint_on_other_teacher_weights_is_refused(offline_hub, rd4ad_checkpoint, teacher, pretrained,
+                                                              holds):
+    model = RDCCL(teacher=teacher, pretrained=pretrained, projector="none")
+    before = {k: v.clone() for k, v in model.trainable_state_dict().items()}
+    _, path = rd4ad_checkpoint
+    with pytest.raises(ValueError, match=rf"needs .*wide_resnet50_2\.tv_in1k.*holds '{re.escape(holds)}'"):
+        model.load_rd4ad_checkpoint(str(path))
+    after = model.trainable_state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # nothing was loaded
+
+
+def test_a_local_weights_file_is_named_by_its_digest(tmp_path, monkeypatch):
+    """A local file counts as published weights only if its SHA-256 starts as the published file name says
+    (torchvision: wide_resnet50_2-95faca4d.pth, resnet18-f37072fd.pth); any other file is named by its digest."""
+    import hashlib
+
+    import timm
+
+    from ccl.models import teacher as teacher_module
+
+    assert teacher_module.published_prefixes("wide_resnet50_2")["wide_resnet50_2.tv_in1k"] == "95faca4d"
+    weights = tmp_path / "r18.pth"
+    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), weights)
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert build_teacher("resnet18", str(weights)).weights == f"file {weights} (sha256 {digest[:16]})"
+    monkeypatch.setattr(teacher_module, "published_prefixes", lambda arch: {f"{arch}.tv_in1k": digest[:8]})
+    assert build_teacher("resnet18", str(weights)).weights == "resnet18.tv_in1k"
+
+
+def test_rd4ad_checkpoint_on_a_local_teacher_file_needs_torchvisions_file(tmp_path, monkeypatch, rd4ad_checkpoint):
+    from ccl.models import teacher as teacher_module
+
+    weights = tmp_path / "wrn50.pth"
+    torch.save({}, weights)  # the refusal comes before any use of the file's tensors
+    real = teacher_module._create  # random tensors instead of the (empty) file's; the name still comes from the file
+    monkeypatch.setattr(teacher_module, "_create", lambda name, out_indices, pretrained: real(name, out_indices, "none"))
+    model = RDCCL(teacher="wide_resnet50_2", pretrained=str(weights), projector="none")
+    with pytest.raises(ValueError, match=r"wide_resnet50_2-95faca4d\.pth"):
+        model.load_rd4ad_checkpoint(str(rd4ad_checkpoint[1]))
 
 
 @pytest.fixture(scope="module")
