@@ -188,3 +188,25 @@ def test_rd4ad_config_takes_torchvisions_teacher_and_the_default_refuses_a_check
             check_model(load_config(CONFIGS / config, [f"model.checkpoint={ckpt}"]))
     with pytest.raises(ConfigError, match="holds 'random'"):
         check_model(load_config(CONFIGS / "rd4ad.yaml", [f"model.checkpoint={ckpt}", "model.pretrained=none"]))
+
+
+def test_readings_sweep_changes_one_switch_per_row_from_the_papers_reading() -> None:
+    rows = _resolved("readings", by="slug")
+    base = rows["local-negatives-window-default"]
+    l, m, d = base.loss, base.model, base.data
+    assert (l.local_negatives, l.local_positives, l.local_match, l.reduction) == ("window", "class", "projected", "mean")
+    assert (d.augment.preset, m.noise_prob, l.temperature, m.projector_residual) == ("paper", 0.0, 0.1, False)
+    assert l.lambda_local == 1.0 and l.lambda_global == 1.0 and m.projector == "4-cblocks"
+    changed = {slug: {k for k in ("loss", "model", "data") if getattr(cfg, k) != getattr(base, k)}
+               for slug, cfg in rows.items()}
+    assert rows["local-negatives-all-positions"].loss.local_negatives == "all"
+    official = rows["local-positives-own-view-matched-by-the-teacher-official-code"].loss
+    assert (official.local_positives, official.local_match, official.local_window) == ("view", "teacher", "full")
+    assert rows["reduction-sum-eq-4-5"].loss.reduction == "sum"
+    assert [rows[f"augmented-view-{s}"].data.augment.preset for s in ("first-release", "official-code",
+                                                                       "geometric-only")] == ["first-release",
+                                                                                               "official", "geometric"]
+    assert rows["official-code-noise-on-the-neck-s-input"].model.noise_prob == 0.31
+    assert rows["official-code-tau-0-05"].loss.temperature == 0.05
+    assert rows["projector-residual-rezero"].model.projector_residual is True
+    assert all(len(keys) <= 1 for keys in changed.values())  # one section per row moves
