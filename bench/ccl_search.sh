@@ -1,7 +1,7 @@
 #!/bin/bash
 # The search behind README "RD + CCL vs Joint RD: what we measured": every grid, as run.
 #
-#   bash bench/ccl_search.sh search|residual|final|long [OUT]
+#   bash bench/ccl_search.sh search|residual|final|long [OUT]     (DRY=--dry-run lists the jobs)
 #
 # search:   18 models (Joint RD, RD + CCL and one change each), seed 0, both benchmarks, 16 epochs
 # residual: the residual (ReZero) projector, seeds 0 1
@@ -37,7 +37,7 @@ case "$GRID" in
   long) SEEDS="0"; BUDGETS="48"; MODELS=(--model "$JOINT" --model "RD + CCL=" --model "official=$OFFICIAL");;
   *) echo "unknown grid $GRID" >&2; exit 2;;
 esac
-$PY launch/compare.py $DRY --config configs/demo.yaml \
+$PY launch/compare.py ${DRY:-} --config configs/demo.yaml \
   --bench demo=${DEMO_SHARDS:-runs/demo/shards/demo} --bench inspect=${INSPECT_SHARDS:-runs/bench/shards/inspect} \
   --seeds $SEEDS --budgets $BUDGETS --out "$OUT" --jobs ${JOBS:-1} --processes ${PROCESSES:-2} "${MODELS[@]}" \
   tracking.vis_every=0 tracking.wandb.mode=disabled train.progress=false
