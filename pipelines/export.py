@@ -120,6 +120,7 @@ def export_model(checkpoint: str | Path, fmt: str, out_dir: str | Path, image_si
         raise ValueError(f"{Path(checkpoint)}: the weights do not fit its config.yaml ({err})") from None
     size = int(image_size or cfg.data.image_size)
     graph = InferenceGraph(model, input_kind)
+    _check_size(graph, size)
     tmp = out.with_name(f".tmp-{out.name}")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -137,6 +138,17 @@ def export_model(checkpoint: str | Path, fmt: str, out_dir: str | Path, image_si
         raise
     replace_dir(tmp, out)
     return info
+
+
+def _check_size(graph: InferenceGraph, size: int) -> None:
+    """The model runs at ``size`` (the neck halves the teacher's coarsest scale once more), checked eagerly."""
+    try:
+        with torch.no_grad():
+            InferenceGraph(graph.model, "uint8")(example_input("uint8", 1, size))
+    except RuntimeError as err:
+        step = 2 * max(graph.model.teacher.reductions)
+        raise ValueError(f"--image-size {size}: the model does not run at this size (use a multiple of {step}): "
+                         f"{str(err).splitlines()[0]}") from None
 
 
 def _check_replaceable(out: Path, checkpoint: Path) -> None:
