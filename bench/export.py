@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -31,26 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.timing import interleaved  # noqa: E402
+
 MODELS = {
     "demo": ["model.teacher=mobilenetv2_100", "model.pretrained=offline", "data.image_size=128"],
     "paper": ["model.teacher=wide_resnet50_2", "model.pretrained=none", "data.image_size=256"],
 }
 BATCHES = (1, 16)
 RUNTIMES = ("torch eager", "onnxruntime", "openvino")
-
-
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call, the candidates alternating."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def bench_model(name: str, repeats: int, work: Path) -> None:
@@ -78,7 +65,7 @@ def bench_model(name: str, repeats: int, work: Path) -> None:
     ratios: dict[int, dict[str, float]] = {}
     for batch in BATCHES:
         images = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
-        seconds = interleaved({k: (lambda run=run: run(images)) for k, run in runners.items()}, repeats)
+        seconds = interleaved({k: (lambda run=run: run(images)) for k, run in runners.items()}, repeats, warmup=1)
         ratios[batch] = {r: seconds["torch eager"] / seconds[r] for r in RUNTIMES}
         cells = [f"{batch / seconds[r]:8.2f} img/s {ratios[batch][r]:5.2f}x" for r in RUNTIMES]
         print(f"  {batch:5d} " + " ".join(f"{c:>22s}" for c in cells))
