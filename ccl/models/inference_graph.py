@@ -34,8 +34,9 @@ class InferenceGraph(nn.Module):
             raise ValueError(f"input_kind must be one of {INPUT_KINDS}, got {input_kind!r}")
         self.model = model.eval()
         self.input_kind = input_kind
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        device = next(model.parameters()).device  # the constants live where the model does (a GPU for predict)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1), persistent=False)
         self.eval()
 
     def train(self, mode: bool = True) -> "InferenceGraph":
