@@ -155,6 +155,8 @@ def _check_replaceable(out: Path, checkpoint: Path) -> None:
     """Only an earlier deploy export (or nothing) may be replaced: never a training export or other files."""
     if out.resolve() == checkpoint.resolve():
         raise ValueError(f"--out {out} is the checkpoint itself; choose another directory")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; choose a directory")
     if out.exists() and any(out.iterdir()):
         previous = read_info(out) if (out / INFO_NAME).is_file() else {}
         if "deploy_version" not in previous:

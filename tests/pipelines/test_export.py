@@ -85,6 +85,11 @@ def test_another_image_size_exports_without_the_threshold(deploy_runs: DeployRun
     assert "no image threshold" in capsys.readouterr().out
     maps, _ = load_deployed(out / "model.pt")(np.zeros((1, 96, 96, 3), np.uint8))
     assert maps.shape == (1, 96, 96)
+    images = str(deploy_runs.demo / "brick" / "test")
+    assert predict_main(["--model", str(out / "model.pt"), "--input", images, "--out", str(tmp_path / "p")]) == 2
+    assert "holds no image_threshold: evaluate the training export, then export it again" in capsys.readouterr().err
+    assert predict_main(["--model", str(out / "model.pt"), "--input", images, "--out", str(tmp_path / "p"),
+                         "--threshold", "3.0", "--no-vis"]) == 0
     assert export_main(["--checkpoint", export, "--format", "onnx", "--out", str(tmp_path / "at48"),
                         "--image-size", "48"]) == 2
     assert "--image-size 48: the model does not run at this size (use a multiple of 32)" in capsys.readouterr().err

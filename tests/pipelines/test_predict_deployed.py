@@ -80,8 +80,9 @@ def assert_same_outputs(got: Path, want: Path) -> None:
     for name in (f for f in files_of(want) if f.startswith("heatmaps/")):
         a, b = cv2.imread(str(got / name)).astype(int), cv2.imread(str(want / name)).astype(int)
         assert a.shape == b.shape
-        # A map value on a colour-bin boundary may land one bin over: a few pixels, a few levels.
-        assert (a != b).any(axis=2).mean() <= 0.01 and np.abs(a - b).max() <= 8, name
+        # A map value on a colour-bin boundary may land one bin over: a few pixels, a few levels
+        # (measured: 30 of 32 heatmaps pixel-identical, at most 0.03% of the pixels 2 levels off).
+        assert (a != b).any(axis=2).mean() <= 0.002 and np.abs(a - b).max() <= 4, name
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
