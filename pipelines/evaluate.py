@@ -36,6 +36,7 @@ from pipelines.checks import check_model
 from pipelines.config import Config, ConfigError, load_config
 from pipelines.distributed import make_accelerator, shutdown
 from pipelines.eval_data import class_test_count, eval_loader, eval_plan, iter_map_files, list_map_files
+from pipelines.html_report import write_report
 from pipelines.model import CONFIG_NAME, WEIGHTS_NAME, build_model, load_export, read_info, write_info
 from pipelines.shards import ShardSet, open_builds
 from pipelines.tracking import Tracker
@@ -262,7 +263,7 @@ def evaluate_maps(maps_dir: str | Path, masks_dir: str | Path | None, out_dir: s
 
 def write_reports(result: dict[str, Any], metrics: AnomalyMetrics, out: Path, keys: list[list[str]],
                   panels: list[tuple[str, str, int, float, str, bytes]]) -> None:
-    """metrics.json / .csv / .md, image_scores.csv, curves/<dataset>.png, heatmaps/<group>/*.png."""
+    """metrics.json / .csv / .md, image_scores.csv, curves/<dataset>.png, heatmaps/<group>/*.png, report.html."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=1))
     with open(out / "metrics.csv", "w", newline="") as f:
@@ -284,6 +285,8 @@ def write_reports(result: dict[str, Any], metrics: AnomalyMetrics, out: Path, ke
         stem = key.split("/", 2)[-1].replace("/", "_")
         (out / "heatmaps" / group).mkdir(parents=True, exist_ok=True)
         (out / "heatmaps" / group / f"{kind}{pos:02d}_{stem}.png").write_bytes(png)
+    write_report(out, result, [k for k, _ in flat_keys], labels, scores,
+                 [metrics.group_names[int(g)] for g in groups], panels)
 
 
 def log_to_tracker(tracker: Any, result: dict[str, Any], panels: list, step: int, prefix: str) -> None:
