@@ -13,6 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
 
 from pipelines.config import ConfigError  # noqa: E402
+from pipelines.distributed import run_entry  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,25 +25,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vis", action=argparse.BooleanOptionalAction, default=True, help="write heatmap overlays")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("overrides", nargs="*", help="config overrides a.b=value")
-    args = p.parse_args(argv)
-    import torch
+    args = p.parse_intermixed_args(argv)  # overrides anywhere
 
-    from pipelines.model import load_export
-    from pipelines.predict import predict, resolve_threshold
+    def body() -> int:
+        import torch
 
-    try:
+        from pipelines.model import load_export
+        from pipelines.predict import predict, resolve_threshold
+
         threshold = resolve_threshold(args.threshold, args.checkpoint)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model, cfg = load_export(args.checkpoint, args.overrides, device=device)
         summary = predict(model, cfg.data.image_size, args.input, args.out, threshold, args.vis, args.batch_size)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"{summary['scored']} images scored ({summary['anomalous']} anomalous at threshold {threshold}), "
-          f"{len(summary['skipped'])} skipped; see {Path(args.out) / 'scores.csv'}")
-    for path, reason in summary["skipped"]:
-        print(f"  skipped {path}: {reason}")
-    return 0
+        print(f"{summary['scored']} images scored ({summary['anomalous']} anomalous at threshold {threshold}), "
+              f"{len(summary['skipped'])} skipped; see {Path(args.out) / 'scores.csv'}")
+        for path, reason in summary["skipped"]:
+            print(f"  skipped {path}: {reason}")
+        return 0
+
+    return run_entry(body, (ConfigError, OSError, ValueError))
 
 
 if __name__ == "__main__":

@@ -1,25 +1,32 @@
-"""The Accelerator, cross-rank agreement, synchronised BatchNorm on CPU, and the clean exit.
+"""The Accelerator, cross-rank agreement, synchronised BatchNorm on CPU, and the two ways out.
 
 DESIGN section 7: DeepSpeed on a CPU machine needs gloo via ``InitProcessGroupKwargs`` (and no
 ACCELERATE_USE_CPU); gloo aborts at interpreter exit unless the prepared objects are freed first,
-so every entry point ends through ``shutdown``.
+so a successful run ends through ``shutdown`` on every rank. A failing rank never enters a
+collective (its peers may be blocked in one): it leaves through ``exit_on_error`` at once, and the
+launcher ends the others. Collectives time out after ``train.collective_timeout`` seconds.
 """
 
 from __future__ import annotations
 
 import gc
 import hashlib
+import multiprocessing
 import os
+import signal
+import sys
+import threading
+import traceback
 import warnings
 from datetime import timedelta
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 from torch import nn
 
-from pipelines.config import Config
+from pipelines.config import Config, ConfigError
 
 # The autograd all-reduce is what synchronised BN needs (gradients flow back to every rank); torch 2.14
 # marks it deprecated; the message would repeat at every BN layer of every step.
@@ -33,10 +40,18 @@ def make_accelerator(cfg: Config) -> Any:
 
     handlers = []
     if world_from_env()[1] > 1:  # a backend for a single process would make Accelerate expect a group
-        handlers.append(InitProcessGroupKwargs(timeout=timedelta(minutes=30),
+        handlers.append(InitProcessGroupKwargs(timeout=collective_timeout(cfg),
                                                backend=None if torch.cuda.is_available() else "gloo"))
     return Accelerator(mixed_precision=cfg.train.precision, gradient_accumulation_steps=cfg.train.grad_accum,
                        kwargs_handlers=handlers, step_scheduler_with_optimizer=False)
+
+
+def collective_timeout(cfg: Config) -> timedelta:
+    """How long a collective waits for a peer (``train.collective_timeout``) before this rank fails."""
+    seconds = cfg.train.collective_timeout
+    if not seconds > 0:
+        raise ConfigError(f"train.collective_timeout={seconds} must be a positive number of seconds")
+    return timedelta(seconds=seconds)
 
 
 def configure_deepspeed(accelerator: Any, cfg: Config, local_batch: int) -> None:
@@ -133,24 +148,92 @@ def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-# ---------------------------------------------------------------- clean exit
+# ---------------------------------------------------------------- the two ways out
 
 
 def shutdown(accelerator: Any | None) -> None:
-    """Free prepared objects before the interpreter exits (gloo aborts otherwise, DESIGN section 7).
+    """The end of a successful run, on every rank: free prepared objects before the interpreter exits.
 
-    Callers drop their own references (model, optimizer, loaders) first, e.g. by returning.
+    gloo aborts at exit otherwise (DESIGN section 7). The barrier is safe here because every rank
+    reaches this point; an error path never comes here (``exit_on_error``). Callers drop their own
+    references (model, optimizer, loaders) first, e.g. by returning.
     """
     if accelerator is not None:
-        try:
-            accelerator.wait_for_everyone()
-        finally:
-            accelerator.free_memory()  # drops its references to the prepared objects, then gc.collect()
-            accelerator.end_training()
+        accelerator.wait_for_everyone()
+        accelerator.free_memory()  # drops its references to the prepared objects, then gc.collect()
+        accelerator.end_training()
     else:
         gc.collect()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_on_error(message: str, code: int) -> int:
+    """The error path of an entry point: print ``message``; in a multi-process run, leave at once.
+
+    Once a process group exists, peers may be blocked in a collective waiting for this rank, so no
+    collective and no interpreter finalisation (which waits for loader workers and may abort in
+    gloo) may run: the loader workers are killed and the process ends with ``os._exit(code)``; the
+    launcher sees the status and ends the other ranks. Without a process group it returns ``code``.
+    """
+    rank, world = world_from_env()
+    print((f"[rank {rank}] " if world > 1 else "") + message, file=sys.stderr, flush=True)
+    if dist.is_available() and dist.is_initialized():
+        leave_now(code)
+    return code
+
+
+def leave_now(code: int) -> None:
+    """Kill this process's loader workers and exit with ``code`` without finalisation (nothing left behind)."""
+    for child in multiprocessing.active_children():
+        child.kill()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def die_with_parent(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: the kernel kills this loader worker when its rank dies.
+
+    A forked worker holds copies of its rank's sockets, gloo's included: a killed rank whose worker
+    lives on (it notices the orphaning only every 5 s) keeps its peers' collectives waiting, and the
+    worker itself would be left behind. Linux only (prctl PR_SET_PDEATHSIG); elsewhere a no-op.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # the rank died before prctl took effect
+        os._exit(1)
+
+
+def run_entry(body: Callable[[], int], expected: tuple[type[BaseException], ...]) -> int:
+    """Run an entry point's body: expected errors as one line (status 2), anything else with its
+    traceback (status 1), Ctrl-C as 130; each through ``exit_on_error``."""
+    try:
+        return body()
+    except SystemExit:
+        raise
+    except BaseException as err:
+        try:
+            return _on_error(err, expected)
+        except BaseException:  # a signal handler raised before _on_error silenced it: once more, quietly
+            return _on_error(err, expected)
+
+
+def _on_error(err: BaseException, expected: tuple[type[BaseException], ...]) -> int:
+    # torch's SIGCHLD handler raises in the main thread when a loader worker dies, and the launcher
+    # kills this rank's workers with SIGTERM as soon as a peer failed: it must not hit the way out.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    if isinstance(err, expected):
+        return exit_on_error(f"error: {err}", 2)  # an OSError's text names its file
+    if isinstance(err, KeyboardInterrupt):
+        return exit_on_error("interrupted", 130)
+    # a bug, or a collective that failed because a peer is gone: the traceback says which
+    return exit_on_error("".join(traceback.format_exception(err)).rstrip(), 1)
 
 
 def world_from_env() -> tuple[int, int]:

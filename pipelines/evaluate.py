@@ -15,9 +15,11 @@ score different numbers of batches, and a wrapped forward could synchronise buff
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import heapq
 import json
+import logging
 import sys
 from itertools import count
 from pathlib import Path
@@ -28,6 +30,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from ccl.data.schema import safe_name
 from ccl.data.transforms import denormalize
 from ccl.metrics import AnomalyMetrics, merged_grids, to_csv_rows, to_markdown
 from ccl.metrics.report import METRICS, dataset_of, table_rows
@@ -36,8 +39,10 @@ from pipelines.config import Config, load_config
 from pipelines.distributed import make_accelerator, shutdown
 from pipelines.eval_data import eval_loader, eval_plan, iter_map_files, list_map_files
 from pipelines.model import CONFIG_NAME, WEIGHTS_NAME, load_export, read_info, write_info
-from pipelines.shards import ShardSet, open_builds
+from pipelines.shards import ShardError, ShardSet, open_builds, shard_file_problems
 from pipelines.tracking import Tracker
+
+log = logging.getLogger(__name__)
 
 Payload = Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray | None]]
 
@@ -218,6 +223,7 @@ def evaluate_model(model: torch.nn.Module, shards: ShardSet | Sequence[str | Pat
     result.update(images=sum(map(len, all_keys)), expected=expected,
                   skipped=[m for part in gather_objects(accelerator, skipped) for m in part],
                   shards=list(shard_set.builds), step=step)
+    check_complete(result, e.allow_partial)  # every rank holds the merged result: all raise together
     panels = render_extremes(extremes, accelerator, rank) if extremes.n > 0 else []
     if rank == 0:
         if out_dir is not None:
@@ -225,6 +231,26 @@ def evaluate_model(model: torch.nn.Module, shards: ShardSet | Sequence[str | Pat
         if tracker is not None:
             log_to_tracker(tracker, result, panels, step or 0, prefix)
     return result
+
+
+def check_complete(result: dict[str, Any], allow_partial: bool) -> None:
+    """Compare what was scored with what the manifests promise: ``missing`` and ``complete`` in ``result``.
+
+    Missing samples (unreadable, or lost to a missing or truncated shard) fail the evaluation unless
+    ``eval.allow_partial``; a partial result never carries a threshold.
+    """
+    result["missing"] = result["expected"] - result["images"]
+    result["complete"] = result["missing"] == 0
+    if result["complete"]:
+        return
+    result["threshold"] = None  # an F1-optimal threshold of a subset is not the model's
+    detail = "; ".join(result["skipped"][:3]) + (" ..." if len(result["skipped"]) > 3 else "")
+    message = f"{result['missing']} of {result['expected']} test samples were not scored ({detail})"
+    if not allow_partial:
+        raise ShardError(message + ": the metrics would be partial. Repair the shards (shard_tools/verify.py "
+                                   "names the damage) or set eval.allow_partial=true to report the rest "
+                                   "(no threshold is stored)")
+    log.warning("%s: partial metrics (eval.allow_partial=true), no threshold", message)
 
 
 # ---------------------------------------------------------------- standalone maps
@@ -248,7 +274,8 @@ def evaluate_maps(maps_dir: str | Path, masks_dir: str | Path | None, out_dir: s
         raise FileNotFoundError(f"{maps_dir}: no anomaly maps (.npy or .png) found")
     sync_metrics(metrics, None)  # sorts the groups, as a distributed run would
     result = metrics.compute()
-    result.update(images=len(keys), expected=len(keys), skipped=[], shards=[str(maps_dir)], step=None)
+    result.update(images=len(keys), expected=len(keys), skipped=[], shards=[str(maps_dir)], step=None,
+                  missing=0, complete=True)
     if out_dir is not None:
         write_reports(result, metrics, Path(out_dir), [keys], [])
     return result
@@ -259,9 +286,13 @@ def evaluate_maps(maps_dir: str | Path, masks_dir: str | Path | None, out_dir: s
 
 def write_reports(result: dict[str, Any], metrics: AnomalyMetrics, out: Path, keys: list[list[str]],
                   panels: list[tuple[str, str, int, float, str, bytes]]) -> None:
-    """metrics.json / .csv / .md, image_scores.csv, curves/<dataset>.png, heatmaps/<group>/*.png."""
+    """metrics.json / .csv / .md, image_scores.csv, curves/<dataset>.png, heatmaps/<group>/*.png.
+
+    Folder and file names derived from the records (dataset, group, key) go through ``safe_name``: a
+    shard's json cannot write outside ``out``. metrics.json is written last and atomically: when it
+    exists, the rest is complete.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(result, indent=1))
     with open(out / "metrics.csv", "w", newline="") as f:
         csv.writer(f).writerows(to_csv_rows(result))
     (out / "metrics.md").write_text(to_markdown(result))
@@ -276,11 +307,14 @@ def write_reports(result: dict[str, Any], metrics: AnomalyMetrics, out: Path, ke
     for name in metrics.group_names:
         by_dataset.setdefault(dataset_of(name) or "all", {})[name] = metrics.curves(name)
     for ds, curves in by_dataset.items():
-        visualize.plot_curves(curves, ds, out / "curves" / f"{ds}.png", metrics.fpr_limit)
+        visualize.plot_curves(curves, ds, out / "curves" / f"{safe_name(ds)}.png", metrics.fpr_limit)
     for group, kind, pos, score, key, png in panels:
-        stem = key.split("/", 2)[-1].replace("/", "_")
-        (out / "heatmaps" / group).mkdir(parents=True, exist_ok=True)
-        (out / "heatmaps" / group / f"{kind}{pos:02d}_{stem}.png").write_bytes(png)
+        folder = out.joinpath("heatmaps", *(safe_name(part) for part in group.split("/")))
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{kind}{pos:02d}_{safe_name(key.split('/', 2)[-1])}.png").write_bytes(png)
+    tmp = out / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(out / "metrics.json")
 
 
 def log_to_tracker(tracker: Any, result: dict[str, Any], panels: list, step: int, prefix: str) -> None:
@@ -303,29 +337,51 @@ def log_to_tracker(tracker: Any, result: dict[str, Any], panels: list, step: int
 def run_evaluation(checkpoint: str | Path, shards: Sequence[str | Path], out_dir: str | Path | None = None,
                    vis: int | None = None, overrides: Sequence[str] = (),
                    score_range: tuple[float, float] | str | None = "auto") -> dict[str, Any]:
-    """``launch/evaluate.py``: load an export, evaluate on all ranks, store the image threshold in info.json."""
+    """``launch/evaluate.py``: load an export, evaluate on all ranks, store the image threshold in info.json.
+
+    Bad input (export, shards, missing shard files) fails before any process group exists. On an error
+    no collective runs (the entry point leaves at once); the threshold is stored only from a complete set.
+    """
     export = Path(checkpoint)
     for name in (WEIGHTS_NAME, CONFIG_NAME):
         if not (export / name).is_file():
             raise FileNotFoundError(f"{export} is not an export: {name} is missing (train first, or point at RUN/export)")
-    shard_set = open_builds(list(shards))  # bad shards fail here, before any process group exists
+    shard_set = open_builds(list(shards))
+    model, cfg = load_export(export, list(overrides))  # on the CPU first: a damaged export fails here
+    missing, resized = shard_file_problems(shard_set, ("test",))
+    for problem in resized:
+        log.warning("%s", problem)
+    if missing and not cfg.eval.allow_partial:
+        raise ShardError(f"{missing[0]} ({len(missing)} test shard(s) missing; eval.allow_partial=true scores the rest)")
     out = Path(out_dir) if out_dir is not None else export.parent / "eval"
-    accelerator = make_accelerator(load_config(export / CONFIG_NAME, list(overrides)))
-    model = tracker = None
+    accelerator = make_accelerator(cfg)
+    model = model.to(accelerator.device)
+    tracker = None
     try:
-        model, cfg = load_export(export, list(overrides), device=accelerator.device)
+        if accelerator.is_main_process:
+            set_aside(out / "metrics.json")
         if cfg.tracking.wandb.mode != "disabled":
             tracker = Tracker(cfg, out, accelerator.is_main_process)
         result = evaluate_model(model, shard_set, cfg, accelerator, out, tracker, read_info(export).get("step"), vis,
                                 score_range)
-        if accelerator.is_main_process:
+        if accelerator.is_main_process and result["complete"]:
             save_threshold(export, result)
-    finally:
+    except BaseException:
         if tracker is not None:
-            tracker.finish()
-        del model
-        shutdown(accelerator)
+            with contextlib.suppress(Exception):
+                tracker.finish(exit_code=1)
+        raise  # no collective on the way out (DESIGN section 7)
+    if tracker is not None:
+        tracker.finish()
+    del model
+    shutdown(accelerator)  # every rank got here
     return result
+
+
+def set_aside(path: Path) -> None:
+    """Rename the metrics of an earlier evaluation, so that a run that dies leaves none that look like its own."""
+    if path.is_file():
+        path.replace(path.with_name(path.stem + ".previous" + path.suffix))
 
 
 def save_threshold(export: str | Path, result: dict[str, Any]) -> None:
