@@ -192,13 +192,16 @@ def leave_now(code: int) -> None:
     os._exit(code)
 
 
-def die_with_parent(worker_id: int = 0) -> None:
-    """DataLoader ``worker_init_fn``: the kernel kills this loader worker when its rank dies.
+def loader_worker_init(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: a loader worker lives and dies with its rank.
 
-    A forked worker holds copies of its rank's sockets, gloo's included: a killed rank whose worker
-    lives on (it notices the orphaning only every 5 s) keeps its peers' collectives waiting, and the
-    worker itself would be left behind. Linux only (prctl PR_SET_PDEATHSIG); elsewhere a no-op.
+    - Killed with it (Linux prctl PR_SET_PDEATHSIG): a forked worker holds copies of its rank's
+      sockets, gloo's included, so a killed rank whose worker lives on (torch notices the orphaning
+      only every 5 s) keeps its peers' collectives waiting, and the worker would be left behind.
+    - Deaf to SIGTERM: the launcher signals a rank's whole process group; a worker dying of it would
+      make torch raise in the rank and spoil the rank's graceful stop (checkpoint, status 0).
     """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if not sys.platform.startswith("linux"):
         return
     import ctypes

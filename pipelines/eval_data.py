@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ccl.data.transforms import eval_view
 from pipelines.data_plan import Segment, exact_segments
-from pipelines.distributed import die_with_parent
+from pipelines.distributed import loader_worker_init
 from pipelines.shards import ShardError, ShardSet, decode_record
 from pipelines.tar_reader import iter_range
 
@@ -110,7 +110,7 @@ def eval_loader(shard_set: ShardSet, image_size: int, batch_size: int, num_worke
     plan = eval_plan(shard_set, world, workers, max_images)
     dataset = EvalSamples(plan[rank], image_size)
     return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
-                      persistent_workers=False, worker_init_fn=die_with_parent)
+                      persistent_workers=False, worker_init_fn=loader_worker_init)
 
 
 # ---------------------------------------------------------------- saved maps of any method

@@ -29,7 +29,7 @@ from ccl.data.schema import META_EXTENSION, class_key
 from ccl.data.transforms import resize_image, to_uint8_tensor, train_views
 from pipelines.class_batches import BatchStats, ClassBatcher, batch_layout
 from pipelines.data_plan import Segment, exact_segments, train_segments
-from pipelines.distributed import die_with_parent
+from pipelines.distributed import loader_worker_init
 from pipelines.shards import ERROR_KEY, LostSamples, ShardError, ShardSet, decode_record
 from pipelines.tar_reader import iter_range
 
@@ -313,7 +313,7 @@ def make_loader(dataset: IterableDataset, num_workers: int, pin_memory: bool = F
     """batch_size=None: the datasets yield whole batches; workers keep the DataLoader's round-robin order."""
     return DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
                       persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None,
-                      worker_init_fn=die_with_parent)
+                      worker_init_fn=loader_worker_init)
 
 
 # ---------------------------------------------------------------- from the config

@@ -184,6 +184,21 @@ def test_heatmap_folders_from_shard_json_stay_inside_out(setup: dict, tmp_path: 
         safe_name("..")
 
 
+def test_a_truncated_export_is_one_line_naming_the_file(setup: dict, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    from launch.evaluate import main
+
+    broken = tmp_path / "export"
+    shutil.copytree(setup["export"], broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:40])
+    assert main(["--checkpoint", str(broken), "--shards", str(setup["builds"][1]), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {weights}: not a readable safetensors file") and "Traceback" not in err
+    assert not (tmp_path / "o").exists()  # failed before anything was written
+
+
 def test_bad_input_names_the_problem(setup: dict, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nope"):
         run_evaluation(tmp_path / "nope", setup["builds"])

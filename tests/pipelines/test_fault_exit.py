@@ -195,6 +195,20 @@ def test_a_run_dir_unwritable_on_one_rank_ends_the_job(base: Path, tmp_path: Pat
     assert tree_digest(tmp_path / "rank1" / "run" / "checkpoints") == before
 
 
+def test_sigterm_to_the_launcher_checkpoints_every_rank(base: Path, tmp_path: Path) -> None:
+    """What the README says: every rank finishes its step, saves the checkpoint and exits 0; the launcher
+    (torch elastic) reports the signal with status 1. The launcher signals each rank's process group:
+    the loader workers must not die of it (they used to, and the ranks failed instead of stopping)."""
+    job, run, _ = resumed_job(base, tmp_path, "sigterm")
+    job.wait_until(lambda: training_steps(run) >= 5, "training step after the resume")
+    job.proc.send_signal(signal.SIGTERM)
+    assert job.proc.wait(timeout=LIMIT) == 1, job.log[-4000:]
+    assert "'interrupted': True" in job.log and "DataLoader worker" not in job.log
+    state = json.loads((run / "checkpoints" / "last" / "train_state.json").read_text())
+    assert state["step"] > 4 and state["batch_in_epoch"] > 0  # saved mid-epoch, after the base's step 4
+    assert not job.processes()
+
+
 def test_a_killed_rank_during_evaluation_leaves_no_metrics(base: Path, tmp_path: Path) -> None:
     build = write_test_build(tmp_path / "mvtec", "mvtec", ["bottle", "cable"], [100, 100], size=48)
     export = tiny_export(tmp_path / "run" / "export", 64)

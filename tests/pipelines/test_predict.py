@@ -83,3 +83,17 @@ def test_same_stem_other_suffix_keeps_both_heatmaps(export: Path, tmp_path: Path
     written = {p.name: cv2.imread(str(p)) for p in (tmp_path / "out" / "heatmaps").iterdir()}
     assert sorted(written) == ["a.jpg.png", "a.png.png"]
     assert not np.array_equal(written["a.jpg.png"], written["a.png.png"])  # two overlays, neither overwritten
+
+
+def test_a_truncated_export_is_one_line_naming_the_file(export: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    broken = tmp_path / "export"
+    shutil.copytree(export, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    write_images(tmp_path / "in")
+    assert main(["--checkpoint", str(broken), "--input", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                 "--threshold", "none"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {weights}: not a readable safetensors file") and "Traceback" not in err
