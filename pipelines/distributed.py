@@ -64,6 +64,8 @@ def configure_deepspeed(accelerator: Any, cfg: Config, local_batch: int) -> None
     ds["gradient_accumulation_steps"] = cfg.train.grad_accum
     ds["train_batch_size"] = local_batch * cfg.train.grad_accum * accelerator.num_processes
     ds["gradient_clipping"] = cfg.train.grad_clip  # DeepSpeed's default would be 1.0 (DESIGN section 7)
+    if isinstance(ds.get("bf16"), dict):  # a skipped window relies on DeepSpeed dropping non-finite gradients
+        ds["bf16"]["check_grad_overflow"] = True
     ds.setdefault("zero_allow_untested_optimizer", True)
 
 

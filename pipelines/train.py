@@ -6,6 +6,7 @@
       fit                       epochs: train_epoch -> validate -> early stopping / exports / checkpoint
         train_epoch             the loop: planned class-aware batches -> train_step -> logs
           train_step            forward, one all-reduce of {non-finite, SIGTERM, corrupt}, backward, step
+                                (a non-finite loss skips its whole accumulation window)
         validate                mean KD loss on the val shards (every sample once) + global features
         show                    heatmaps of fixed images, V-measure and t-SNE of the global features
 """
@@ -59,7 +60,8 @@ class Run:
     input_dtype: torch.dtype
     stop: StopRequest
     vis: tuple[Any, list[str]] = (None, [])
-    nan_streak: int = 0
+    nan_streak: int = 0  # skipped accumulation windows in a row
+    window_bad: bool = False  # the current accumulation window had a non-finite loss: it is skipped
     corrupt: float = 0.0
     last_val: dict[str, Any] | None = None
 
@@ -170,7 +172,12 @@ def train_epoch(run: Run) -> str:
 
 
 def train_step(run: Run, batch: dict[str, Any]) -> dict[str, float] | None:
-    """Forward, agree with the other ranks, backward and step. None when the step was skipped."""
+    """Forward, agree with the other ranks, backward, and at the end of an accumulation window step.
+
+    None when the micro-batch belongs to a skipped window: a non-finite loss on any rank skips its
+    whole window (train.grad_accum micro-batches) on every rank, so windows keep their boundaries
+    and no partial window's gradients reach the optimizer.
+    """
     cfg, acc, s = run.cfg, run.accelerator, run.state
     set_lr(run.optimizer, run.base_lrs, lr_factor(s.step, run.total_steps, cfg.train))
     labels = batch["label"].to(acc.device)
@@ -185,26 +192,38 @@ def train_step(run: Run, batch: dict[str, Any]) -> dict[str, float] | None:
         if run.corrupt > cfg.data.max_corrupt:
             raise ShardError(f"{int(run.corrupt)} unreadable or lost samples this epoch "
                              f"(data.max_corrupt={cfg.data.max_corrupt}); the last checkpoint is kept")
-        if bad:
-            return skip_step(run, out)
-        run.nan_streak = 0
-        acc.backward(out["loss"])
+        skipped = run.window_bad = run.window_bad or bad > 0
+        if not skipped or is_deepspeed(acc):
+            # DeepSpeed keeps the window's gradients in its own buffers, which only its step may clear: a
+            # skipped window's non-finite gradients go in too, and its step drops the whole window.
+            acc.backward(out["loss"])
         if acc.sync_gradients:
-            if cfg.train.grad_clip > 0 and not is_deepspeed(acc):  # DeepSpeed clips itself (its JSON)
-                acc.clip_grad_norm_(run.model.parameters(), cfg.train.grad_clip)
-            run.optimizer.step()
-            run.optimizer.zero_grad(set_to_none=True)
-            s.step += 1
+            if skipped:
+                skip_window(run, out)
+            else:
+                if cfg.train.grad_clip > 0 and not is_deepspeed(acc):  # DeepSpeed clips itself (its JSON)
+                    acc.clip_grad_norm_(run.model.parameters(), cfg.train.grad_clip)
+                run.optimizer.step()
+                run.optimizer.zero_grad(set_to_none=True)
+                s.step += 1
+                run.nan_streak = 0
+    if skipped:
+        return None
     if cfg.train.debug_checksums and acc.sync_gradients:
         write_debug(run, out, batch["keys"])
     return {k: float(out[k].detach()) for k in ("loss", "kd", "lcl", "gcl")}
 
 
-def skip_step(run: Run, out: dict[str, Any]) -> None:
-    """A non-finite loss on any rank: every rank skips; abort after train.nan_tolerance in a row."""
-    run.optimizer.zero_grad(set_to_none=True)
+def skip_window(run: Run, out: dict[str, Any]) -> None:
+    """End of a window with a non-finite loss: no update on any rank; abort after train.nan_tolerance in a row."""
+    acc = run.accelerator
+    if is_deepspeed(acc) and not acc.optimizer_step_was_skipped:
+        raise FloatingPointError("DeepSpeed applied an update from non-finite gradients (is its overflow check "
+                                 f"off?); stopping, the last good checkpoint is kept in {run.run_dir / 'checkpoints'}")
+    run.optimizer.zero_grad(set_to_none=True)  # DDP: the window's gradients (DeepSpeed cleared its own)
+    run.window_bad = False
     run.nan_streak += 1
-    log.warning("non-finite loss (kd=%s) at step %d: step skipped (%d in a row)",
+    log.warning("non-finite loss (kd=%s) at step %d: its accumulation window is skipped (%d in a row)",
                 float(out["kd"].detach()), run.state.step, run.nan_streak)
     if run.nan_streak >= run.cfg.train.nan_tolerance:
         raise FloatingPointError(f"{run.nan_streak} non-finite losses in a row (train.nan_tolerance): aborting; "
