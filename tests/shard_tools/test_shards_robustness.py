@@ -314,3 +314,36 @@ def test_a_second_build_into_the_same_out_names_the_one_holding_it(tmp_path, mvt
         holder.kill()
         holder.wait()
     assert main(build_args(mvtec_src, tmp_path / "o")) == 0  # the lock died with its holder
+
+
+def test_verify_refuses_oversized_members_without_reading_them(tmp_path, mvtec_src, capsys):
+    """A json member of 2 MiB (over the 1 MiB cap) is reported, not read; a header declaring 1 TiB
+    is a corrupt shard, not a MemoryError."""
+    import hashlib
+    import io
+    import json
+    import tarfile
+
+    out = tmp_path / "o" / "mvtec"
+    assert main(build_args(mvtec_src, tmp_path / "o", "--max-shard-bytes", "1MB")) == 0
+    path = out / "test-000000.tar"
+    with tarfile.open(path) as tar:
+        members = [(i, tar.extractfile(i).read()) for i in tar.getmembers()]
+    with tarfile.open(path, "w") as tar:
+        for info, data in members:
+            if info.name.endswith(".json"):
+                data = data + b" " * (2 << 20)
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    manifest = manifest_of(out)
+    for s in manifest["shards"]:
+        if s["name"] == path.name:
+            s["sha256"], s["bytes"] = hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    problems = verify_build(out)
+    assert problems and all("over the 1048576-byte limit for .json members" in p or "counts" in p for p in problems)
+    header = tarfile.TarInfo("mvtec/bottle/test/good/x.png")
+    header.size = 1 << 40
+    (out / "val-000000.tar").write_bytes(header.tobuf(format=tarfile.GNU_FORMAT) + bytes(1024))
+    text = "\n".join(verify_build(out))
+    assert "val-000000.tar: not a readable tar" in text and "corrupt or truncated" in text
