@@ -15,13 +15,14 @@ deepspeed once; each variant prints "result ENGINE POISONED STEPS CHECKSUM".
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
+from tests.pipelines.test_evaluate_distributed import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 POISONED = ("none", "2", "3")
@@ -102,9 +103,7 @@ def _rank(engine: str, rank: int, poisoned: set[int], out_w: int) -> None:
 def _variants(engine: str) -> None:
     for name in POISONED:
         poisoned = set() if name == "none" else {int(x) for x in name.split(",")}
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         out_r, out_w = os.pipe()
         pids = []
         for rank in range(2):

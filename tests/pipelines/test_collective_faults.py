@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -46,12 +45,6 @@ def test_sigterm_ends_a_rank_blocked_in_a_collective_within_the_grace() -> None:
 
 
 # ---------------------------------------------------------------- the forked ranks
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _fork_rank(rank: int, port: int, body) -> int:
@@ -142,5 +135,7 @@ if __name__ == "__main__":
 
     import pipelines.distributed  # noqa: F401
 
-    PORT = _free_port()
+    from tests.pipelines.test_evaluate_distributed import free_port
+
+    PORT = free_port()
     {"timeout": _timeout_scenario, "sigterm": _sigterm_scenario}[sys.argv[1]]()

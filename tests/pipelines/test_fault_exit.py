@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,8 @@ import pytest
 
 from pipelines.model import read_info
 from tests.pipelines.shard_fixtures import tiny_export, write_test_build
-from tests.pipelines.train_fixtures import write_build
+from tests.pipelines.test_evaluate_distributed import free_port
+from tests.pipelines.test_train import _args, data  # noqa: F401 (data: test_train's shard fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRY = Path(__file__).with_name("fault_entry.py")
@@ -41,14 +41,11 @@ class Job:
     def __init__(self, tmp: Path, kind: str, args: list[str], **env: str) -> None:
         self.tag = uuid.uuid4().hex
         self.log_path = tmp / f"job-{self.tag[:8]}.log"
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         base = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(
                 [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                 "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+                 "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
                  str(ENTRY), kind, *args],
                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                 env={**base, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
@@ -113,21 +110,16 @@ def tree_digest(path: Path) -> dict[str, str]:
 
 
 def train_args(data: Path, run_dir: str, *extra: str) -> list[str]:
-    return ["--config", str(data / "empty.yaml"), f"data.shards=[{data / 'shards'}]", f"run.dir={run_dir}",
-            "model.teacher=resnet18", "model.pretrained=none", "data.image_size=64", "data.batch_size=8",
-            "data.classes_per_batch=4", "train.log_every=1", "data.num_workers=1", "tracking.wandb.mode=disabled",
-            "data.plan_ranks=2", "train.progress=false", "tracking.vis_every=0", "eval.batch_size=8", *extra]
+    """test_train's tiny run, with ``run_dir`` as given (relative stays relative)."""
+    return [*_args(data, "unused", "train.debug_checksums=false"), f"run.dir={run_dir}", *extra]
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Shards and a 2-rank run checkpointed after epoch 1 (step 4)."""
-    root = tmp_path_factory.mktemp("faults")
-    write_build(root / "shards", "toy", ["a", "b", "c", "d"], [20, 12], size=64, val_sizes=[10])
-    (root / "empty.yaml").write_text("{}\n")
-    job = Job(root, "train", train_args(root, str(root / "base"), "train.epochs=1"))
+def base(data: Path) -> Path:
+    """test_train's shards, and a 2-rank run checkpointed after epoch 1 (step 4) in ``base``."""
+    job = Job(data, "train", train_args(data, str(data / "base"), "train.epochs=1"))
     assert job.proc.wait(timeout=300) == 0, job.log[-4000:]
-    return root
+    return data
 
 
 def resumed_job(base: Path, tmp: Path, name: str, **env: str) -> tuple[Job, Path, dict[str, str]]:

@@ -191,27 +191,9 @@ def test_verify_reports_corrupt_missing_and_stray_shards(tmp_path, mvtec_src, ca
 
 def test_verify_reports_a_non_binary_mask(tmp_path, mvtec_src):
     """A shard re-written by hand with a grey mask (and a matching manifest) still fails verify."""
-    import hashlib
-    import io
-    import json
-    import tarfile
-
     out = tmp_path / "o" / "mvtec"
     assert main(build_args(mvtec_src, tmp_path / "o", "--max-shard-bytes", "1MB")) == 0
-    path = out / "test-000000.tar"
-    with tarfile.open(path) as tar:
-        members = [(i, tar.extractfile(i).read()) for i in tar.getmembers()]
-    with tarfile.open(path, "w") as tar:
-        for info, data in members:
-            if info.name.endswith(".mask.png"):
-                data = cv2.imencode(".png", np.full((20, 24), 128, np.uint8))[1].tobytes()
-                info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    manifest = manifest_of(out)
-    for s in manifest["shards"]:
-        if s["name"] == path.name:
-            s["sha256"], s["bytes"] = hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    _rewrite_members(out / "test-000000.tar", out, _masks_replaced(np.full((20, 24), 128, np.uint8)))
     problems = verify_build(out)
     assert problems and all("not binary" in p for p in problems)
 
@@ -225,8 +207,9 @@ def test_verify_reports_a_truncated_shard(tmp_path, mvtec_src):
     assert "test-000000.tar" in text and "not a readable tar" in text
 
 
-def _rewrite_masks(path: Path, out: Path, mask: np.ndarray) -> None:
-    """Replace every mask member of shard ``path`` by ``mask`` and make the manifest match again."""
+def _rewrite_members(path: Path, out: Path, change) -> None:
+    """Re-write shard ``path`` with ``change(name, data) -> data`` applied to every member, and make the
+    manifest's size and checksum match again (so only verify's content checks can object)."""
     import hashlib
     import io
     import json
@@ -236,9 +219,8 @@ def _rewrite_masks(path: Path, out: Path, mask: np.ndarray) -> None:
         members = [(i, tar.extractfile(i).read()) for i in tar.getmembers()]
     with tarfile.open(path, "w") as tar:
         for info, data in members:
-            if info.name.endswith(".mask.png"):
-                data = cv2.imencode(".png", mask)[1].tobytes()
-                info.size = len(data)
+            data = change(info.name, data)
+            info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     manifest = manifest_of(out)
     for s in manifest["shards"]:
@@ -247,10 +229,15 @@ def _rewrite_masks(path: Path, out: Path, mask: np.ndarray) -> None:
     (out / "manifest.json").write_text(json.dumps(manifest))
 
 
+def _masks_replaced(mask: np.ndarray):
+    png = cv2.imencode(".png", mask)[1].tobytes()
+    return lambda name, data: png if name.endswith(".mask.png") else data
+
+
 def test_verify_reports_an_anomalous_sample_with_an_empty_mask(tmp_path, mvtec_src):
     out = tmp_path / "o" / "mvtec"
     assert main(build_args(mvtec_src, tmp_path / "o", "--max-shard-bytes", "1MB")) == 0
-    _rewrite_masks(out / "test-000000.tar", out, np.zeros((20, 24), np.uint8))
+    _rewrite_members(out / "test-000000.tar", out, _masks_replaced(np.zeros((20, 24), np.uint8)))
     problems = verify_build(out)
     assert problems and all("anomalous sample with an empty mask" in p for p in problems)
 
@@ -319,27 +306,12 @@ def test_a_second_build_into_the_same_out_names_the_one_holding_it(tmp_path, mvt
 def test_verify_refuses_oversized_members_without_reading_them(tmp_path, mvtec_src, capsys):
     """A json member of 2 MiB (over the 1 MiB cap) is reported, not read; a header declaring 1 TiB
     is a corrupt shard, not a MemoryError."""
-    import hashlib
-    import io
-    import json
     import tarfile
 
     out = tmp_path / "o" / "mvtec"
     assert main(build_args(mvtec_src, tmp_path / "o", "--max-shard-bytes", "1MB")) == 0
-    path = out / "test-000000.tar"
-    with tarfile.open(path) as tar:
-        members = [(i, tar.extractfile(i).read()) for i in tar.getmembers()]
-    with tarfile.open(path, "w") as tar:
-        for info, data in members:
-            if info.name.endswith(".json"):
-                data = data + b" " * (2 << 20)
-                info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    manifest = manifest_of(out)
-    for s in manifest["shards"]:
-        if s["name"] == path.name:
-            s["sha256"], s["bytes"] = hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    _rewrite_members(out / "test-000000.tar", out,
+                     lambda name, data: data + b" " * (2 << 20) if name.endswith(".json") else data)
     problems = verify_build(out)
     assert problems and all("over the 1048576-byte limit for .json members" in p or "counts" in p for p in problems)
     header = tarfile.TarInfo("mvtec/bottle/test/good/x.png")
