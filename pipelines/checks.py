@@ -6,6 +6,9 @@ import logging
 import tempfile
 from pathlib import Path
 
+from ccl.data.transforms import AUGMENT_PRESETS
+from ccl.losses.local import NEGATIVES, POSITIVES
+from ccl.models.rdccl import MATCHES, REDUCTIONS
 from pipelines.config import Config, ConfigError
 from pipelines.distributed import collective_timeout
 from pipelines.optim import SCHEDULES
@@ -24,7 +27,12 @@ def check_inputs(cfg: Config, world: int) -> tuple[ShardSet, Labels]:
     for name, value, allowed in (("train.precision", t.precision, ("no", "bf16", "fp16")),
                                  ("train.schedule", t.schedule, SCHEDULES),
                                  ("tracking.wandb.mode", cfg.tracking.wandb.mode, MODES),
-                                 ("data.class_source", cfg.data.class_source, ("raw", "pseudo"))):
+                                 ("data.class_source", cfg.data.class_source, ("raw", "pseudo")),
+                                 ("data.augment.preset", cfg.data.augment.preset, tuple(AUGMENT_PRESETS)),
+                                 ("loss.local_positives", cfg.loss.local_positives, POSITIVES),
+                                 ("loss.local_negatives", cfg.loss.local_negatives, NEGATIVES),
+                                 ("loss.local_match", cfg.loss.local_match, MATCHES),
+                                 ("loss.reduction", cfg.loss.reduction, REDUCTIONS)):
         if value not in allowed:
             raise ConfigError(f"{name}={value!r} is not one of {list(allowed)}")
     shard_set = open_builds(list(cfg.data.shards))

@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import yaml
 
@@ -33,18 +33,22 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """The augmented view of the contrastive losses (CCL paper / code)."""
+    """The augmented view of the contrastive losses: a preset (ccl.data.transforms.AUGMENT_PRESETS: paper |
+    first-release | official | geometric) whose fields may be overridden one by one (None: the preset's value)."""
 
-    crop_scale: tuple[float, float] = (0.7, 1.0)
-    hflip: float = 0.5
-    vflip: float = 0.0
-    rotation: float = 15.0  # degrees, +-
-    brightness: float = 0.3
-    contrast: float = 0.3
-    saturation: float = 0.3
-    hue: float = 0.05
-    jitter_p: float = 0.8
-    grayscale: float = 0.2
+    preset: str = "paper"
+    crop_scale: Optional[tuple[float, float]] = None  # area fraction of the random crop
+    hflip: Optional[float] = None
+    vflip: Optional[float] = None
+    rotation: Optional[float] = None  # degrees, +-
+    brightness: Optional[float] = None
+    contrast: Optional[float] = None
+    saturation: Optional[float] = None
+    hue: Optional[float] = None
+    jitter_p: Optional[float] = None
+    grayscale: Optional[float] = None
+    blur_p: Optional[float] = None
+    blur_sigma: Optional[tuple[float, float]] = None
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,12 @@ class ModelConfig:
     pretrained: str = "hub"  # hub | none | offline | PATH (.pth / .safetensors)
     out_indices: tuple[int, ...] = (1, 2, 3)
     projector: str = "4-cblocks"  # 4-cblocks | 2-cblocks | 2-mlp | none
+    projector_residual: bool = False  # teacher + gain * projector(teacher), gain from 0 (starts as Joint RD)
     checkpoint: str = ""  # optional official RD4AD checkpoint (bn.*, decoder.*) to start from
+    # The official CCL code's perturbation (not in the paper): with probability noise_prob per training step,
+    # Gaussian noise of std noise_std on a random half of the positions of the neck's input. 0 = off.
+    noise_prob: float = 0.0
+    noise_std: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,14 @@ class LossConfig:
     local_chunk: int = 4096  # anchors per block for windows > 1
     global_loss: str = "supcon"  # supcon | triplet | npairs | infonce
     kd_mode: str = "flat"  # flat (RD4AD) | pixel
+    # Readings of Eq. 2-4 the paper leaves open (ccl/losses/local.py): positives from every same-class view
+    # (class) or the sample's other view only (view, the official code); negatives in the window or at every
+    # position (all); the positive's position chosen by the projected features or the frozen teacher's.
+    local_positives: str = "class"  # class | view
+    local_negatives: str = "window"  # window | all
+    local_match: str = "projected"  # projected | teacher
+    reduction: str = "mean"  # mean | sum over the anchors of the contrastive terms (Eq. 4-5 sum)
+    contrastive_warmup: int = 0  # optimizer steps over which lambda1 and lambda2 ramp up from 0
 
 
 @dataclass(frozen=True)
@@ -296,6 +313,10 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
         if len(value) != len(args):
             raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
         return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+    if typ is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{where}: expected nothing (null), got {value!r}")
     if typ is bool:
         if isinstance(value, bool):
             return value

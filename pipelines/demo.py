@@ -15,54 +15,23 @@ when the demo is run again (delete ``OUT`` to start over).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import re
-import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ccl.metrics.report import percent
+from pipelines.compare import DEFAULT_MODELS, slug
+from pipelines.jobs import REPO, Job, job_env, run, run_job
 
-REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
-MODELS = {  # name -> overrides on top of configs/demo.yaml
-    "Joint RD": ["loss.lambda_local=0", "loss.lambda_global=0", "model.projector=none"],
-    "RD + CCL": [],
-}
+MODELS = DEFAULT_MODELS  # name -> overrides on top of configs/demo.yaml
 COLUMNS = (("I-AUROC", "I-AUROC"), ("P-AUROC", "P-AUROC"), ("PRO", "AUPRO"), ("I-AP", "I-AP"),
            ("P-AP", "P-AP"), ("I-F1max", "I-F1max"), ("P-F1max", "P-F1max"))
 # Toy size: a few optimizer steps on a few images per class, so CI keeps the whole path working.
 TOY_DATA = ["--per-class", "8", "--test-good", "2", "--test-defect", "3", "--size", "64"]
 TOY_TRAIN = ["train.max_steps=2", "train.epochs=1", "data.image_size=64", "data.num_workers=0",
              "eval.num_workers=0", "tracking.vis_images=2", "tracking.tsne=false"]
-
-
-def slug(name: str) -> str:
-    """``"RD + CCL"`` -> ``"rd_ccl"``: the model's directory."""
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-
-
-def launcher(processes: int, port: int) -> list[str]:
-    """``accelerate launch`` that really starts ``processes`` CPU ranks (DESIGN.md section 7)."""
-    accelerate = str(Path(sys.executable).with_name("accelerate"))
-    if processes <= 1:
-        return [accelerate, "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
-                "--dynamo_backend", "no"]
-    return [accelerate, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-            "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no"]
-
-
-def run(cmd: Sequence[str], env: Mapping[str, str]) -> None:
-    print("$ " + shlex.join(cmd), flush=True)
-    started = time.time()
-    result = subprocess.run(list(cmd), env=dict(env), cwd=REPO)
-    if result.returncode != 0:
-        raise SystemExit(f"demo: step failed (exit {result.returncode}): {shlex.join(cmd)}")
-    print(f"  ({time.time() - started:.0f} s)", flush=True)
 
 
 def build_shards(out: Path, toy: bool, env: Mapping[str, str]) -> Path:
@@ -81,18 +50,9 @@ def build_shards(out: Path, toy: bool, env: Mapping[str, str]) -> Path:
 
 
 def train_and_evaluate(name: str, build: Path, out: Path, args: argparse.Namespace, env: Mapping[str, str]) -> dict:
-    run_dir = out / slug(name)
-    metrics = run_dir / "eval" / "metrics.json"
-    if not metrics.is_file():
-        launch = launcher(args.processes, args.port)
-        overrides = [f"run.dir={run_dir}", f"run.name=demo-{slug(name)}", f"data.shards=[{build}]",
-                     *MODELS[name], *(TOY_TRAIN if args.toy else []), *args.overrides]
-        if not (run_dir / "export" / "model.safetensors").is_file():
-            run([*launch, "launch/train.py", "--config", str(DEMO_CONFIG), *overrides], env)
-        eval_overrides = [o for o in overrides if o.startswith("eval.")]
-        run([*launch, "launch/evaluate.py", "--checkpoint", str(run_dir / "export"), "--shards", str(build),
-             "--out", str(run_dir / "eval"), "--vis", "2" if args.toy else "4", *eval_overrides], env)
-    return json.loads(metrics.read_text())
+    overrides = (f"run.name=demo-{slug(name)}", *MODELS[name], *(TOY_TRAIN if args.toy else []), *args.overrides)
+    job = Job(out / slug(name), DEMO_CONFIG, overrides, (build,), vis=2 if args.toy else 4)
+    return run_job(job, args.processes, args.port, env)
 
 
 def comparison_table(results: Mapping[str, Mapping[str, Any]]) -> str:
@@ -121,9 +81,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="extra a.b=value config overrides for both models")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    if args.processes > 1:
-        env["ACCELERATE_USE_CPU"] = "1"  # CPU ranks with gloo; see DESIGN.md section 7
+    env = job_env(args.processes)
     started = time.time()
     build = build_shards(out, args.toy, env)
     results = {name: train_and_evaluate(name, build, out, args, env) for name in MODELS}

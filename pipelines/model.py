@@ -48,6 +48,7 @@ def _construct(cfg: Config) -> RDCCL:
         pretrained=m.pretrained,
         out_indices=tuple(m.out_indices),
         projector=m.projector,
+        projector_residual=m.projector_residual,
         lambda_local=loss.lambda_local,
         lambda_global=loss.lambda_global,
         temperature=loss.temperature,
@@ -57,6 +58,12 @@ def _construct(cfg: Config) -> RDCCL:
         global_loss=loss.global_loss,
         kd_mode=loss.kd_mode,
         sigma=cfg.eval.sigma,
+        local_positives=loss.local_positives,
+        local_negatives=loss.local_negatives,
+        local_match=loss.local_match,
+        reduction=loss.reduction,
+        noise_prob=m.noise_prob,
+        noise_std=m.noise_std,
     )
 
 

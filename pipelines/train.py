@@ -183,7 +183,8 @@ def train_step(run: Run, batch: dict[str, Any]) -> dict[str, float] | None:
     labels = batch["label"].to(acc.device)
     with acc.accumulate(run.model):
         out = run.model(run.to_input(batch["image"]), run.to_input(batch["augmented"]), labels,
-                        rank=acc.process_index, world_size=acc.num_processes)
+                        rank=acc.process_index, world_size=acc.num_processes,
+                        contrastive_weight=contrastive_weight(s.step, cfg.loss.contrastive_warmup))
         unreadable = batch["stats"]["corrupt"] + batch["stats"]["lost"]  # samples, also a truncated shard's
         bad, stop, corrupt = sum_over_ranks(acc, [float(not torch.isfinite(out["loss"]).item()),
                                                   float(run.stop.requested), float(unreadable)])
@@ -212,6 +213,11 @@ def train_step(run: Run, batch: dict[str, Any]) -> dict[str, float] | None:
     if cfg.train.debug_checksums and acc.sync_gradients:
         write_debug(run, out, batch["keys"])
     return {k: float(out[k].detach()) for k in ("loss", "kd", "lcl", "gcl")}
+
+
+def contrastive_weight(step: int, warmup: int) -> float:
+    """Linear ramp of lambda1 and lambda2 from 0 over the first ``warmup`` optimizer steps (1 without warm-up)."""
+    return 1.0 if warmup <= 0 else min(1.0, (step + 1) / warmup)
 
 
 def skip_window(run: Run, out: dict[str, Any]) -> None:

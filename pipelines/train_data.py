@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ccl.data.schema import META_EXTENSION, class_key
-from ccl.data.transforms import resize_image, to_uint8_tensor, train_views
+from ccl.data.transforms import augment_params, resize_image, to_uint8_tensor, train_views
 from pipelines.class_batches import BatchStats, ClassBatcher, batch_layout
 from pipelines.data_plan import Segment, exact_segments, train_segments
 from pipelines.distributed import loader_worker_init
@@ -339,7 +339,7 @@ def train_loader(cfg: Any, shard_set: ShardSet, labels: Labels, rank: int, world
     workers = max(1, d.num_workers)
     spec = StreamSpec(shard_list(shard_set, "train"), d.batch_size, train_layout(cfg, labels, world),
                       plan_ranks(cfg, world), world, rank, workers, cfg.run.seed, epoch, d.image_size,
-                      asdict(d.augment), labels, d.shuffle_buffer, skip_batches)
+                      augment_params(**asdict(d.augment)), labels, d.shuffle_buffer, skip_batches)
     return make_loader(TrainStream(spec), d.num_workers, pin_memory)
 
 

@@ -22,7 +22,7 @@ from shard_tools.sources.common import require_root  # noqa: E402
 from shard_tools.summary import format_table  # noqa: E402
 from shard_tools.units import parse_bytes  # noqa: E402
 
-GENERATED = ("demo",)  # datasets that need no --root
+GENERATED = ("demo", "inspect")  # datasets that need no --root (written into OUT/<name>/source)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -69,13 +69,15 @@ def options_from(args: argparse.Namespace) -> BuildOptions:
 
 
 def dataset_root(name: str, roots: dict[str, Path], options: BuildOptions) -> Path:
-    """The folder to read. ``demo`` without a root writes the default demo set into OUT/demo/source;
-    ``--root demo=DIR`` reads a demo folder written earlier by ``shard_tools/demo_data.py`` (other sizes)."""
-    if name == "demo" and "demo" not in roots:
+    """The folder to read. A generated set (``demo``, ``inspect``) without a root is written into
+    OUT/<name>/source; ``--root demo=DIR`` reads a folder written earlier by ``shard_tools/demo_data.py``
+    (``inspect_data.py``), e.g. of other sizes."""
+    if name in GENERATED and name not in roots:
         from shard_tools.demo_data import write_demo
+        from shard_tools.inspect_data import write_inspect
 
-        root = options.out / "demo" / "source"
-        write_demo(root, seed=options.seed)
+        root = options.out / name / "source"
+        {"demo": write_demo, "inspect": write_inspect}[name](root, seed=options.seed)
         return root
     if name not in roots:
         raise UserError(f"dataset {name!r} needs --root {name}=DIR")

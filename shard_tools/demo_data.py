@@ -104,7 +104,8 @@ def add_defect(image: np.ndarray, kind: str, donor: np.ndarray, rng: np.random.G
     return out, mask.astype(bool)
 
 
-def _write(path: Path, image: np.ndarray) -> None:
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Write ``image`` (BGR or gray uint8) as PNG, creating the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 3])
     assert ok
@@ -122,17 +123,17 @@ def write_demo(out: Path, seed: int = 0, spec: DemoSpec | None = None) -> list[s
         shutil.rmtree(class_dir, ignore_errors=True)
         photo = photos[name]
         for i in range(spec.per_class):
-            _write(class_dir / "train" / "good" / f"{i:03d}.png", random_crop(photo, train_rows(photo), spec.size, rng))
+            write_png(class_dir / "train" / "good" / f"{i:03d}.png", random_crop(photo, train_rows(photo), spec.size, rng))
         for i in range(spec.test_good):
-            _write(class_dir / "test" / "good" / f"{i:03d}.png", random_crop(photo, test_rows(photo), spec.size, rng))
+            write_png(class_dir / "test" / "good" / f"{i:03d}.png", random_crop(photo, test_rows(photo), spec.size, rng))
         kinds = [DEFECTS[(index + k) % len(DEFECTS)] for k in range(3)]
         for i in range(spec.test_defect):
             kind = kinds[i % len(kinds)]
             donor_photo = photos[names[(index + 1 + i) % len(names)]]
             donor = random_crop(donor_photo, test_rows(donor_photo), spec.size, rng)
             image, mask = add_defect(random_crop(photo, test_rows(photo), spec.size, rng), kind, donor, rng)
-            _write(class_dir / "test" / kind / f"{i:03d}.png", image)
-            _write(class_dir / "ground_truth" / kind / f"{i:03d}_mask.png", mask.astype(np.uint8) * 255)
+            write_png(class_dir / "test" / kind / f"{i:03d}.png", image)
+            write_png(class_dir / "ground_truth" / kind / f"{i:03d}_mask.png", mask.astype(np.uint8) * 255)
     return names
 
 

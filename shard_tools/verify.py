@@ -25,6 +25,7 @@ from pipelines.shards import ERROR_KEY, ShardError  # noqa: E402
 from pipelines.tar_reader import iter_range  # noqa: E402
 from shard_tools.manifest import sum_counts  # noqa: E402
 from shard_tools.tarwriter import file_sha256  # noqa: E402
+from shard_tools.sources.mvtec import MASK_OPTIONAL  # noqa: E402
 
 MAX_PROBLEMS_PER_SHARD = 20  # a broken shard should not drown the report
 
@@ -122,8 +123,8 @@ def _check_sample(where: str, key: str, members: dict[str, bytes], split: str, c
 
 def _check_mask(where: str, data: bytes | None, shape: tuple[int, int], meta) -> list[str]:
     if data is None:
-        # Only a user's own folder may hold image-level anomalies (anomalous, no mask).
-        if meta.label == 1 and meta.split == "test" and meta.dataset != "folder":
+        # Only some datasets may hold image-level anomalies (anomalous, no mask).
+        if meta.label == 1 and meta.split == "test" and meta.dataset not in MASK_OPTIONAL:
             return [f"{where}: anomalous test sample without {MASK_EXTENSION}"]
         return []
     if meta.label != 1 or meta.split != "test":

@@ -7,6 +7,7 @@ at 0.5 (binarising at > 0 after resizing would enlarge the defects).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import cv2
 import numpy as np
@@ -65,6 +66,30 @@ def eval_view(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[to
 # float32); ``normalize_batch`` turns a whole batch into the model input on the training device.
 
 
+# Named augmented views (every ``augment_view`` keyword); a config names one and may override its fields.
+AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
+    # The first release's view: the paper's list plus a random crop and grayscale.
+    "first-release": dict(crop_scale=(0.7, 1.0), hflip=0.5, vflip=0.0, rotation=15.0, brightness=0.3, contrast=0.3,
+                    saturation=0.3, hue=0.05, jitter_p=0.8, grayscale=0.2, blur_p=0.0, blur_sigma=(0.1, 2.0)),
+    # The paper's list (Section 4.1): resizing, flipping, colour jittering and rotation; no crop, no grayscale.
+    "paper": dict(crop_scale=(1.0, 1.0), hflip=0.5, vflip=0.0, rotation=15.0, brightness=0.3, contrast=0.3,
+                  saturation=0.3, hue=0.05, jitter_p=0.8, grayscale=0.0, blur_p=0.0, blur_sigma=(0.1, 2.0)),
+    # The official CCL code's: resized crop (0.8-1), both flips, jitter 0.4/0.4/0.4/0.1, grayscale, blur, rotation.
+    "official": dict(crop_scale=(0.8, 1.0), hflip=0.5, vflip=0.5, rotation=15.0, brightness=0.4, contrast=0.4,
+                     saturation=0.4, hue=0.1, jitter_p=1.0, grayscale=0.2, blur_p=1.0, blur_sigma=(0.1, 2.0)),
+    # Geometry only: colour is never changed, so a colour defect stays unlike every normal view.
+    "geometric": dict(crop_scale=(0.7, 1.0), hflip=0.5, vflip=0.0, rotation=15.0, brightness=0.0, contrast=0.0,
+                      saturation=0.0, hue=0.0, jitter_p=0.0, grayscale=0.0, blur_p=0.0, blur_sigma=(0.1, 2.0)),
+}
+
+
+def augment_params(preset: str, **overrides: Any) -> dict[str, Any]:
+    """The ``augment_view`` keywords of a preset, with the given (non-None) fields replaced."""
+    if preset not in AUGMENT_PRESETS:
+        raise ValueError(f"unknown augmentation preset {preset!r}; choose one of {sorted(AUGMENT_PRESETS)}")
+    return {**AUGMENT_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+
+
 def train_views(image: np.ndarray, size: int, rng: np.random.Generator, **augment: object) -> tuple[np.ndarray, np.ndarray]:
     """(anchor, augmented) uint8 (size, size, 3) views of one training image.
 
@@ -88,15 +113,27 @@ def augment_view(
     hue: float = 0.05,
     jitter_p: float = 0.8,
     grayscale: float = 0.2,
+    blur_p: float = 0.0,
+    blur_sigma: tuple[float, float] = (0.1, 2.0),
 ) -> np.ndarray:
     """Random resized crop + flips + rotation (one affine warp), then colour jitter and grayscale (one
-    colour matrix); same size out. Both passes are single OpenCV calls: the loader's cost per view."""
+    colour matrix), then Gaussian blur; same size out. Each pass is a single OpenCV call: the loader's
+    cost per view."""
     out = cv2.warpAffine(image, _crop_flip_rotate_matrix(image.shape[:2], rng, crop_scale, hflip, vflip, rotation),
                          (image.shape[1], image.shape[0]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
     jitter = rng.random() < jitter_p
     gray = rng.random() < grayscale
-    if not (jitter or gray):
-        return out
+    if jitter or gray:
+        out = _recolour(out, rng, jitter, gray, brightness, contrast, saturation, hue)
+    if blur_p > 0 and rng.random() < blur_p:
+        sigma = rng.uniform(*blur_sigma)
+        out = cv2.GaussianBlur(out, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT_101)
+    return out
+
+
+def _recolour(out: np.ndarray, rng: np.random.Generator, jitter: bool, gray: bool, brightness: float,
+              contrast: float, saturation: float, hue: float) -> np.ndarray:
+    """Colour jitter and / or grayscale as one 3x4 colour matrix."""
     matrix = np.hstack([np.eye(3), np.zeros((3, 1))])
     if jitter:
         matrix = color_jitter_matrix(np.array(cv2.mean(out)[:3]), rng, brightness, contrast, saturation, hue)

@@ -35,19 +35,28 @@ def _stack(kind: str, c: int) -> nn.Module:
 
 
 class Projector(nn.Module):
-    """Maps each teacher scale (B, c_i, h_i, w_i) to a map of the same shape."""
+    """Maps each teacher scale (B, c_i, h_i, w_i) to a map of the same shape.
 
-    def __init__(self, channels: Sequence[int], kind: str = "4-cblocks") -> None:
+    ``residual``: f + g * stack(f) with a per-channel gain g that starts at 0 (ReZero), so training starts
+    from the teacher's own features (Joint RD) and the stack only adds what the losses ask of it. The
+    paper's projector (not residual) replaces the teacher's features by a randomly initialised map.
+    """
+
+    def __init__(self, channels: Sequence[int], kind: str = "4-cblocks", residual: bool = False) -> None:
         super().__init__()
         if kind not in PROJECTORS:
             raise ValueError(f"unknown projector {kind!r}; choose one of {PROJECTORS}")
         self.kind = kind
+        self.residual = residual and kind != "none"
         self.stacks = nn.ModuleList([_stack(kind, c) for c in channels])
+        self.gains = nn.ParameterList([nn.Parameter(torch.zeros(1, c, 1, 1)) for c in channels] if self.residual else [])
 
     def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        return [stack(f) for stack, f in zip(self.stacks, feats)]
+        if not self.residual:
+            return [stack(f) for stack, f in zip(self.stacks, feats)]
+        return [f + gain * stack(f) for stack, gain, f in zip(self.stacks, self.gains, feats)]
 
 
-def build_projector(channels: Sequence[int], kind: str = "4-cblocks") -> Projector:
+def build_projector(channels: Sequence[int], kind: str = "4-cblocks", residual: bool = False) -> Projector:
     """Projector for the teacher's channel list; kind in PROJECTORS ("none" is the identity)."""
-    return Projector(channels, kind)
+    return Projector(channels, kind, residual)

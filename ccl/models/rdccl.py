@@ -20,7 +20,7 @@ from torch import nn
 
 from ccl.losses.global_variants import global_losses
 from ccl.losses.kd import kd_loss
-from ccl.losses.local import local_contrastive_loss
+from ccl.losses.local import NEGATIVES, POSITIVES, local_contrastive_loss
 from ccl.metrics.anomaly_map import anomaly_map, image_score
 from ccl.models.decoder import build_decoder
 from ccl.models.neck import build_neck
@@ -28,6 +28,8 @@ from ccl.models.projector import build_projector
 from ccl.models.teacher import build_teacher
 
 TEACHER_PREFIX = "teacher."
+MATCHES = ("projected", "teacher")  # what picks a local positive's position (Eq. 2-3)
+REDUCTIONS = ("mean", "sum")  # over the anchors of the contrastive terms (Eq. 4-5 sum; DESIGN takes the mean)
 
 
 @contextmanager
@@ -62,6 +64,7 @@ class RDCCL(nn.Module):
         pretrained: str = "none",
         out_indices: Sequence[int] = (1, 2, 3),
         projector: str = "4-cblocks",
+        projector_residual: bool = False,
         lambda_local: float = 1.0,
         lambda_global: float = 1.0,
         temperature: float = 0.1,
@@ -71,12 +74,18 @@ class RDCCL(nn.Module):
         global_loss: str = "supcon",
         kd_mode: str = "flat",
         sigma: float = 4.0,
+        local_positives: str = "class",
+        local_negatives: str = "window",
+        local_match: str = "projected",
+        reduction: str = "mean",
+        noise_prob: float = 0.0,
+        noise_std: float = 1.0,
     ) -> None:
         super().__init__()
         self.teacher = build_teacher(teacher, pretrained, out_indices)
         channels, reductions = self.teacher.channels, self.teacher.reductions
         width_mult = 2 if "wide" in teacher else 1  # wide ResNets double the bottleneck width
-        self.projector = build_projector(channels, projector)
+        self.projector = build_projector(channels, projector, projector_residual)
         self.neck = build_neck(channels, reductions, width_mult)
         self.decoder = build_decoder(channels, reductions, self.neck.out_channels, width_mult, self.teacher.signed())
         if global_loss not in global_losses:
@@ -86,6 +95,15 @@ class RDCCL(nn.Module):
             raise ValueError(f"local_scales {tuple(local_scales)} must index the {len(channels)} teacher scales")
         if kd_mode not in ("flat", "pixel"):
             raise ValueError(f"kd_mode must be 'flat' or 'pixel', got {kd_mode!r}")
+        for name, value, allowed in (("local_positives", local_positives, POSITIVES),
+                                     ("local_negatives", local_negatives, NEGATIVES),
+                                     ("local_match", local_match, MATCHES), ("reduction", reduction, REDUCTIONS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if not 0.0 <= noise_prob <= 1.0 or noise_std < 0:
+            raise ValueError(f"noise_prob must be in [0, 1] and noise_std >= 0, got {noise_prob} / {noise_std}")
+        self.local_positives, self.local_negatives, self.local_match = local_positives, local_negatives, local_match
+        self.reduction, self.noise_prob, self.noise_std = reduction, float(noise_prob), float(noise_std)
         self.lambda_local, self.lambda_global = float(lambda_local), float(lambda_global)
         self.temperature, self.local_window = float(temperature), local_window
         self.local_scales, self.local_chunk = tuple(local_scales), int(local_chunk)
@@ -103,14 +121,19 @@ class RDCCL(nn.Module):
         labels: torch.Tensor | None = None,
         rank: int = 0,
         world_size: int = 1,
+        contrastive_weight: float = 1.0,
     ) -> dict[str, torch.Tensor]:
-        """Training with `augmented` (B, 3, H, W) and `labels` (B,); otherwise inference with anomaly maps."""
+        """Training with `augmented` (B, 3, H, W) and `labels` (B,); otherwise inference with anomaly maps.
+
+        ``contrastive_weight`` scales lambda1 and lambda2 for this step (the trainer's warm-up).
+        """
         if augmented is None:
             return self._infer(images)
-        return self._train_losses(images, augmented, labels, rank, world_size)
+        return self._train_losses(images, augmented, labels, rank, world_size, contrastive_weight)
 
     def _train_losses(
-        self, images: torch.Tensor, augmented: torch.Tensor, labels: torch.Tensor | None, rank: int, world_size: int
+        self, images: torch.Tensor, augmented: torch.Tensor, labels: torch.Tensor | None, rank: int, world_size: int,
+        contrastive_weight: float = 1.0,
     ) -> dict[str, torch.Tensor]:
         use_local, use_global = self.lambda_local != 0, self.lambda_global != 0
         two_views = use_local or use_global
@@ -119,35 +142,56 @@ class RDCCL(nn.Module):
         b = images.shape[0]
         teacher = self.teacher(torch.cat([images, augmented]) if two_views else images)  # [(nB, c, h, w)]
         projected = self.projector(teacher)
-        anchor_proj = [p[:b] for p in projected]
-        code = self.neck(anchor_proj)  # (B, D, h, w)
+        neck_input = self._noisy([p[:b] for p in projected])
+        if neck_input is None:
+            code = self.neck([p[:b] for p in projected])  # (B, D, h, w)
+        else:  # noisy features must not enter the running statistics that clean inference uses
+            with running_stats_frozen(self.neck):
+                code = self.neck(neck_input)
         kd = kd_loss([t[:b] for t in teacher], self.decoder(code), self.kd_mode)
         zero = kd.new_zeros(())
-        lcl = self._local(projected, b, labels, rank, world_size) if use_local else zero
+        # Eq. 4-5 sum over the batch; "sum" scales the per-rank means by the global anchor count (2B per
+        # rank x world size: DDP then averages the ranks' gradients into the single-process sum).
+        scale = 2 * b * world_size if self.reduction == "sum" else 1
+        lcl = scale * self._local(projected, teacher, b, labels, rank, world_size) if use_local else zero
         gcl = zero
         if use_global:
             # The augmented view is normalised with its own batch statistics but leaves the running
             # statistics alone: inference sees clean images, as the anchor view is.
             with running_stats_frozen(self.neck):
                 code_aug = self.neck([p[b:] for p in projected])
-            gcl = global_losses[self.global_loss](
+            gcl = scale * global_losses[self.global_loss](
                 pooled(code), pooled(code_aug), labels, self.temperature, rank, world_size
             )
-        loss = kd + self.lambda_local * lcl + self.lambda_global * gcl
+        w = float(contrastive_weight)
+        loss = kd + w * self.lambda_local * lcl + w * self.lambda_global * gcl
         features = F.normalize(pooled(code), dim=1).detach()
         return {"loss": loss, "kd": kd, "lcl": lcl, "gcl": gcl, "global_features": features}
 
+    def _noisy(self, feats: list[torch.Tensor]) -> list[torch.Tensor] | None:
+        """Training only, with probability noise_prob per step: Gaussian noise (std noise_std) on a random half
+        of the positions of each scale of the neck's input (the official CCL code's RD++-style perturbation:
+        the student must rebuild the clean teacher features from corrupted ones). None: no noise this step."""
+        if not self.training or self.noise_prob <= 0 or float(torch.rand(())) >= self.noise_prob:
+            return None
+        out = []
+        for f in feats:
+            mask = torch.randint(0, 2, (f.shape[0], 1, *f.shape[2:]), device=f.device, dtype=f.dtype)
+            out.append(f + self.noise_std * torch.randn_like(f) * mask)
+        return out
+
     def _local(
-        self, projected: list[torch.Tensor], b: int, labels: torch.Tensor, rank: int, world_size: int
+        self, projected: list[torch.Tensor], teacher: list[torch.Tensor], b: int, labels: torch.Tensor, rank: int,
+        world_size: int,
     ) -> torch.Tensor:
         """Mean of the local CL over the configured scales."""
-        losses = [
-            local_contrastive_loss(
+        losses = []
+        for s in self.local_scales:
+            match = (teacher[s][:b], teacher[s][b:]) if self.local_match == "teacher" else None
+            losses.append(local_contrastive_loss(
                 projected[s][:b], projected[s][b:], labels, self.temperature, self.local_window,
-                rank, world_size, self.local_chunk,
-            )
-            for s in self.local_scales
-        ]
+                rank, world_size, self.local_chunk, self.local_positives, self.local_negatives, match,
+            ))
         return torch.stack(losses).mean()
 
     def _infer(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

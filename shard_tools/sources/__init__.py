@@ -14,7 +14,7 @@ from shard_tools.sources import btad, cocoad, manta, mvtec, realiad, visa
 
 ScanFn = Callable[[Path, SourceOptions], Scan]
 
-# ``folder`` is a user's own data in the MVTec layout; ``demo`` is generated, then read the same way.
+# ``folder`` is a user's own data in the MVTec layout; ``demo`` and ``inspect`` are generated, then read the same way.
 SOURCES: dict[str, ScanFn] = {
     "mvtec": mvtec.scan,
     "visa": visa.scan,
@@ -24,6 +24,7 @@ SOURCES: dict[str, ScanFn] = {
     "cocoad": cocoad.scan,
     "folder": mvtec.scan,
     "demo": mvtec.scan,
+    "inspect": mvtec.scan,
 }
 
 

@@ -20,15 +20,20 @@ def class_dirs(base: Path) -> list[Path]:
     return [d for d in subdirs(base) if (d / "train" / "good").is_dir()]
 
 
+# Datasets whose anomalies may be image-level (no mask): a user's own folder, and the inspect benchmark's
+# solar cells (real defects labelled per image).
+MASK_OPTIONAL = ("folder", "inspect")
+
+
 def scan(root: Path, options: SourceOptions) -> Scan:
-    """MVTec AD; for ``folder`` anomalies without a mask stay in as image-level samples."""
+    """MVTec AD; for ``folder`` (and the generated ``inspect``) anomalies without a mask stay in as image-level samples."""
     require_root(root, options.dataset)
     classes = class_dirs(root)
     if not classes:
         raise empty_layout(options.dataset, root, EXPECTED)
     out = Scan()
     for class_dir in classes:
-        scan_class(class_dir, root, options.dataset, out, mask_optional=options.dataset == "folder")
+        scan_class(class_dir, root, options.dataset, out, mask_optional=options.dataset in MASK_OPTIONAL)
     return out
 
 

@@ -29,6 +29,9 @@ CASES = {
     "local_1": dict(kind="dense", window=1),
     "local_3": dict(kind="dense", window=3),
     "local_full": dict(kind="dense", window="full"),
+    "local_3_all": dict(kind="dense", window=3, negatives="all"),
+    "local_view_match": dict(kind="dense", window="full", positives="view", match=True),
+    "local_3_view_all_match": dict(kind="dense", window=3, positives="view", negatives="all", match=True),
 }
 EQUAL = (4, 4)
 UNEQUAL = (3, 5)  # a last partial batch: exact per anchor thanks to pad-and-cut in the gather
@@ -59,7 +62,10 @@ def run_case(name: str, lo: int, hi: int, rank: int, world: int) -> dict[str, to
     elif name == "global":
         loss = global_contrastive_loss(fa, fb, labels, 0.1, rank, world)
     else:
-        loss = local_contrastive_loss(fa, fb, labels, 0.1, spec["window"], rank, world, chunk=8)
+        match = (xa + 0.5 * xb, xb) if spec.get("match") else None  # any maps of the views' shape
+        loss = local_contrastive_loss(fa, fb, labels, 0.1, spec["window"], rank, world, chunk=8,
+                                      positives=spec.get("positives", "class"),
+                                      negatives=spec.get("negatives", "window"), match=match)
     # Weight n_r * W / N is 1 for equal local batches; it makes unequal ones exact as well.
     scale = (hi - lo) * world / N
     (scale * loss).backward()

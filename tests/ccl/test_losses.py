@@ -63,6 +63,48 @@ def local_reference(a: torch.Tensor, b: torch.Tensor, labels: list[int], window,
     return total / count
 
 
+def local_reference_switches(a, b, labels, window, positives, negatives, match=None, tau: float = TAU) -> float:
+    """Eq. 2-4 with plain loops, every reading: positives "class" (every same-class view) or "view" (the
+    sample's other view; other same-class samples left out); negatives "window" or "all" positions;
+    ``match`` (ma, mb) picks the positive position by its own cosine similarity."""
+    views, mviews, view_labels, sample = [], [], [], []
+    for i in range(a.shape[0]):
+        views += [F.normalize(a[i], dim=0), F.normalize(b[i], dim=0)]
+        if match is not None:
+            mviews += [F.normalize(match[0][i], dim=0), F.normalize(match[1][i], dim=0)]
+        view_labels += [labels[i], labels[i]]
+        sample += [i, i]
+    _, h, w = views[0].shape
+    every = [(yy, xx) for yy in range(h) for xx in range(w)]
+    total, count = 0.0, 0
+    for u, vu in enumerate(views):
+        if positives == "class":
+            partners = [v for v in range(len(views)) if v != u and view_labels[v] == view_labels[u]]
+            cands = [v for v in range(len(views)) if v != u]
+        else:
+            partners = [v for v in range(len(views)) if v != u and sample[v] == sample[u]]
+            cands = partners + [v for v in range(len(views)) if view_labels[v] != view_labels[u]]
+        for y in range(h):
+            for x in range(w):
+                f = vu[:, y, x]
+                win = [(yy, xx) for yy, xx in every if window == "full" or
+                       (abs(yy - y) <= window // 2 and abs(xx - x) <= window // 2)]
+                den_positions = win if negatives == "window" else every
+                denom = sum(math.exp(float(f @ views[v][:, yy, xx]) / tau) for v in cands for yy, xx in den_positions)
+                terms = []
+                for p in partners:
+                    if match is None:
+                        best = max(float(f @ views[p][:, yy, xx]) for yy, xx in win)
+                    else:
+                        mf = mviews[u][:, y, x]
+                        yy, xx = max(win, key=lambda pos: float(mf @ mviews[p][:, pos[0], pos[1]]))
+                        best = float(f @ views[p][:, yy, xx])
+                    terms.append(math.log(math.exp(best / tau) / denom))
+                total += -sum(terms) / len(terms) if terms else 0.0
+                count += 1
+    return total / count
+
+
 def test_supcon_matches_loop_reference():
     g = torch.Generator().manual_seed(0)
     feats = torch.randn(9, 5, generator=g, dtype=torch.float64)
@@ -202,3 +244,63 @@ def test_local_blocks_respect_the_chunk_bound(window, monkeypatch):
     per_position = 8 * 8 * (64 if window == "full" else window * window)
     assert len(sizes) > 1
     assert max(sizes) <= max(40 * 40, per_position)
+
+
+@pytest.mark.parametrize("window", [1, 3, "full"])
+@pytest.mark.parametrize("positives,negatives,use_match", [
+    ("class", "all", False), ("view", "window", False), ("view", "all", False),
+    ("class", "window", True), ("view", "window", True), ("view", "all", True),
+])
+def test_local_switches_match_loop_reference(window, positives, negatives, use_match):
+    g = torch.Generator().manual_seed(5)
+    labels = [0, 1, 0, 2, 1]  # class 2 has one sample: its anchors have the other view only ("class")
+    a, b = (torch.randn(5, 3, 4, 3, generator=g, dtype=torch.float64) for _ in range(2))
+    match = tuple(torch.randn(5, 2, 4, 3, generator=g, dtype=torch.float64) for _ in range(2)) if use_match else None
+    got = local_contrastive_loss(a, b, torch.tensor(labels), TAU, window, chunk=6, positives=positives,
+                                 negatives=negatives, match=match)
+    want = local_reference_switches(a, b, labels, window, positives, negatives, match)
+    assert got.item() == pytest.approx(want, rel=1e-10)
+
+
+def test_local_default_reading_is_the_switch_reference():
+    """The two loop references agree on the paper's reading, so each checks the other."""
+    g = torch.Generator().manual_seed(6)
+    labels = [0, 1, 0, 1]
+    a, b = (torch.randn(4, 3, 3, 3, generator=g, dtype=torch.float64) for _ in range(2))
+    for window in (1, 3):
+        assert local_reference_switches(a, b, labels, window, "class", "window") == pytest.approx(
+            local_reference(a, b, labels, window), rel=1e-12)
+
+
+def test_local_view_positives_ignore_other_same_class_samples():
+    """One class only: with "view" positives the sibling view is the whole denominator, so every term is
+    log 1 = 0 whatever the features; with "class" positives the other samples compete and the loss is not 0."""
+    g = torch.Generator().manual_seed(7)
+    a, b = (torch.randn(3, 4, 2, 2, generator=g, dtype=torch.float64) for _ in range(2))
+    labels = torch.tensor([0, 0, 0])
+    assert local_contrastive_loss(a, b, labels, TAU, 1, positives="view").item() == pytest.approx(0, abs=1e-12)
+    assert local_contrastive_loss(a, b, labels, TAU, 1, positives="class").item() > 0.1
+    # window "full": per anchor position, logsumexp over the sibling's positions minus their maximum
+    u = F.normalize(torch.stack([a, b], 1), dim=2).flatten(3)  # (3, 2, C, 4)
+    s = torch.einsum("ncp,ncq->npq", u[:, 0], u[:, 1]) / TAU  # anchor view 0 against view 1
+    t = torch.einsum("ncp,ncq->npq", u[:, 1], u[:, 0]) / TAU
+    by_hand = torch.cat([(x.logsumexp(-1) - x.amax(-1)).flatten() for x in (s, t)]).mean()
+    got = local_contrastive_loss(a, b, labels, TAU, "full", positives="view")
+    assert got.item() == pytest.approx(by_hand.item(), rel=1e-10)
+
+
+def test_local_match_gradient_only_through_projected_features():
+    a = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    ma = torch.randn(4, 5, 3, 3, dtype=torch.float64, requires_grad=True)
+    mb = torch.randn(4, 5, 3, 3, dtype=torch.float64, requires_grad=True)
+    local_contrastive_loss(a, b, torch.tensor([0, 1, 0, 1]), TAU, "full", positives="view", match=(ma, mb)).backward()
+    assert a.grad is not None and a.grad.abs().sum() > 0 and ma.grad is None and mb.grad is None
+
+
+def test_local_rejects_bad_switches():
+    a = torch.randn(2, 3, 2, 2)
+    with pytest.raises(ValueError, match="positives"):
+        local_contrastive_loss(a, a, torch.tensor([0, 1]), positives="instance")
+    with pytest.raises(ValueError, match="match maps"):
+        local_contrastive_loss(a, a, torch.tensor([0, 1]), match=(torch.randn(2, 3, 3, 3), torch.randn(2, 3, 3, 3)))

@@ -282,3 +282,92 @@ def test_decoder_output_sign_follows_the_teacher():
         with torch.no_grad():
             student = model.decoder(model.neck(model.teacher(images)))
         assert all(bool((s < 0).any()) == signed for s in student), name
+
+
+def _fresh(**kw) -> RDCCL:
+    torch.manual_seed(0)
+    return RDCCL(teacher="resnet18", pretrained="none", projector="2-mlp", **kw).double().train()
+
+
+def _double_batch():
+    return tuple(t.double() if t.is_floating_point() else t for t in _batch())
+
+
+def test_sum_reduction_scales_both_terms_by_the_anchor_count():
+    """Eq. 4-5 sum over the batch: 2B anchor views, so "sum" = "mean" x 2B at world size 1."""
+    x, aug, labels = _double_batch()
+    mean, total = _fresh()(x, aug, labels), _fresh(reduction="sum")(x, aug, labels)
+    for k in ("lcl", "gcl"):
+        torch.testing.assert_close(total[k], mean[k] * 2 * x.shape[0])
+    torch.testing.assert_close(total["kd"], mean["kd"])
+
+
+def test_contrastive_weight_scales_the_lambdas():
+    x, aug, labels = _double_batch()
+    out = _fresh(lambda_local=0.5, lambda_global=2.0)(x, aug, labels, contrastive_weight=0.25)
+    torch.testing.assert_close(out["loss"], out["kd"] + 0.25 * (0.5 * out["lcl"] + 2.0 * out["gcl"]))
+
+
+def test_teacher_match_changes_only_which_positive_is_taken():
+    """Class positives at window "full": matching by the teacher picks other positions than the projected
+    arg-max, so the loss can only grow (the projected arg-max is the largest positive logit)."""
+    x, aug, labels = _double_batch()
+    projected = _fresh(local_window="full", lambda_global=0.0)(x, aug, labels)
+    teacher = _fresh(local_window="full", lambda_global=0.0, local_match="teacher")(x, aug, labels)
+    assert teacher["lcl"] > projected["lcl"]
+    torch.testing.assert_close(teacher["kd"], projected["kd"])
+
+
+def test_feature_noise_perturbs_only_the_training_neck_input():
+    x, aug, labels = _double_batch()
+    clean = _fresh()
+    noisy = _fresh(noise_prob=1.0, noise_std=0.5)
+    clean_out, noisy_out = clean(x, aug, labels), noisy(x, aug, labels)
+    assert not torch.allclose(clean_out["kd"], noisy_out["kd"])
+    torch.testing.assert_close(clean_out["lcl"], noisy_out["lcl"])  # the contrastive terms see clean features
+    untouched = _fresh()
+    for (name, ours), theirs in zip(noisy.neck.state_dict().items(), untouched.neck.state_dict().values()):
+        if "running" in name:  # a noisy step leaves the running statistics of clean inference alone
+            torch.testing.assert_close(ours, theirs, msg=name)
+    quiet = copy.deepcopy(noisy)
+    quiet.noise_prob = 0.0
+    noisy.eval(), quiet.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(noisy(x)["anomaly_map"], quiet(x)["anomaly_map"])  # inference is never noisy
+    assert torch.equal(_fresh(noise_prob=0.0)(x, aug, labels)["kd"], clean_out["kd"])
+
+
+def test_feature_noise_covers_about_half_of_the_positions():
+    model = _fresh(noise_prob=1.0, noise_std=1.0)
+    feats = [torch.zeros(4, 8, 16, 16, dtype=torch.float64)]
+    torch.manual_seed(1)
+    noisy = model._noisy(feats)[0]  # noise_prob 1: always a list
+    touched = (noisy != 0).any(dim=1).double().mean().item()
+    assert 0.4 < touched < 0.6
+    assert ((noisy != 0).any(dim=1, keepdim=True) == (noisy != 0)).all()  # whole positions, every channel
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(local_positives="instance"), "local_positives"), (dict(local_match="pixels"), "local_match"),
+    (dict(reduction="max"), "reduction"), (dict(noise_prob=1.5), "noise_prob"),
+])
+def test_bad_switches_are_refused(kw, match):
+    with pytest.raises(ValueError, match=match):
+        RDCCL(teacher="resnet18", pretrained="none", **kw)
+
+
+def test_residual_projector_starts_as_the_teacher_and_learns_its_gain():
+    x, aug, labels = _double_batch()
+    model = _fresh(projector_residual=True)
+    with torch.no_grad():
+        feats = model.teacher(x)
+        for f, p in zip(feats, model.projector(feats)):
+            assert torch.equal(f, p)  # gain 0: exactly Joint RD's neck input
+    out = model(x, aug, labels)
+    out["loss"].backward()
+    gains = list(model.projector.gains)
+    assert len(gains) == 3 and all(g.grad is not None and g.grad.abs().sum() > 0 for g in gains)
+    names = [n for g in model.param_groups(1e-3, 5e-3) if g["name"] == "projector" for n in g["params"]]
+    assert any(p is gains[0] for p in names)
+    assert "projector.gains.0" in model.trainable_state_dict()
+    assert not RDCCL(teacher="resnet18", projector="none", projector_residual=True).projector.residual

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from ccl.data.transforms import augment_view, normalize, normalize_batch, resize_image, to_uint8_tensor, train_views
@@ -81,3 +82,36 @@ def test_mask_shrinks_like_the_image_then_binarises_at_half() -> None:
     from ccl.data.transforms import resize_mask
 
     assert np.array_equal(resize_mask(mask, 64), expected)
+
+
+def test_presets_name_every_augment_keyword_and_overrides_win() -> None:
+    import inspect
+
+    from ccl.data.transforms import AUGMENT_PRESETS, augment_params
+
+    keywords = set(inspect.signature(augment_view).parameters) - {"image", "rng"}
+    for name, preset in AUGMENT_PRESETS.items():
+        assert set(preset) == keywords, name
+    paper = augment_params("paper")
+    assert paper["crop_scale"] == (1.0, 1.0) and paper["grayscale"] == 0.0 and paper["rotation"] > 0
+    assert augment_params("paper", hue=0.0, rotation=None)["hue"] == 0.0  # None keeps the preset's value
+    assert augment_params("paper", rotation=None)["rotation"] == paper["rotation"]
+    with pytest.raises(ValueError, match="unknown augmentation preset"):
+        augment_params("strong")
+
+
+def test_geometric_preset_never_changes_colour_statistics() -> None:
+    from ccl.data.transforms import augment_params
+
+    image = np.full((32, 32, 3), (200, 40, 90), np.uint8)  # flat colour: geometry alone cannot change it
+    for seed in range(5):
+        out = augment_view(image, np.random.default_rng(seed), **augment_params("geometric"))
+        assert np.array_equal(out, image)
+
+
+def test_blur_is_a_gaussian_of_the_drawn_sigma() -> None:
+    import cv2
+
+    image = np.random.default_rng(0).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    out = augment_view(image, np.random.default_rng(4), **{**NONE, "blur_p": 1.0, "blur_sigma": (1.5, 1.5)})
+    assert np.array_equal(out, cv2.GaussianBlur(image, (0, 0), sigmaX=1.5, borderType=cv2.BORDER_REFLECT_101))

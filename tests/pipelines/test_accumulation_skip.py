@@ -59,7 +59,7 @@ class Tiny:
                 self.conv = torch.nn.Conv2d(3, 4, 3)
                 self.head = torch.nn.Linear(4, 2)
 
-            def forward(self, images, augmented, labels, rank=0, world_size=1):
+            def forward(self, images, augmented, labels, rank=0, world_size=1, **switches):
                 f = self.head(self.conv(images).mean(dim=(2, 3)))
                 loss = ((f - self.head(self.conv(augmented).mean(dim=(2, 3)))) ** 2).mean() + f.pow(2).mean()
                 if bool((labels < 0).any()):  # the poisoned micro-batch of this rank

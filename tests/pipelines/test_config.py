@@ -41,3 +41,20 @@ def test_saved_config_loads_back_identically(tmp_path: Path) -> None:
     cfg = load_config(ROOT / "configs" / "demo.yaml", ["train.epochs=9"])
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_augment_preset_and_field_overrides_round_trip(tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    from ccl.data.transforms import augment_params
+
+    cfg = load_config(ROOT / "configs" / "demo.yaml", ["data.augment.preset=paper", "data.augment.hue=0",
+                                                         "data.augment.crop_scale=[0.9,1.0]"])
+    params = augment_params(**asdict(cfg.data.augment))
+    assert params["hue"] == 0.0 and params["crop_scale"] == (0.9, 1.0) and params["grayscale"] == 0.0
+    save_config(cfg, tmp_path / "c.yaml")
+    text = (tmp_path / "c.yaml").read_text()
+    assert "preset: paper" in text and "rotation: null" in text  # the run names its preset; unset fields stay unset
+    assert load_config(tmp_path / "c.yaml") == cfg
+    with pytest.raises(ConfigError, match="data.augment.hue"):
+        load_config(None, ["data.augment.hue=[1]"])

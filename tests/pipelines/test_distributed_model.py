@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -20,9 +21,14 @@ LABELS = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
 RANK_ROWS = (torch.tensor([0, 2, 4, 6]), torch.tensor([1, 3, 5, 7]))  # every rank holds all four classes
 
 
-def _model() -> RDCCL:
+# The paper's reading, and every other switch of the contrastive terms at once.
+SWITCHES = {"paper": {}, "switches": dict(local_positives="view", local_negatives="all", local_match="teacher",
+                                          local_window=3, reduction="sum")}
+
+
+def _model(switches: str = "paper") -> RDCCL:
     torch.manual_seed(0)
-    return RDCCL(teacher="resnet18", pretrained="none", projector="2-mlp").double().train()
+    return RDCCL(teacher="resnet18", pretrained="none", projector="2-mlp", **SWITCHES[switches]).double().train()
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,11 +37,11 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
             torch.randn(8, 3, 64, 64, generator=g, dtype=torch.float64))
 
 
-def _rank(rank: int, port: int, queue) -> None:
+def _rank(rank: int, port: int, queue, switches: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        model = convert_sync_batchnorm(_model())
+        model = convert_sync_batchnorm(_model(switches))
         images, augmented = _batch()
         rows = RANK_ROWS[rank]
         out = model(images[rows], augmented[rows], LABELS[rows], rank=rank, world_size=2)
@@ -52,8 +58,9 @@ def _rank(rank: int, port: int, queue) -> None:
         dist.destroy_process_group()
 
 
-def test_two_ranks_equal_one_process_for_the_whole_model() -> None:
-    model = _model()
+@pytest.mark.parametrize("switches", list(SWITCHES))
+def test_two_ranks_equal_one_process_for_the_whole_model(switches: str) -> None:
+    model = _model(switches)
     images, augmented = _batch()
     rows = torch.cat(RANK_ROWS)
     out = model(images[rows], augmented[rows], LABELS[rows])
@@ -65,7 +72,7 @@ def test_two_ranks_equal_one_process_for_the_whole_model() -> None:
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_rank, args=(r, port, queue)) for r in range(2)]
+    procs = [ctx.Process(target=_rank, args=(r, port, queue, switches)) for r in range(2)]
     for p in procs:
         p.start()
     loss, grads = queue.get(timeout=120)

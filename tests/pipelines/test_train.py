@@ -186,6 +186,11 @@ def test_nan_losses_abort_and_keep_the_last_good_checkpoint(data: Path, referenc
     ("data.batch_size=6", "at least 2 x data.classes_per_batch"),
     ("model.teacher=resnet_unknown", "not a timm model"),
     ("data.class_source=pseudo", "pseudo_classes.json does not exist"),
+    ("data.augment.preset=strong", "data.augment.preset='strong' is not one of"),
+    ("loss.local_positives=instance", "loss.local_positives='instance' is not one of"),
+    ("loss.local_negatives=some", "loss.local_negatives='some' is not one of"),
+    ("loss.local_match=pixels", "loss.local_match='pixels' is not one of"),
+    ("loss.reduction=max", "loss.reduction='max' is not one of"),
 ])
 def test_bad_inputs_give_clear_errors(data: Path, override: str, message: str,
                                       capsys: pytest.CaptureFixture) -> None:
