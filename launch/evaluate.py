@@ -58,8 +58,8 @@ def summary_line(result: dict) -> str:
     """Scored / expected images, what was not scored, and whether the threshold was stored."""
     line = f"{result['images']} of {result['expected']} test images scored"
     if result["missing"]:
-        line += (f", {result['missing']} not scored ({len(result['skipped'])} unreadable or lost: see metrics.json); "
-                 "metrics are partial and no threshold was stored")
+        line += (f", {result['missing']} not scored (see 'skipped' in metrics.json): the metrics are partial and "
+                 "no threshold was stored")
     else:
         line += f"; F1-optimal image threshold {result['threshold']}"
     return line

@@ -229,16 +229,19 @@ def run_entry(body: Callable[[], int], expected: tuple[type[BaseException], ...]
 
 
 def _on_error(err: BaseException, expected: tuple[type[BaseException], ...]) -> int:
-    # torch's SIGCHLD handler raises in the main thread when a loader worker dies, and the launcher
-    # kills this rank's workers with SIGTERM as soon as a peer failed: it must not hit the way out.
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    # torch's SIGCHLD handler raises in the main thread when a loader worker dies (a dying rank's
+    # workers do): it must not hit the way out. Restored when the process goes on (no process group).
+    quiet = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_DFL) if quiet else None
     if isinstance(err, expected):
-        return exit_on_error(f"error: {err}", 2)  # an OSError's text names its file
-    if isinstance(err, KeyboardInterrupt):
-        return exit_on_error("interrupted", 130)
-    # a bug, or a collective that failed because a peer is gone: the traceback says which
-    return exit_on_error("".join(traceback.format_exception(err)).rstrip(), 1)
+        code = exit_on_error(f"error: {err}", 2)  # an OSError's text names its file
+    elif isinstance(err, KeyboardInterrupt):
+        code = exit_on_error("interrupted", 130)
+    else:  # a bug, or a collective that failed because a peer is gone: the traceback says which
+        code = exit_on_error("".join(traceback.format_exception(err)).rstrip(), 1)
+    if previous is not None:
+        signal.signal(signal.SIGCHLD, previous)
+    return code
 
 
 def world_from_env() -> tuple[int, int]:

@@ -7,8 +7,9 @@ shards, ranks and workers (a shard may be shared by two workers; a slot may be e
 there are fewer samples than slots). Each rank builds its own loader, so it must NOT go
 through ``accelerator.prepare`` (that would split it again).
 
-A sample that does not decode, and the rest of a shard that turns out truncated, come out
-as error items that the evaluator counts and reports instead of aborting.
+A sample that does not decode, and the samples of a shard that is missing or turns out
+truncated, come out as error items that the evaluator reports; it then compares the samples
+scored with the manifests' count and fails unless ``eval.allow_partial``.
 
 ``iter_map_files`` reads saved anomaly maps of any method for the standalone evaluation.
 """
