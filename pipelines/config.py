@@ -141,6 +141,7 @@ class EvalConfig:
     fpr_limit: float = 0.3
     vis: int = 8  # heatmaps for the N highest- and lowest-scoring images per group
     max_images: int = 0  # score at most N test images (0 = all), for quick looks
+    classes: tuple[str, ...] = ()  # score only these "dataset/class" (e.g. a one-class RD4AD checkpoint); () = all
     allow_partial: bool = False  # write metrics when test samples are lost or unreadable (never a threshold)
 
 

@@ -35,10 +35,11 @@ from ccl.data.transforms import denormalize
 from ccl.metrics import AnomalyMetrics, merged_grids, to_csv_rows, to_markdown
 from ccl.metrics.report import METRICS, dataset_of, table_rows
 from pipelines import visualize
-from pipelines.config import Config, load_config
+from pipelines.checks import check_model
+from pipelines.config import Config, ConfigError, load_config
 from pipelines.distributed import make_accelerator, shutdown
-from pipelines.eval_data import eval_loader, eval_plan, iter_map_files, list_map_files
-from pipelines.model import CONFIG_NAME, WEIGHTS_NAME, load_export, read_info, write_info
+from pipelines.eval_data import class_test_count, eval_loader, eval_plan, iter_map_files, list_map_files
+from pipelines.model import CONFIG_NAME, WEIGHTS_NAME, build_model, load_export, read_info, write_info
 from pipelines.shards import ShardError, ShardSet, open_builds, shard_file_problems
 from pipelines.tracking import Tracker
 
@@ -202,7 +203,9 @@ def evaluate_model(model: torch.nn.Module, shards: ShardSet | Sequence[str | Pat
     net = model if accelerator is None else accelerator.unwrap_model(model)
     device = next(net.parameters()).device
     e = cfg.eval
-    loader = eval_loader(shard_set, cfg.data.image_size, e.batch_size, e.num_workers, rank, world, e.max_images)
+    total = class_test_count(shard_set, e.classes)  # an unknown class fails here, before any scoring
+    loader = eval_loader(shard_set, cfg.data.image_size, e.batch_size, e.num_workers, rank, world, e.max_images,
+                         e.classes)
     planned = sum(s.samples for s in eval_plan(shard_set, world, max(1, e.num_workers), e.max_images)[rank])
     metrics = AnomalyMetrics(bins=e.bins, score_range=score_range, fpr_limit=e.fpr_limit)
     extremes = Extremes(e.vis if vis is None else vis)
@@ -219,11 +222,12 @@ def evaluate_model(model: torch.nn.Module, shards: ShardSet | Sequence[str | Pat
     sync_metrics(metrics, accelerator)
     result = metrics.compute()
     all_keys = gather_objects(accelerator, keys)
-    expected = shard_set.count("test") if e.max_images <= 0 else min(e.max_images, shard_set.count("test"))
+    # eval.max_images cuts the plan before eval.classes filters it: then the manifests cannot say how many
+    expected = total if e.max_images <= 0 else (None if e.classes else min(e.max_images, total))
     result.update(images=sum(map(len, all_keys)), expected=expected,
                   skipped=[m for part in gather_objects(accelerator, skipped) for m in part],
                   shards=list(shard_set.builds), step=step)
-    check_complete(result, e.allow_partial)  # every rank holds the merged result: all raise together
+    check_complete(result, e.allow_partial, quick_look=e.max_images > 0)  # all ranks hold it: all raise together
     panels = render_extremes(extremes, accelerator, rank) if extremes.n > 0 else []
     if rank == 0:
         if out_dir is not None:
@@ -233,19 +237,21 @@ def evaluate_model(model: torch.nn.Module, shards: ShardSet | Sequence[str | Pat
     return result
 
 
-def check_complete(result: dict[str, Any], allow_partial: bool) -> None:
+def check_complete(result: dict[str, Any], allow_partial: bool, quick_look: bool = False) -> None:
     """Compare what was scored with what the manifests promise: ``missing`` and ``complete`` in ``result``.
 
     Missing samples (unreadable, or lost to a missing or truncated shard) fail the evaluation unless
-    ``eval.allow_partial``; a partial result never carries a threshold.
+    ``eval.allow_partial``, and their result carries no threshold. A quick look (``eval.max_images``)
+    is never complete, so no threshold of it is stored either.
     """
-    result["missing"] = result["expected"] - result["images"]
-    result["complete"] = result["missing"] == 0
-    if result["complete"]:
+    expected = result["expected"]
+    result["missing"] = None if expected is None else expected - result["images"]
+    result["complete"] = result["missing"] == 0 and not quick_look
+    if not result["missing"]:
         return
     result["threshold"] = None  # an F1-optimal threshold of a subset is not the model's
     detail = "; ".join(result["skipped"][:3]) + (" ..." if len(result["skipped"]) > 3 else "")
-    message = f"{result['missing']} of {result['expected']} test samples were not scored ({detail})"
+    message = f"{result['missing']} of {expected} test samples were not scored ({detail})"
     if not allow_partial:
         raise ShardError(message + ": the metrics would be partial. Repair the shards (shard_tools/verify.py "
                                    "names the damage) or set eval.allow_partial=true to report the rest "
@@ -334,26 +340,35 @@ def log_to_tracker(tracker: Any, result: dict[str, Any], panels: list, step: int
 # ---------------------------------------------------------------- the export entry point
 
 
-def run_evaluation(checkpoint: str | Path, shards: Sequence[str | Path], out_dir: str | Path | None = None,
+def run_evaluation(checkpoint: str | Path | None, shards: Sequence[str | Path], out_dir: str | Path | None = None,
                    vis: int | None = None, overrides: Sequence[str] = (),
-                   score_range: tuple[float, float] | str | None = "auto") -> dict[str, Any]:
-    """``launch/evaluate.py``: load an export, evaluate on all ranks, store the image threshold in info.json.
+                   score_range: tuple[float, float] | str | None = "auto",
+                   config: str | Path | None = None) -> dict[str, Any]:
+    """``launch/evaluate.py``: load an export (or, with ``config``, the official RD4AD checkpoint its
+    ``model.checkpoint`` names), evaluate on all ranks, store an export's image threshold in info.json.
 
-    Bad input (export, shards, missing shard files) fails before any process group exists. On an error
-    no collective runs (the entry point leaves at once); the threshold is stored only from a complete set.
+    Bad input (export or checkpoint, shards, missing shard files, unknown eval.classes) fails before any
+    process group exists. On an error no collective runs (the entry point leaves at once); the threshold
+    is stored only from a complete set.
     """
-    export = Path(checkpoint)
-    for name in (WEIGHTS_NAME, CONFIG_NAME):
-        if not (export / name).is_file():
-            raise FileNotFoundError(f"{export} is not an export: {name} is missing (train first, or point at RUN/export)")
-    shard_set = open_builds(list(shards))
-    model, cfg = load_export(export, list(overrides))  # on the CPU first: a damaged export fails here
+    export = Path(checkpoint) if checkpoint is not None else None
+    if export is not None:
+        for name in (WEIGHTS_NAME, CONFIG_NAME):
+            if not (export / name).is_file():
+                raise FileNotFoundError(f"{export} is not an export: {name} is missing (train first, or point at RUN/export)")
+        cfg = load_config(export / CONFIG_NAME, list(overrides))
+    else:
+        cfg = _checkpoint_config(config, overrides)
+    shard_set = open_builds(list(shards))  # bad shards fail here, before any process group exists
+    class_test_count(shard_set, cfg.eval.classes)  # and so does an unknown eval.classes entry
     missing, resized = shard_file_problems(shard_set, ("test",))
     for problem in resized:
         log.warning("%s", problem)
     if missing and not cfg.eval.allow_partial:
         raise ShardError(f"{missing[0]} ({len(missing)} test shard(s) missing; eval.allow_partial=true scores the rest)")
-    out = Path(out_dir) if out_dir is not None else export.parent / "eval"
+    # The model on the CPU first: a damaged export or checkpoint fails here too.
+    model = load_export(export, list(overrides))[0] if export is not None else build_model(cfg).eval()
+    out = Path(out_dir) if out_dir is not None else (export.parent if export else Path(cfg.run.dir)) / "eval"
     accelerator = make_accelerator(cfg)
     model = model.to(accelerator.device)
     tracker = None
@@ -362,9 +377,9 @@ def run_evaluation(checkpoint: str | Path, shards: Sequence[str | Path], out_dir
             set_aside(out / "metrics.json")
         if cfg.tracking.wandb.mode != "disabled":
             tracker = Tracker(cfg, out, accelerator.is_main_process)
-        result = evaluate_model(model, shard_set, cfg, accelerator, out, tracker, read_info(export).get("step"), vis,
-                                score_range)
-        if accelerator.is_main_process and result["complete"]:
+        step = read_info(export).get("step") if export else None
+        result = evaluate_model(model, shard_set, cfg, accelerator, out, tracker, step, vis, score_range)
+        if accelerator.is_main_process and export is not None and result["complete"]:
             save_threshold(export, result)
     except BaseException:
         if tracker is not None:
@@ -382,6 +397,19 @@ def set_aside(path: Path) -> None:
     """Rename the metrics of an earlier evaluation, so that a run that dies leaves none that look like its own."""
     if path.is_file():
         path.replace(path.with_name(path.stem + ".previous" + path.suffix))
+
+
+def _checkpoint_config(config: str | Path | None, overrides: Sequence[str]) -> Config:
+    """The config of an official RD4AD checkpoint's evaluation (``configs/rd4ad.yaml model.checkpoint=PATH``)."""
+    if config is None:
+        raise ValueError("give an export (--checkpoint RUN/export) or a config naming an RD4AD checkpoint")
+    cfg = load_config(config, list(overrides))
+    if not cfg.model.checkpoint:
+        raise ConfigError(f"{config}: evaluating a config needs model.checkpoint=PATH (an official RD4AD checkpoint)")
+    if not Path(cfg.model.checkpoint).is_file():
+        raise FileNotFoundError(f"model.checkpoint={cfg.model.checkpoint}: no such file")
+    check_model(cfg)  # an RD4AD checkpoint on other teacher weights is refused before anything is downloaded
+    return cfg
 
 
 def save_threshold(export: str | Path, result: dict[str, Any]) -> None:
