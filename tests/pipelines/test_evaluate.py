@@ -159,6 +159,22 @@ def test_truncated_shard_counts_its_lost_samples(setup: dict) -> None:
         run_evaluation(setup["export"], [build], setup["tmp"] / "trunc_eval", vis=0)
 
 
+def test_a_quick_look_is_never_complete_and_only_lost_samples_fail() -> None:
+    from pipelines.evaluate import check_complete
+
+    def result(images: int, expected: int | None) -> dict:
+        return {"images": images, "expected": expected, "skipped": [], "threshold": 0.5}
+
+    quick = result(10, 10)
+    check_complete(quick, allow_partial=False, quick_look=True)  # eval.max_images: no threshold is stored
+    assert (quick["missing"], quick["complete"], quick["threshold"]) == (0, False, 0.5)
+    unknown = result(7, None)  # eval.max_images with eval.classes: the manifests cannot say how many
+    check_complete(unknown, allow_partial=False, quick_look=True)
+    assert (unknown["missing"], unknown["complete"]) == (None, False)
+    with pytest.raises(ShardError, match="3 of 10 test samples were not scored"):
+        check_complete(result(7, 10), allow_partial=False)
+
+
 def test_heatmap_folders_from_shard_json_stay_inside_out(setup: dict, tmp_path: Path) -> None:
     """Names from the records become paths: an escaping group is refused as a bad record; the rest are
     sanitised before any folder is made."""
