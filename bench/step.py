@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+
+from bench.timing import interleaved  # noqa: E402
 
 if TYPE_CHECKING:
     from ccl.models import RDCCL
@@ -52,20 +53,6 @@ def _batch(batch: int, size: int, classes: int = 4):
     return x, x + 0.1 * torch.randn(x.shape, generator=g), torch.arange(batch) % classes
 
 
-def _interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
-    """Median seconds per call, alternating the candidates so that load drifts hit both alike."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def _train_step(model: RDCCL, opt: torch.optim.Optimizer, x, aug, labels, **kw) -> None:
     opt.zero_grad(set_to_none=True)
     model(x, aug, labels, **kw)["loss"].backward()
@@ -86,7 +73,7 @@ def bench_train_and_inference(teacher: str, batch: int, size: int, repeats: int)
     opts = {k: torch.optim.Adam(m.param_groups(1e-3, 5e-3), betas=(0.5, 0.999)) for k, m in models.items()}
     for m in models.values():
         m.train()
-    train = _interleaved({k: (lambda k=k: _train_step(models[k], opts[k], x, aug, labels)) for k in models}, repeats)
+    train = interleaved({k: (lambda k=k: _train_step(models[k], opts[k], x, aug, labels)) for k in models}, repeats)
     _report(f"[1] train step (fwd + bwd + Adam), {teacher}, batch {batch}x{size}px, {torch.get_num_threads()} threads, "
             f"median of {repeats}", train, 1.6)
     for m in models.values():
@@ -97,7 +84,7 @@ def bench_train_and_inference(teacher: str, batch: int, size: int, repeats: int)
             m(x)
 
     inference = {k: m for k, m in models.items() if k != "RD+projector, no CL"}
-    times = _interleaved({k: (lambda k=k: infer(inference[k])) for k in inference}, repeats * 2)
+    times = interleaved({k: (lambda k=k: infer(inference[k])) for k in inference}, repeats * 2)
     _report(f"[2] inference (forward + anomaly map), batch {batch}x{size}px, median of {repeats * 2}", times, 1.10)
     for k in ("RD+CCL", "RD+CCL, 2-mlp projector"):
         print(f"    {k}: projector = {_projector_share(models[k], size):.1%} of the conv MACs, "

@@ -39,6 +39,7 @@ from pipelines.checks import check_model
 from pipelines.config import Config, ConfigError, load_config
 from pipelines.distributed import make_accelerator, shutdown
 from pipelines.eval_data import class_test_count, eval_loader, eval_plan, iter_map_files, list_map_files
+from pipelines.html_report import write_report
 from pipelines.model import CONFIG_NAME, WEIGHTS_NAME, build_model, load_export, read_info, write_info
 from pipelines.shards import ShardError, ShardSet, open_builds, shard_file_problems
 from pipelines.tracking import Tracker
@@ -292,7 +293,7 @@ def evaluate_maps(maps_dir: str | Path, masks_dir: str | Path | None, out_dir: s
 
 def write_reports(result: dict[str, Any], metrics: AnomalyMetrics, out: Path, keys: list[list[str]],
                   panels: list[tuple[str, str, int, float, str, bytes]]) -> None:
-    """metrics.json / .csv / .md, image_scores.csv, curves/<dataset>.png, heatmaps/<group>/*.png.
+    """metrics.json / .csv / .md, image_scores.csv, curves/<dataset>.png, heatmaps/<group>/*.png, report.html.
 
     Folder and file names derived from the records (dataset, group, key) go through ``safe_name``: a
     shard's json cannot write outside ``out``. metrics.json is written last and atomically: when it
@@ -318,6 +319,8 @@ def write_reports(result: dict[str, Any], metrics: AnomalyMetrics, out: Path, ke
         folder = out.joinpath("heatmaps", *(safe_name(part) for part in group.split("/")))
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{kind}{pos:02d}_{safe_name(key.split('/', 2)[-1])}.png").write_bytes(png)
+    write_report(out, result, [k for k, _ in flat_keys], labels, scores,
+                 [metrics.group_names[int(g)] for g in groups], panels)
     tmp = out / ".metrics.json.tmp"
     tmp.write_text(json.dumps(result, indent=1))
     tmp.replace(out / "metrics.json")
