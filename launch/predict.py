@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
 
-from pipelines.distributed import run_entry  # noqa: E402
+from pipelines.exits import run_entry  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
 
 from pipelines.config import ConfigError, load_config  # noqa: E402
-from pipelines.distributed import run_entry  # noqa: E402
+from pipelines.exits import run_entry  # noqa: E402
 from pipelines.shards import ShardError  # noqa: E402
 
 # One line and status 2; anything else prints its traceback (status 1). Either way a rank of a

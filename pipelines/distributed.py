@@ -3,7 +3,7 @@
 DESIGN section 7: DeepSpeed on a CPU machine needs gloo via ``InitProcessGroupKwargs`` (and no
 ACCELERATE_USE_CPU); gloo aborts at interpreter exit unless the prepared objects are freed first,
 so a successful run ends through ``shutdown`` on every rank. A failing rank never enters a
-collective (its peers may be blocked in one): it leaves through ``exit_on_error`` at once, and the
+collective (its peers may be blocked in one): it leaves at once through ``pipelines.exits``, and the
 launcher ends the others. Collectives time out after ``train.collective_timeout`` seconds.
 """
 
@@ -15,11 +15,9 @@ import multiprocessing
 import os
 import signal
 import sys
-import threading
-import traceback
 import warnings
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -27,6 +25,7 @@ import torch.distributed.nn.functional as dist_nn
 from torch import nn
 
 from pipelines.config import Config, ConfigError
+from pipelines.exits import world_from_env  # noqa: F401 (the launcher's rank and world size, re-exported)
 
 # The autograd all-reduce is what synchronised BN needs (gradients flow back to every rank); torch 2.14
 # marks it deprecated; the message would repeat at every BN layer of every step.
@@ -150,14 +149,14 @@ def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-# ---------------------------------------------------------------- the two ways out
+# ---------------------------------------------------------------- the two ways out (the error path: pipelines.exits)
 
 
 def shutdown(accelerator: Any | None) -> None:
     """The end of a successful run, on every rank: free prepared objects before the interpreter exits.
 
     gloo aborts at exit otherwise (DESIGN section 7). The barrier is safe here because every rank
-    reaches this point; an error path never comes here (``exit_on_error``). Callers drop their own
+    reaches this point; an error path never comes here (``pipelines.exits``). Callers drop their own
     references (model, optimizer, loaders) first, e.g. by returning.
     """
     if accelerator is not None:
@@ -168,30 +167,6 @@ def shutdown(accelerator: Any | None) -> None:
         gc.collect()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def exit_on_error(message: str, code: int) -> int:
-    """The error path of an entry point: print ``message``; in a multi-process run, leave at once.
-
-    Once a process group exists, peers may be blocked in a collective waiting for this rank, so no
-    collective and no interpreter finalisation (which waits for loader workers and may abort in
-    gloo) may run: the loader workers are killed and the process ends with ``os._exit(code)``; the
-    launcher sees the status and ends the other ranks. Without a process group it returns ``code``.
-    """
-    rank, world = world_from_env()
-    print((f"[rank {rank}] " if world > 1 else "") + message, file=sys.stderr, flush=True)
-    if dist.is_available() and dist.is_initialized():
-        leave_now(code)
-    return code
-
-
-def leave_now(code: int) -> None:
-    """Kill this process's loader workers and exit with ``code`` without finalisation (nothing left behind)."""
-    for child in multiprocessing.active_children():
-        child.kill()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 def loader_worker_init(worker_id: int = 0) -> None:
@@ -212,38 +187,3 @@ def loader_worker_init(worker_id: int = 0) -> None:
     parent = multiprocessing.parent_process()
     if parent is not None and os.getppid() != parent.pid:  # the rank died before prctl took effect
         os._exit(1)
-
-
-def run_entry(body: Callable[[], int], expected: tuple[type[BaseException], ...]) -> int:
-    """Run an entry point's body: expected errors as one line (status 2), anything else with its
-    traceback (status 1), Ctrl-C as 130; each through ``exit_on_error``."""
-    try:
-        return body()
-    except SystemExit:
-        raise
-    except BaseException as err:
-        try:
-            return _on_error(err, expected)
-        except BaseException:  # a signal handler raised before _on_error silenced it: once more, quietly
-            return _on_error(err, expected)
-
-
-def _on_error(err: BaseException, expected: tuple[type[BaseException], ...]) -> int:
-    # torch's SIGCHLD handler raises in the main thread when a loader worker dies (a dying rank's
-    # workers do): it must not hit the way out. Restored when the process goes on (no process group).
-    quiet = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGCHLD, signal.SIG_DFL) if quiet else None
-    if isinstance(err, expected):
-        code = exit_on_error(f"error: {err}", 2)  # an OSError's text names its file
-    elif isinstance(err, KeyboardInterrupt):
-        code = exit_on_error("interrupted", 130)
-    else:  # a bug, or a collective that failed because a peer is gone: the traceback says which
-        code = exit_on_error("".join(traceback.format_exception(err)).rstrip(), 1)
-    if previous is not None:
-        signal.signal(signal.SIGCHLD, previous)
-    return code
-
-
-def world_from_env() -> tuple[int, int]:
-    """(rank, world size) from the launcher's environment, before any process group exists."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

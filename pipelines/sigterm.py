@@ -62,7 +62,7 @@ class StopRequest:
                 self._exit()
 
     def _exit(self) -> None:
-        from pipelines.distributed import leave_now
+        from pipelines.exits import leave_now
 
         print(f"SIGTERM: the main thread has been blocked for {self.grace:g} s (a collective whose peer is gone?); "
               f"exiting with {EXIT_STATUS}, the last checkpoint is kept", file=sys.stderr, flush=True)

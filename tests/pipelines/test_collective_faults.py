@@ -81,7 +81,8 @@ def _wait(pid: int, limit: float) -> tuple[int, float]:
 
 
 def _timeout_scenario() -> None:
-    from pipelines.distributed import agree, run_entry
+    from pipelines.distributed import agree
+    from pipelines.exits import run_entry
 
     ready_r, ready_w = os.pipe()
 
