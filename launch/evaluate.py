@@ -18,7 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from ccl.metrics import to_markdown  # noqa: E402
 from pipelines.config import ConfigError  # noqa: E402
+from pipelines.exits import run_entry  # noqa: E402
 from pipelines.shards import ShardError  # noqa: E402
+
+EXPECTED = (ConfigError, ShardError, OSError, ValueError)  # one line, status 2 (see launch/train.py)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,28 +37,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--score-range", type=float, nargs=2, metavar=("LO", "HI"),
                    help="linear bins over a known score range (default: scale-free log-linear bins)")
     p.add_argument("overrides", nargs="*", help="config overrides a.b=value")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides anywhere
     if not args.maps and not ((args.checkpoint or args.config) and args.shards):
         p.error("give --checkpoint (or --config) and --shards, or --maps")
     if args.checkpoint and args.config:
         p.error("give --checkpoint (an export) or --config (an RD4AD checkpoint), not both")
     score_range = tuple(args.score_range) if args.score_range else "auto"
-    from pipelines.evaluate import evaluate_maps, run_evaluation
 
-    try:
+    def body() -> int:
+        from pipelines.evaluate import evaluate_maps, run_evaluation
+
         if args.maps:
             result = evaluate_maps(args.maps, args.masks, args.out, args.group_depth, score_range=score_range)
         else:
             result = run_evaluation(args.checkpoint, args.shards, args.out, args.vis, args.overrides, score_range,
                                     args.config)
-    except (ConfigError, ShardError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if int(os.environ.get("RANK", 0)) == 0:
-        print(to_markdown(result), end="")
-        print(f"{result['images']} images scored, {len(result['skipped'])} skipped; "
-              f"F1-optimal image threshold {result['threshold']}")
-    return 0
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(to_markdown(result), end="")
+            print(summary_line(result))
+        return 0
+
+    return run_entry(body, EXPECTED)
+
+
+def summary_line(result: dict) -> str:
+    """Scored / expected images, what was not scored, and whether the threshold was stored."""
+    line = f"{result['images']} of {result['expected'] if result['expected'] is not None else '?'} test images scored"
+    if result["missing"]:
+        return line + (f", {result['missing']} not scored (see 'skipped' in metrics.json): the metrics are partial "
+                       "and no threshold was stored")
+    quick = "" if result["complete"] else " (eval.max_images, a quick look: not stored)"
+    return line + f"; F1-optimal image threshold {result['threshold']}{quick}"
 
 
 if __name__ == "__main__":

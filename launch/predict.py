@@ -17,6 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
 
+from pipelines.exits import run_entry  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,20 +32,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, help="--model: CPU threads of the runtime (default: its own choice)")
     p.add_argument("overrides", nargs="*", help="--checkpoint: config overrides a.b=value")
-    args = p.parse_args(argv)
-    from pipelines.predict import predict
+    args = p.parse_intermixed_args(argv)  # overrides anywhere
 
-    try:
+    def body() -> int:
+        from pipelines.predict import predict
+
         score, image_size, threshold = (_exported(args) if args.model else _torch(args))
         summary = predict(score, image_size, args.input, args.out, threshold, args.vis, args.batch_size)
-    except (FileNotFoundError, ValueError) as err:  # ConfigError and DeployError are ValueErrors
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"{summary['scored']} images scored ({summary['anomalous']} anomalous at threshold {threshold}), "
-          f"{len(summary['skipped'])} skipped; see {Path(args.out) / 'scores.csv'}")
-    for path, reason in summary["skipped"]:
-        print(f"  skipped {path}: {reason}")
-    return 0
+        print(f"{summary['scored']} images scored ({summary['anomalous']} anomalous at threshold {threshold}), "
+              f"{len(summary['skipped'])} skipped; see {Path(args.out) / 'scores.csv'}")
+        for path, reason in summary["skipped"]:
+            print(f"  skipped {path}: {reason}")
+        return 0
+
+    return run_entry(body, (OSError, ValueError))  # ConfigError and DeployError are ValueErrors
 
 
 def _exported(args: argparse.Namespace):  # numpy, OpenCV and the model's runtime only: no torch

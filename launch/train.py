@@ -15,7 +15,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
 
 from pipelines.config import ConfigError, load_config  # noqa: E402
+from pipelines.exits import run_entry  # noqa: E402
 from pipelines.shards import ShardError  # noqa: E402
+
+# One line and status 2; anything else prints its traceback (status 1). Either way a rank of a
+# multi-process run exits at once, without a collective, and the launcher ends the others.
+EXPECTED = (ConfigError, ShardError, OSError, FloatingPointError, ValueError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,21 +28,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="experiment YAML (configs/*.yaml)")
     parser.add_argument("--resume", default="", help="RUN_DIR to continue, or 'auto' (run.dir if it has a checkpoint)")
     parser.add_argument("overrides", nargs="*", help="a.b=value config overrides")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides before and after --resume
     rank = int(os.environ.get("RANK", 0))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.config, args.overrides)
+
+    def body() -> int:
         from pipelines.train import train
 
-        result = train(cfg, args.resume)
-    except (ConfigError, ShardError, FileNotFoundError, FloatingPointError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if rank == 0:
-        print(f"done: {result}")
-    return 0
+        result = train(load_config(args.config, args.overrides), args.resume)
+        if rank == 0:
+            print(f"done: {result}")
+        return 0
+
+    return run_entry(body, EXPECTED)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,14 @@ so a crash mid-save leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 STATE_NAME = "train_state.json"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,11 +54,57 @@ def save_checkpoint(accelerator: Any, run_dir: str | Path, state: TrainState, na
     return final
 
 
-def load_checkpoint(accelerator: Any, path: str | Path) -> TrainState:
-    """Restore model, optimizer and RNG of every rank; returns the loop state."""
+def load_checkpoint(accelerator: Any, path: str | Path, deterministic: bool = False) -> TrainState:
+    """Restore model, optimizer and RNG of every rank; returns the loop state.
+
+    A damaged checkpoint is a ValueError naming the file; a missing or unreadable random state of
+    this rank is a warning (an error with ``run.deterministic``), never silent.
+    """
+    from pipelines.model import check_safetensors
+
     path = Path(path)
-    accelerator.load_state(str(path))
-    return TrainState(**json.loads((path / STATE_NAME).read_text()))
+    state = read_state(path / STATE_NAME)
+    for weights in sorted(path.rglob("*.safetensors")):
+        check_safetensors(weights)
+    check_random_state(path, accelerator.process_index, deterministic)
+    try:
+        accelerator.load_state(str(path))
+    except Exception as err:  # accelerate / DeepSpeed / torch.load name neither the file nor the cause well
+        raise ValueError(f"{path}: the checkpoint does not load ({type(err).__name__}: {err}); "
+                         "resume from an intact copy or start a new run") from None
+    return state
+
+
+def read_state(path: Path) -> TrainState:
+    try:
+        return TrainState(**json.loads(path.read_text()))
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path}: not a training state written by this trainer ({err})") from None
+
+
+def check_random_state(checkpoint: Path, rank: int, deterministic: bool) -> None:
+    """Warn (or, with ``run.deterministic``, fail) when this rank's random state cannot be restored.
+
+    accelerate's load_state only logs "Could not load random states" at info level and goes on.
+    """
+    from accelerate.utils import RNG_STATE_NAME, load
+
+    path = checkpoint / f"{RNG_STATE_NAME}_{rank}.pkl"
+    problem = ""
+    if not path.is_file():
+        problem = "is missing"
+    else:
+        try:
+            load(path)  # the way load_state reads it
+        except Exception as err:  # truncated or not a pickle of random states
+            problem = f"cannot be read ({type(err).__name__}: {err})"
+    if not problem:
+        return
+    message = (f"{path} {problem}: rank {rank} resumes with a fresh random state, so augmentations differ from "
+               "an uninterrupted run")
+    if deterministic:
+        raise ValueError(message + " (run.deterministic=true makes this an error)")
+    log.warning(message)
 
 
 def find_checkpoint(resume: str, run_dir: str | Path) -> Path | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import tempfile
 from pathlib import Path
 
 from ccl.data.transforms import AUGMENT_PRESETS
@@ -9,10 +11,13 @@ from ccl.losses.local import NEGATIVES, POSITIVES
 from ccl.models.offline_weights import OFFLINE
 from ccl.models.rdccl import MATCHES, REDUCTIONS
 from pipelines.config import Config, ConfigError
+from pipelines.distributed import collective_timeout
 from pipelines.optim import SCHEDULES
-from pipelines.shards import ShardError, ShardSet, open_builds
+from pipelines.shards import ShardError, ShardSet, open_builds, shard_file_problems
 from pipelines.tracking import MODES
 from pipelines.train_data import Labels, load_labels
+
+log = logging.getLogger(__name__)
 
 
 def check_inputs(cfg: Config, world: int) -> tuple[ShardSet, Labels]:
@@ -35,13 +40,28 @@ def check_inputs(cfg: Config, world: int) -> tuple[ShardSet, Labels]:
     for build, manifest in zip(shard_set.builds, shard_set.manifests):
         if not any(e["split"] == "train" for e in manifest["shards"]):
             raise ShardError(f"data.shards: build {build} (dataset {manifest['dataset']!r}) has no train shards")
-    for info in shard_set.shards("train") + shard_set.shards("val"):
-        if not info.url.startswith("pipe:") and not Path(info.url).is_file():
-            raise ShardError(f"shard {info.url} listed in {info.build}/manifest.json does not exist")
+    missing, resized = shard_file_problems(shard_set, ("train", "val") + (("test",) if t.eval_every > 0 else ()))
+    if missing:
+        raise ShardError(missing[0] + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    for problem in resized:
+        log.warning("%s: its unreadable samples count toward data.max_corrupt", problem)
     if shard_set.count("train") < cfg.data.batch_size:
         raise ShardError(f"{shard_set.count('train')} training samples are fewer than one batch "
                          f"(data.batch_size={cfg.data.batch_size})")
-    return shard_set, load_labels(shard_set, cfg.data.class_source, cfg.data.pseudo_file)
+    labels = load_labels(shard_set, cfg.data.class_source, cfg.data.pseudo_file)
+    check_run_dir(cfg.run.dir)
+    return shard_set, labels
+
+
+def check_run_dir(run_dir: str) -> None:
+    """run.dir must be a directory this rank can write (every rank writes checkpoints): an OSError naming it."""
+    path = Path(run_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise OSError(err.errno, f"run.dir is not a writable directory ({err.strerror})", str(path)) from None
 
 
 def check_batch(cfg: Config, world: int) -> None:
@@ -56,6 +76,9 @@ def check_batch(cfg: Config, world: int) -> None:
     if ranks % world or d.batch_size % ranks:
         raise ConfigError(f"data.plan_ranks={ranks} must be a multiple of the {world} processes and divide "
                           f"data.batch_size={d.batch_size}")
+    collective_timeout(cfg)  # a positive number of seconds
+    if not cfg.train.sigterm_grace > 0:
+        raise ConfigError(f"train.sigterm_grace={cfg.train.sigterm_grace} must be a positive number of seconds")
     if d.batch_size // ranks < d.batch_size // p:
         raise ConfigError(f"a rank's batch ({d.batch_size // ranks}) is smaller than K = batch_size / "
                           f"classes_per_batch = {d.batch_size // p}: raise data.batch_size or classes_per_batch")

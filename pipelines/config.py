@@ -61,7 +61,7 @@ class DataConfig:
     shuffle_buffer: int = 512
     class_source: str = "raw"  # raw | pseudo
     pseudo_file: str = ""  # sidecar name (beside the shards) or path; "" = pseudo_classes.json
-    max_corrupt: int = 100  # abort after this many unreadable samples in one epoch
+    max_corrupt: int = 100  # abort after this many unreadable or lost samples in one epoch
     plan_ranks: int = 0  # ranks the data plan is cut for (0 = world size); a multiple of the world size
     # gives the same global batches on any world size that divides it (see pipelines/train_data.py)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -124,6 +124,12 @@ class TrainConfig:
     sync_bn: bool = True  # BatchNorm statistics over the global batch when world size > 1
     debug_checksums: bool = False  # write per-rank parameter digests and losses to RUN/debug/
     progress: bool = True  # tqdm bar on the main process
+    # Seconds a collective may wait for a peer before this rank fails (training and evaluation): a silent or
+    # dead peer is noticed in minutes, not after torch's 30. Long one-rank phases (t-SNE, exports) must fit.
+    collective_timeout: float = 300.0
+    # Seconds a rank may stay blocked in one native call (a collective whose peer is gone) after SIGTERM
+    # before it exits at once with 143; a rank that can run Python stops gracefully instead.
+    sigterm_grace: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -136,6 +142,7 @@ class EvalConfig:
     vis: int = 8  # heatmaps for the N highest- and lowest-scoring images per group
     max_images: int = 0  # score at most N test images (0 = all), for quick looks
     classes: tuple[str, ...] = ()  # score only these "dataset/class" (e.g. a one-class RD4AD checkpoint); () = all
+    allow_partial: bool = False  # write metrics when test samples are lost or unreadable (never a threshold)
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,20 @@
-"""The Accelerator, cross-rank agreement, synchronised BatchNorm on CPU, and the clean exit.
+"""The Accelerator, cross-rank agreement, synchronised BatchNorm on CPU, and the two ways out.
 
 DESIGN section 7: DeepSpeed on a CPU machine needs gloo via ``InitProcessGroupKwargs`` (and no
 ACCELERATE_USE_CPU); gloo aborts at interpreter exit unless the prepared objects are freed first,
-so every entry point ends through ``shutdown``.
+so a successful run ends through ``shutdown`` on every rank. A failing rank never enters a
+collective (its peers may be blocked in one): it leaves at once through ``pipelines.exits``, and the
+launcher ends the others. Collectives time out after ``train.collective_timeout`` seconds.
 """
 
 from __future__ import annotations
 
 import gc
 import hashlib
+import multiprocessing
 import os
+import signal
+import sys
 import warnings
 from datetime import timedelta
 from typing import Any
@@ -19,7 +24,8 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 from torch import nn
 
-from pipelines.config import Config
+from pipelines.config import Config, ConfigError
+from pipelines.exits import world_from_env  # noqa: F401 (the launcher's rank and world size, re-exported)
 
 # The autograd all-reduce is what synchronised BN needs (gradients flow back to every rank); torch 2.14
 # marks it deprecated; the message would repeat at every BN layer of every step.
@@ -33,10 +39,18 @@ def make_accelerator(cfg: Config) -> Any:
 
     handlers = []
     if world_from_env()[1] > 1:  # a backend for a single process would make Accelerate expect a group
-        handlers.append(InitProcessGroupKwargs(timeout=timedelta(minutes=30),
+        handlers.append(InitProcessGroupKwargs(timeout=collective_timeout(cfg),
                                                backend=None if torch.cuda.is_available() else "gloo"))
     return Accelerator(mixed_precision=cfg.train.precision, gradient_accumulation_steps=cfg.train.grad_accum,
                        kwargs_handlers=handlers, step_scheduler_with_optimizer=False)
+
+
+def collective_timeout(cfg: Config) -> timedelta:
+    """How long a collective waits for a peer (``train.collective_timeout``) before this rank fails."""
+    seconds = cfg.train.collective_timeout
+    if not seconds > 0:
+        raise ConfigError(f"train.collective_timeout={seconds} must be a positive number of seconds")
+    return timedelta(seconds=seconds)
 
 
 def configure_deepspeed(accelerator: Any, cfg: Config, local_batch: int) -> None:
@@ -49,6 +63,8 @@ def configure_deepspeed(accelerator: Any, cfg: Config, local_batch: int) -> None
     ds["gradient_accumulation_steps"] = cfg.train.grad_accum
     ds["train_batch_size"] = local_batch * cfg.train.grad_accum * accelerator.num_processes
     ds["gradient_clipping"] = cfg.train.grad_clip  # DeepSpeed's default would be 1.0 (DESIGN section 7)
+    if isinstance(ds.get("bf16"), dict):  # a skipped window relies on DeepSpeed dropping non-finite gradients
+        ds["bf16"]["check_grad_overflow"] = True
     ds.setdefault("zero_allow_untested_optimizer", True)
 
 
@@ -133,26 +149,41 @@ def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-# ---------------------------------------------------------------- clean exit
+# ---------------------------------------------------------------- the two ways out (the error path: pipelines.exits)
 
 
 def shutdown(accelerator: Any | None) -> None:
-    """Free prepared objects before the interpreter exits (gloo aborts otherwise, DESIGN section 7).
+    """The end of a successful run, on every rank: free prepared objects before the interpreter exits.
 
-    Callers drop their own references (model, optimizer, loaders) first, e.g. by returning.
+    gloo aborts at exit otherwise (DESIGN section 7). The barrier is safe here because every rank
+    reaches this point; an error path never comes here (``pipelines.exits``). Callers drop their own
+    references (model, optimizer, loaders) first, e.g. by returning.
     """
     if accelerator is not None:
-        try:
-            accelerator.wait_for_everyone()
-        finally:
-            accelerator.free_memory()  # drops its references to the prepared objects, then gc.collect()
-            accelerator.end_training()
+        accelerator.wait_for_everyone()
+        accelerator.free_memory()  # drops its references to the prepared objects, then gc.collect()
+        accelerator.end_training()
     else:
         gc.collect()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
-def world_from_env() -> tuple[int, int]:
-    """(rank, world size) from the launcher's environment, before any process group exists."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+def loader_worker_init(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: a loader worker lives and dies with its rank.
+
+    - Killed with it (Linux prctl PR_SET_PDEATHSIG): a forked worker holds copies of its rank's
+      sockets, gloo's included, so a killed rank whose worker lives on (torch notices the orphaning
+      only every 5 s) keeps its peers' collectives waiting, and the worker would be left behind.
+    - Deaf to SIGTERM: the launcher signals a rank's whole process group; a worker dying of it would
+      make torch raise in the rank and spoil the rank's graceful stop (checkpoint, status 0).
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # the rank died before prctl took effect
+        os._exit(1)

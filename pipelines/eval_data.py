@@ -7,8 +7,9 @@ shards, ranks and workers (a shard may be shared by two workers; a slot may be e
 there are fewer samples than slots). Each rank builds its own loader, so it must NOT go
 through ``accelerator.prepare`` (that would split it again).
 
-A sample that does not decode, and the rest of a shard that turns out truncated, come out
-as error items that the evaluator counts and reports instead of aborting.
+A sample that does not decode, and the samples of a shard that is missing or turns out
+truncated, come out as error items that the evaluator reports; it then compares the samples
+scored with the manifests' count and fails unless ``eval.allow_partial``.
 
 ``iter_map_files`` reads saved anomaly maps of any method for the standalone evaluation.
 """
@@ -25,6 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ccl.data.transforms import eval_view
 from pipelines.data_plan import Segment, exact_segments
+from pipelines.distributed import loader_worker_init
 from pipelines.shards import ShardError, ShardSet, decode_record
 from pipelines.tar_reader import iter_range
 
@@ -128,7 +130,7 @@ def eval_loader(shard_set: ShardSet, image_size: int, batch_size: int, num_worke
     plan = eval_plan(shard_set, world, workers, max_images)
     dataset = EvalSamples(plan[rank], image_size, tuple(classes))
     return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
-                      persistent_workers=False)
+                      persistent_workers=False, worker_init_fn=loader_worker_init)
 
 
 # ---------------------------------------------------------------- saved maps of any method

@@ -15,9 +15,11 @@ score different numbers of batches, and a wrapped forward could synchronise buff
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import heapq
 import json
+import logging
 import sys
 from itertools import count
 from pathlib import Path
@@ -28,6 +30,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from ccl.data.schema import safe_name
 from ccl.data.transforms import denormalize
 from ccl.metrics import AnomalyMetrics, merged_grids, to_csv_rows, to_markdown
 from ccl.metrics.report import METRICS, dataset_of, table_rows
@@ -38,8 +41,10 @@ from pipelines.distributed import make_accelerator, shutdown
 from pipelines.eval_data import class_test_count, eval_loader, eval_plan, iter_map_files, list_map_files
 from pipelines.html_report import write_report
 from pipelines.model import CONFIG_NAME, WEIGHTS_NAME, build_model, load_export, read_info, write_info
-from pipelines.shards import ShardSet, open_builds
+from pipelines.shards import ShardError, ShardSet, open_builds, shard_file_problems
 from pipelines.tracking import Tracker
+
+log = logging.getLogger(__name__)
 
 Payload = Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray | None]]
 
@@ -218,10 +223,12 @@ def evaluate_model(model: torch.nn.Module, shards: ShardSet | Sequence[str | Pat
     sync_metrics(metrics, accelerator)
     result = metrics.compute()
     all_keys = gather_objects(accelerator, keys)
-    expected = total if e.max_images <= 0 or e.classes else min(e.max_images, total)
+    # eval.max_images cuts the plan before eval.classes filters it: then the manifests cannot say how many
+    expected = total if e.max_images <= 0 else (None if e.classes else min(e.max_images, total))
     result.update(images=sum(map(len, all_keys)), expected=expected,
                   skipped=[m for part in gather_objects(accelerator, skipped) for m in part],
                   shards=list(shard_set.builds), step=step)
+    check_complete(result, e.allow_partial, quick_look=e.max_images > 0)  # all ranks hold it: all raise together
     panels = render_extremes(extremes, accelerator, rank) if extremes.n > 0 else []
     if rank == 0:
         if out_dir is not None:
@@ -229,6 +236,28 @@ def evaluate_model(model: torch.nn.Module, shards: ShardSet | Sequence[str | Pat
         if tracker is not None:
             log_to_tracker(tracker, result, panels, step or 0, prefix)
     return result
+
+
+def check_complete(result: dict[str, Any], allow_partial: bool, quick_look: bool = False) -> None:
+    """Compare what was scored with what the manifests promise: ``missing`` and ``complete`` in ``result``.
+
+    Missing samples (unreadable, or lost to a missing or truncated shard) fail the evaluation unless
+    ``eval.allow_partial``, and their result carries no threshold. A quick look (``eval.max_images``)
+    is never complete, so no threshold of it is stored either.
+    """
+    expected = result["expected"]
+    result["missing"] = None if expected is None else expected - result["images"]
+    result["complete"] = result["missing"] == 0 and not quick_look
+    if not result["missing"]:
+        return
+    result["threshold"] = None  # an F1-optimal threshold of a subset is not the model's
+    detail = "; ".join(result["skipped"][:3]) + (" ..." if len(result["skipped"]) > 3 else "")
+    message = f"{result['missing']} of {expected} test samples were not scored ({detail})"
+    if not allow_partial:
+        raise ShardError(message + ": the metrics would be partial. Repair the shards (shard_tools/verify.py "
+                                   "names the damage) or set eval.allow_partial=true to report the rest "
+                                   "(no threshold is stored)")
+    log.warning("%s: partial metrics (eval.allow_partial=true), no threshold", message)
 
 
 # ---------------------------------------------------------------- standalone maps
@@ -252,7 +281,8 @@ def evaluate_maps(maps_dir: str | Path, masks_dir: str | Path | None, out_dir: s
         raise FileNotFoundError(f"{maps_dir}: no anomaly maps (.npy or .png) found")
     sync_metrics(metrics, None)  # sorts the groups, as a distributed run would
     result = metrics.compute()
-    result.update(images=len(keys), expected=len(keys), skipped=[], shards=[str(maps_dir)], step=None)
+    result.update(images=len(keys), expected=len(keys), skipped=[], shards=[str(maps_dir)], step=None,
+                  missing=0, complete=True)
     if out_dir is not None:
         write_reports(result, metrics, Path(out_dir), [keys], [])
     return result
@@ -263,9 +293,13 @@ def evaluate_maps(maps_dir: str | Path, masks_dir: str | Path | None, out_dir: s
 
 def write_reports(result: dict[str, Any], metrics: AnomalyMetrics, out: Path, keys: list[list[str]],
                   panels: list[tuple[str, str, int, float, str, bytes]]) -> None:
-    """metrics.json / .csv / .md, image_scores.csv, curves/<dataset>.png, heatmaps/<group>/*.png, report.html."""
+    """metrics.json / .csv / .md, image_scores.csv, curves/<dataset>.png, heatmaps/<group>/*.png, report.html.
+
+    Folder and file names derived from the records (dataset, group, key) go through ``safe_name``: a
+    shard's json cannot write outside ``out``. metrics.json is written last and atomically: when it
+    exists, the rest is complete.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(result, indent=1))
     with open(out / "metrics.csv", "w", newline="") as f:
         csv.writer(f).writerows(to_csv_rows(result))
     (out / "metrics.md").write_text(to_markdown(result))
@@ -280,13 +314,16 @@ def write_reports(result: dict[str, Any], metrics: AnomalyMetrics, out: Path, ke
     for name in metrics.group_names:
         by_dataset.setdefault(dataset_of(name) or "all", {})[name] = metrics.curves(name)
     for ds, curves in by_dataset.items():
-        visualize.plot_curves(curves, ds, out / "curves" / f"{ds}.png", metrics.fpr_limit)
+        visualize.plot_curves(curves, ds, out / "curves" / f"{safe_name(ds)}.png", metrics.fpr_limit)
     for group, kind, pos, score, key, png in panels:
-        stem = key.split("/", 2)[-1].replace("/", "_")
-        (out / "heatmaps" / group).mkdir(parents=True, exist_ok=True)
-        (out / "heatmaps" / group / f"{kind}{pos:02d}_{stem}.png").write_bytes(png)
+        folder = out.joinpath("heatmaps", *(safe_name(part) for part in group.split("/")))
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{kind}{pos:02d}_{safe_name(key.split('/', 2)[-1])}.png").write_bytes(png)
     write_report(out, result, [k for k, _ in flat_keys], labels, scores,
                  [metrics.group_names[int(g)] for g in groups], panels)
+    tmp = out / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(out / "metrics.json")
 
 
 def log_to_tracker(tracker: Any, result: dict[str, Any], panels: list, step: int, prefix: str) -> None:
@@ -311,7 +348,12 @@ def run_evaluation(checkpoint: str | Path | None, shards: Sequence[str | Path], 
                    score_range: tuple[float, float] | str | None = "auto",
                    config: str | Path | None = None) -> dict[str, Any]:
     """``launch/evaluate.py``: load an export (or, with ``config``, the official RD4AD checkpoint its
-    ``model.checkpoint`` names), evaluate on all ranks, store an export's image threshold in info.json."""
+    ``model.checkpoint`` names), evaluate on all ranks, store an export's image threshold in info.json.
+
+    Bad input (export or checkpoint, shards, missing shard files, unknown eval.classes) fails before any
+    process group exists. On an error no collective runs (the entry point leaves at once); the threshold
+    is stored only from a complete set.
+    """
     export = Path(checkpoint) if checkpoint is not None else None
     if export is not None:
         for name in (WEIGHTS_NAME, CONFIG_NAME):
@@ -322,26 +364,42 @@ def run_evaluation(checkpoint: str | Path | None, shards: Sequence[str | Path], 
         cfg = _checkpoint_config(config, overrides)
     shard_set = open_builds(list(shards))  # bad shards fail here, before any process group exists
     class_test_count(shard_set, cfg.eval.classes)  # and so does an unknown eval.classes entry
+    missing, resized = shard_file_problems(shard_set, ("test",))
+    for problem in resized:
+        log.warning("%s", problem)
+    if missing and not cfg.eval.allow_partial:
+        raise ShardError(f"{missing[0]} ({len(missing)} test shard(s) missing; eval.allow_partial=true scores the rest)")
+    # The model on the CPU first: a damaged export or checkpoint fails here too.
+    model = load_export(export, list(overrides))[0] if export is not None else build_model(cfg).eval()
     out = Path(out_dir) if out_dir is not None else (export.parent if export else Path(cfg.run.dir)) / "eval"
     accelerator = make_accelerator(cfg)
-    model = tracker = None
+    model = model.to(accelerator.device)
+    tracker = None
     try:
-        if export is not None:
-            model, cfg = load_export(export, list(overrides), device=accelerator.device)
-        else:
-            model = build_model(cfg).to(accelerator.device).eval()  # loads and checks model.checkpoint
+        if accelerator.is_main_process:
+            set_aside(out / "metrics.json")
         if cfg.tracking.wandb.mode != "disabled":
             tracker = Tracker(cfg, out, accelerator.is_main_process)
         step = read_info(export).get("step") if export else None
         result = evaluate_model(model, shard_set, cfg, accelerator, out, tracker, step, vis, score_range)
-        if accelerator.is_main_process and export is not None:
+        if accelerator.is_main_process and export is not None and result["complete"]:
             save_threshold(export, result)
-    finally:
+    except BaseException:
         if tracker is not None:
-            tracker.finish()
-        del model
-        shutdown(accelerator)
+            with contextlib.suppress(Exception):
+                tracker.finish(exit_code=1)
+        raise  # no collective on the way out (DESIGN section 7)
+    if tracker is not None:
+        tracker.finish()
+    del model
+    shutdown(accelerator)  # every rank got here
     return result
+
+
+def set_aside(path: Path) -> None:
+    """Rename the metrics of an earlier evaluation, so that a run that dies leaves none that look like its own."""
+    if path.is_file():
+        path.replace(path.with_name(path.stem + ".previous" + path.suffix))
 
 
 def _checkpoint_config(config: str | Path | None, overrides: Sequence[str]) -> Config:

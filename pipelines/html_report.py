@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
+from ccl.data.schema import safe_name
 from ccl.metrics.report import METRICS, dataset_of, percent, table_rows
 
 REPORT_NAME = "report.html"
@@ -118,7 +119,7 @@ def _curves(out: Path, result: dict[str, Any]) -> str:
     datasets = sorted({dataset_of(g) or "all" for g in result.get("per_group", {})})
     figures = []
     for ds in datasets:
-        path = out / "curves" / f"{ds}.png"
+        path = out / "curves" / f"{safe_name(ds)}.png"  # where write_reports put it
         if path.is_file():
             figures.append(f"<figure class='curves'><img alt='pixel ROC and PRO curves of {html.escape(ds)}' "
                            f"src='{_data_uri(path.read_bytes(), 'image/png')}'><figcaption>{html.escape(ds)}: pixel ROC "

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ccl.models import RDCCL
@@ -100,5 +101,20 @@ def load_export(export_dir: str | Path, overrides: list[str] | tuple[str, ...] =
             raise FileNotFoundError(f"{export} is not an export: {name} is missing (train first)")
     cfg = load_config(export / CONFIG_NAME, overrides)
     model = build_model(cfg, start_checkpoint=False)  # the export supersedes any starting point
-    model.load_trainable_state_dict(load_file(str(export / WEIGHTS_NAME)), strict=True)
+    model.load_trainable_state_dict(read_safetensors(export / WEIGHTS_NAME), strict=True)
     return model.to(device).eval(), cfg
+
+
+def check_safetensors(path: str | Path) -> None:
+    """ValueError naming ``path`` when it is not a complete safetensors file (header and data checked, nothing loaded)."""
+    try:
+        with safe_open(str(path), "pt"):
+            pass
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path}: not a readable safetensors file, truncated or corrupt ({err})") from None
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; ValueError naming it when it is truncated or corrupt."""
+    check_safetensors(path)
+    return load_file(str(path))

@@ -107,13 +107,17 @@ def predict(score: Score, image_size: int, spec: str | Path, out_dir: str | Path
             decision = "" if threshold is None else ("yes" if value >= threshold else "no")
             rows.append((str(path), value, decision))
             if vis:
-                save_png(out / "heatmaps" / path.relative_to(root).with_suffix(".png"),
-                         overlay(image, amap, None, 0.0 if vmax else None, vmax))
+                save_png(heatmap_path(out, path.relative_to(root)), overlay(image, amap, None, 0.0 if vmax else None, vmax))
     write_csv(out / "scores.csv", ["path", "score", "anomalous"], [(p, f"{s:.6g}", d) for p, s, d in rows])
     if skipped:
         write_csv(out / "skipped.csv", ["path", "reason"], skipped)
     return {"scored": len(rows), "anomalous": sum(d == "yes" for _, _, d in rows), "skipped": skipped,
             "threshold": threshold}
+
+
+def heatmap_path(out: Path, rel: Path) -> Path:
+    """``heatmaps/<rel>.png`` keeping the input's suffix: ``a.png`` and ``a.jpg`` get a heatmap each."""
+    return out / "heatmaps" / rel.with_name(rel.name + ".png")
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

@@ -23,6 +23,7 @@ from ccl.data.schema import (
     SPLITS,
     RecordMeta,
     SchemaError,
+    validate_manifest,
     validate_meta,
 )
 
@@ -31,12 +32,24 @@ class ShardError(ValueError):
     """A missing, empty or corrupt shard build or record."""
 
 
+ERROR_KEY = "__error__"  # on a raw sample whose member the reader refused (over its size cap)
+
+
+class LostSamples(ShardError):
+    """Planned samples a shard did not deliver: missing, truncated or corrupt (``lost``: how many; None if unknown)."""
+
+    def __init__(self, message: str, lost: int | None) -> None:
+        super().__init__(message)
+        self.lost = lost
+
+
 @dataclass(frozen=True)
 class ShardInfo:
-    url: str  # local path (or any URL webdataset opens)
+    url: str  # local path: the build directory joined with a manifest name checked by validate_manifest
     split: str
     samples: int
     build: str  # the build directory it belongs to
+    bytes: int = -1  # size the manifest promises (-1: unknown)
 
 
 @dataclass(frozen=True)
@@ -64,7 +77,7 @@ class ShardSet:
             for entry in manifest["shards"]:
                 if entry["split"] == split:
                     url = str(Path(build) / entry["name"])
-                    out.append(ShardInfo(url, split, int(entry["samples"]), build))
+                    out.append(ShardInfo(url, split, int(entry["samples"]), build, int(entry["bytes"])))
         return out
 
     def count(self, split: str) -> int:
@@ -84,12 +97,28 @@ def read_manifest(build: str | Path) -> dict[str, Any]:
         raise ShardError(f"{build} has no {MANIFEST_NAME}: not a shard build (or the build did not finish)")
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ShardError(f"{path}: not valid JSON ({err})") from None
-    for key in ("dataset", "classes", "shards"):
-        if key not in manifest:
-            raise ShardError(f"{path}: manifest lacks {key!r}")
+    try:
+        validate_manifest(manifest, str(path))
+    except SchemaError as err:
+        raise ShardError(str(err)) from None
     return manifest
+
+
+def shard_file_problems(shard_set: ShardSet, splits: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(missing, resized): shards of ``splits`` that do not exist, and those whose size on disk differs
+    from the manifest's (truncated or replaced: the readers then count what they lose)."""
+    missing, resized = [], []
+    for split in splits:
+        for info in shard_set.shards(split):
+            path = Path(info.url)
+            if not path.is_file():
+                missing.append(f"shard {path} listed in {info.build}/{MANIFEST_NAME} does not exist")
+            elif info.bytes >= 0 and path.stat().st_size != info.bytes:
+                resized.append(f"shard {path}: {path.stat().st_size} bytes, {info.build}/{MANIFEST_NAME} says "
+                               f"{info.bytes} (truncated or replaced)")
+    return missing, resized
 
 
 def open_builds(builds: Sequence[str | Path]) -> ShardSet:
@@ -130,6 +159,8 @@ def decode_record(sample: Mapping[str, Any]) -> Record:
     """A raw WebDataset sample (``__key__`` plus member bytes) -> ``Record``; ShardError when broken."""
     key = sample.get("__key__", "?")
     where = f"{sample.get('__url__', 'shard')}:{key}"
+    if ERROR_KEY in sample:
+        raise ShardError(sample[ERROR_KEY])
     if META_EXTENSION not in sample:
         raise ShardError(f"{where}: sample has no {META_EXTENSION} member")
     try:

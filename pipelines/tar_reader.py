@@ -1,20 +1,26 @@
-"""Read a range of samples from one WebDataset tar shard.
+"""Read a range of samples from one local WebDataset tar shard, and say what the range lost.
 
 Plain ``tarfile`` instead of a webdataset pipeline: a worker often reads only part of a shard (the
-data plan cuts at sample level), and on a local file the members before the range are skipped by
-seeking over their data. ``pipe:CMD`` URLs (e.g. ``pipe:aws s3 cp s3://b/train-000000.tar -``) are
-streamed. Members group into samples by key as in WebDataset (``<key>.<ext>``, key up to the first
-dot of the file name).
+data plan cuts at sample level), and the members before the range are skipped by seeking over
+their data. Members group into samples by key as in WebDataset (``<key>.<ext>``, key up to the
+first dot of the file name).
+
+A shard is data: the reader opens a local file and nothing else (no ``pipe:`` command, no URL),
+never extracts members to disk, and reads no member larger than its kind's cap
+(``ccl.data.schema.member_limit``; an oversized member marks its sample ``__error__``). Python's
+tarfile takes a cut header for the end of the archive, so a truncated shard would read as a short
+one: the reader compares the samples it delivered with the planned range and raises
+``LostSamples`` with the count.
 """
 
 from __future__ import annotations
 
-import subprocess
 import tarfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipelines.shards import ShardError
+from ccl.data.schema import member_limit
+from pipelines.shards import ERROR_KEY, LostSamples
 
 
 def split_member(name: str) -> tuple[str, str]:
@@ -24,13 +30,27 @@ def split_member(name: str) -> tuple[str, str]:
     return (f"{head}/{stem}" if head else stem), ext
 
 
-def iter_range(url: str, start: int = 0, stop: int | None = None) -> Iterator[dict[str, Any]]:
-    """Samples ``start <= i < stop`` of shard ``url`` as ``{"__key__", "__url__", ext: bytes}``.
+def iter_range(path: str, start: int = 0, stop: int | None = None) -> Iterator[dict[str, Any]]:
+    """Samples ``start <= i < stop`` of the shard file ``path`` as ``{"__key__", "__url__", ext: bytes}``.
 
-    A missing file raises ShardError; a truncated or corrupt tar raises ShardError after the
-    samples read so far were yielded.
+    A missing file, a corrupt tar, or one that ends before ``stop`` raises ``LostSamples`` after the
+    samples read so far were yielded; ``lost`` counts the planned samples not delivered (None when
+    ``stop`` is None: the caller compares with the manifest itself).
     """
-    with _open(url) as tar:
+    delivered = 0
+
+    def lost(problem: str) -> LostSamples:
+        count = None if stop is None else stop - start - delivered
+        return LostSamples(f"{path}: {problem}" + (f"; {count} planned sample(s) lost" if count else ""), count)
+
+    file = Path(path)
+    if not file.is_file():
+        raise lost("shard file does not exist")
+    try:
+        tar = tarfile.open(file, mode="r:")
+    except (tarfile.TarError, OSError) as err:
+        raise lost(f"not a readable tar ({err})") from None
+    with tar:
         index, current = -1, None
         try:
             for member in tar:
@@ -40,42 +60,29 @@ def iter_range(url: str, start: int = 0, stop: int | None = None) -> Iterator[di
                 if current is None or key != current["__key__"]:
                     if current is not None and index >= start:
                         yield current
+                        delivered += 1
                     index += 1
                     if stop is not None and index >= stop:
                         return
-                    current = {"__key__": key, "__url__": url}
+                    current = {"__key__": key, "__url__": path}
                 if index >= start:
-                    fileobj = tar.extractfile(member)
-                    current[ext] = fileobj.read() if fileobj is not None else b""
+                    _read_member(tar, member, ext, current, path)
         except (tarfile.TarError, OSError, EOFError) as err:
-            raise ShardError(f"{url}: corrupt or truncated shard after sample {index} ({err})") from None
+            raise lost(f"corrupt or truncated shard after sample {index} ({err})") from None
         if current is not None and index >= start:
             yield current
+            delivered += 1
+        if stop is not None and start + delivered < stop:
+            raise lost(f"the tar ends after sample {index} but the plan reads up to sample {stop - 1} "
+                       "(a truncated shard reads as a short one)")
 
 
-class _open:
-    """Context manager: a tarfile over a local path (seekable) or a ``pipe:`` command (streamed)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> tarfile.TarFile:
-        try:
-            if self.url.startswith("pipe:"):
-                self.proc = subprocess.Popen(self.url[5:], shell=True, stdout=subprocess.PIPE)
-                self.tar = tarfile.open(fileobj=self.proc.stdout, mode="r|")
-            else:
-                path = Path(self.url.removeprefix("file:"))
-                if not path.is_file():
-                    raise ShardError(f"shard {path} does not exist")
-                self.tar = tarfile.open(path, mode="r:")
-        except (tarfile.TarError, OSError) as err:
-            raise ShardError(f"{self.url}: not a readable tar ({err})") from None
-        return self.tar
-
-    def __exit__(self, *exc: object) -> None:
-        self.tar.close()
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, ext: str, sample: dict[str, Any], path: str) -> None:
+    """Member bytes into ``sample[ext]``; a member over its cap is not read and marks the sample."""
+    limit = member_limit(ext)
+    if member.size > limit:
+        sample.setdefault(ERROR_KEY, f"{path}:{member.name}: member of {member.size} bytes is over the "
+                                     f"{limit}-byte limit for .{ext} members (refused, not read)")
+        return
+    fileobj = tar.extractfile(member)
+    sample[ext] = fileobj.read() if fileobj is not None else b""

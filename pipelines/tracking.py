@@ -94,11 +94,12 @@ class Tracker:
 
             self.wandb.log({name: wandb.Table(columns=columns, data=rows)}, step=step)
 
-    def finish(self) -> None:
+    def finish(self, exit_code: int = 0) -> None:
+        """Close the log and the W&B run (marked failed when ``exit_code`` is not 0)."""
         if not self.is_main:
             return
         if self.wandb is not None:
-            self.wandb.finish()
+            self.wandb.finish(exit_code=exit_code)
             self.wandb = None
         if not self._log.closed:
             self._log.close()

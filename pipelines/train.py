@@ -1,22 +1,24 @@
 """Training RD + CCL from shards on DDP or DeepSpeed; this file reads like a table of contents.
 
-    train(cfg, resume)          checks inputs, builds the Accelerator, runs ``fit``, exits cleanly
+    train(cfg, resume)          checks inputs, builds the Accelerator, runs ``fit``, exits cleanly (errors:
+                                no collective, the entry point leaves at once: pipelines.distributed)
       setup                     model (+ synced BN), Adam, prepare, resume, tracker, fixed vis images
       fit                       epochs: train_epoch -> validate -> early stopping / exports / checkpoint
         train_epoch             the loop: planned class-aware batches -> train_step -> logs
           train_step            forward, one all-reduce of {non-finite, SIGTERM, corrupt}, backward, step
+                                (a non-finite loss skips its whole accumulation window)
         validate                mean KD loss on the val shards (every sample once) + global features
         show                    heatmaps of fixed images, V-measure and t-SNE of the global features
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
-import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +35,9 @@ from pipelines.model import build_model
 from pipelines.monitor import class_separation, heatmaps, tsne_image
 from pipelines.optim import lr_factor, make_optimizer, set_lr
 from pipelines.shards import ShardError, ShardSet
+from pipelines.sigterm import StopRequest
 from pipelines.tracking import Tracker
-from pipelines.train_data import Labels, epoch_steps, exact_loader, first_samples, train_loader
+from pipelines.train_data import BATCH_COUNTS, Labels, epoch_steps, exact_loader, first_samples, train_loader
 
 log = logging.getLogger("train")
 
@@ -55,9 +58,10 @@ class Run:
     steps_per_epoch: int  # loader batches per epoch, equal on every rank
     total_steps: int  # optimizer steps of the whole run (for the schedule)
     input_dtype: torch.dtype
+    stop: StopRequest
     vis: tuple[Any, list[str]] = (None, [])
-    stop_requested: list[bool] = field(default_factory=lambda: [False])
-    nan_streak: int = 0
+    nan_streak: int = 0  # skipped accumulation windows in a row
+    window_bad: bool = False  # the current accumulation window had a non-finite loss: it is skipped
     corrupt: float = 0.0
     last_val: dict[str, Any] | None = None
 
@@ -73,15 +77,17 @@ def train(cfg: Config, resume: str = "") -> dict[str, Any]:
     """The whole run; returns a summary (best_val, step, epoch, export, interrupted, stopped_early)."""
     shard_set, labels = check_inputs(cfg, world_from_env()[1])  # before any process group does work
     accelerator = make_accelerator(cfg)
+    run = setup(cfg, accelerator, shard_set, labels, resume)
     try:
-        run = setup(cfg, accelerator, shard_set, labels, resume)
-        try:
-            return fit(run)
-        finally:
-            run.tracker.finish()
-            del run
-    finally:
-        shutdown(accelerator)
+        result = fit(run)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the original error is the one to report
+            run.tracker.finish(exit_code=1)  # local only: the log is closed, the W&B run marked failed
+        raise  # no collective on the way out: a peer may be blocked in one (DESIGN section 7)
+    run.tracker.finish()
+    del run
+    shutdown(accelerator)  # every rank got here
+    return result
 
 
 def setup(cfg: Config, accelerator: Any, shard_set: ShardSet, labels: Labels, resume: str) -> Run:
@@ -98,7 +104,7 @@ def setup(cfg: Config, accelerator: Any, shard_set: ShardSet, labels: Labels, re
     state = TrainState()
     ckpt = find_checkpoint(resume, cfg.run.dir)
     if ckpt is not None:
-        state = load_checkpoint(accelerator, ckpt)
+        state = load_checkpoint(accelerator, ckpt, cfg.run.deterministic)
         log.info("resumed from %s at epoch %d step %d", ckpt, state.epoch, state.step)
     if accelerator.is_main_process:
         save_config(cfg, Path(cfg.run.dir) / "config.yaml")
@@ -108,11 +114,11 @@ def setup(cfg: Config, accelerator: Any, shard_set: ShardSet, labels: Labels, re
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision)
     dtype = half if (half is not None and is_deepspeed(accelerator)) else torch.float32  # DeepSpeed casts the model
     run = Run(cfg, accelerator, model, optimizer, base_lrs, shard_set, labels,
-              Tracker(cfg, cfg.run.dir, accelerator.is_main_process), state, steps, total, dtype)
+              Tracker(cfg, cfg.run.dir, accelerator.is_main_process), state, steps, total, dtype,
+              StopRequest(cfg.train.sigterm_grace))
     if accelerator.is_main_process and cfg.tracking.vis_every > 0 and cfg.tracking.vis_images > 0:
         split = "val" if shard_set.count("val") else "train"
         run.vis = first_samples(shard_set, split, cfg.tracking.vis_images, cfg.data.image_size)
-    signal.signal(signal.SIGTERM, lambda *_: run.stop_requested.__setitem__(0, True))
     return run
 
 
@@ -158,7 +164,7 @@ def train_epoch(run: Run) -> str:
             s.samples += cfg.data.batch_size * cfg.train.grad_accum
         if s.batch_in_epoch % cfg.train.log_every == 0 or s.batch_in_epoch == run.steps_per_epoch:
             log_train(run, meter.flush(), bar)
-        if run.stop_requested[0]:
+        if run.stop.requested:
             return "interrupted"
         if cfg.train.max_steps and s.step >= cfg.train.max_steps:
             return "max_steps"
@@ -166,7 +172,12 @@ def train_epoch(run: Run) -> str:
 
 
 def train_step(run: Run, batch: dict[str, Any]) -> dict[str, float] | None:
-    """Forward, agree with the other ranks, backward and step. None when the step was skipped."""
+    """Forward, agree with the other ranks, backward, and at the end of an accumulation window step.
+
+    None when the micro-batch belongs to a skipped window: a non-finite loss on any rank skips its
+    whole window (train.grad_accum micro-batches) on every rank, so windows keep their boundaries
+    and no partial window's gradients reach the optimizer.
+    """
     cfg, acc, s = run.cfg, run.accelerator, run.state
     set_lr(run.optimizer, run.base_lrs, lr_factor(s.step, run.total_steps, cfg.train))
     labels = batch["label"].to(acc.device)
@@ -174,22 +185,31 @@ def train_step(run: Run, batch: dict[str, Any]) -> dict[str, float] | None:
         out = run.model(run.to_input(batch["image"]), run.to_input(batch["augmented"]), labels,
                         rank=acc.process_index, world_size=acc.num_processes,
                         contrastive_weight=contrastive_weight(s.step, cfg.loss.contrastive_warmup))
+        unreadable = batch["stats"]["corrupt"] + batch["stats"]["lost"]  # samples, also a truncated shard's
         bad, stop, corrupt = sum_over_ranks(acc, [float(not torch.isfinite(out["loss"]).item()),
-                                                  float(run.stop_requested[0]), float(batch["stats"]["corrupt"])])
-        run.stop_requested[0] = stop > 0
+                                                  float(run.stop.requested), float(unreadable)])
+        run.stop.requested = stop > 0
         run.corrupt += corrupt
         if run.corrupt > cfg.data.max_corrupt:
-            raise ShardError(f"{int(run.corrupt)} corrupt samples this epoch (data.max_corrupt={cfg.data.max_corrupt})")
-        if bad:
-            return skip_step(run, out)
-        run.nan_streak = 0
-        acc.backward(out["loss"])
+            raise ShardError(f"{int(run.corrupt)} unreadable or lost samples this epoch "
+                             f"(data.max_corrupt={cfg.data.max_corrupt}); the last checkpoint is kept")
+        skipped = run.window_bad = run.window_bad or bad > 0
+        if not skipped or is_deepspeed(acc):
+            # DeepSpeed keeps the window's gradients in its own buffers, which only its step may clear: a
+            # skipped window's non-finite gradients go in too, and its step drops the whole window.
+            acc.backward(out["loss"])
         if acc.sync_gradients:
-            if cfg.train.grad_clip > 0 and not is_deepspeed(acc):  # DeepSpeed clips itself (its JSON)
-                acc.clip_grad_norm_(run.model.parameters(), cfg.train.grad_clip)
-            run.optimizer.step()
-            run.optimizer.zero_grad(set_to_none=True)
-            s.step += 1
+            if skipped:
+                skip_window(run, out)
+            else:
+                if cfg.train.grad_clip > 0 and not is_deepspeed(acc):  # DeepSpeed clips itself (its JSON)
+                    acc.clip_grad_norm_(run.model.parameters(), cfg.train.grad_clip)
+                run.optimizer.step()
+                run.optimizer.zero_grad(set_to_none=True)
+                s.step += 1
+                run.nan_streak = 0
+    if skipped:
+        return None
     if cfg.train.debug_checksums and acc.sync_gradients:
         write_debug(run, out, batch["keys"])
     return {k: float(out[k].detach()) for k in ("loss", "kd", "lcl", "gcl")}
@@ -200,11 +220,16 @@ def contrastive_weight(step: int, warmup: int) -> float:
     return 1.0 if warmup <= 0 else min(1.0, (step + 1) / warmup)
 
 
-def skip_step(run: Run, out: dict[str, Any]) -> None:
-    """A non-finite loss on any rank: every rank skips; abort after train.nan_tolerance in a row."""
-    run.optimizer.zero_grad(set_to_none=True)
+def skip_window(run: Run, out: dict[str, Any]) -> None:
+    """End of a window with a non-finite loss: no update on any rank; abort after train.nan_tolerance in a row."""
+    acc = run.accelerator
+    if is_deepspeed(acc) and not acc.optimizer_step_was_skipped:
+        raise FloatingPointError("DeepSpeed applied an update from non-finite gradients (is its overflow check "
+                                 f"off?); stopping, the last good checkpoint is kept in {run.run_dir / 'checkpoints'}")
+    run.optimizer.zero_grad(set_to_none=True)  # DDP: the window's gradients (DeepSpeed cleared its own)
+    run.window_bad = False
     run.nan_streak += 1
-    log.warning("non-finite loss (kd=%s) at step %d: step skipped (%d in a row)",
+    log.warning("non-finite loss (kd=%s) at step %d: its accumulation window is skipped (%d in a row)",
                 float(out["kd"].detach()), run.state.step, run.nan_streak)
     if run.nan_streak >= run.cfg.train.nan_tolerance:
         raise FloatingPointError(f"{run.nan_streak} non-finite losses in a row (train.nan_tolerance): aborting; "
@@ -339,7 +364,7 @@ class Meter:
 
     def add(self, losses: dict[str, float] | None, batch: dict[str, Any], global_batch: int) -> None:
         self.samples += global_batch
-        for k in ("relaxed", "padded", "dropped", "corrupt"):
+        for k in BATCH_COUNTS:
             self.sums["data/" + k] = self.sums.get("data/" + k, 0.0) + batch["stats"].get(k, 0)
         if losses is not None:
             self.n += 1
@@ -360,8 +385,8 @@ def log_train(run: Run, local: dict[str, float], bar: Any) -> None:
     keys = sorted(local)
     values = mean_over_ranks(run.accelerator, [local[k] for k in keys])
     scalars = dict(zip(keys, values))
-    for k in ("data/relaxed", "data/padded", "data/dropped", "data/corrupt"):  # counts: sum, not mean
-        scalars[k] *= run.accelerator.num_processes
+    for k in BATCH_COUNTS:  # counts: sum, not mean
+        scalars["data/" + k] *= run.accelerator.num_processes
     scalars["perf/samples_per_s"] = local["perf/samples_per_s"]  # global batches per second: same everywhere
     for g, group in enumerate(run.optimizer.param_groups):
         scalars[f"lr/{group.get('name', g)}"] = group["lr"]

@@ -29,11 +29,13 @@ from ccl.data.schema import META_EXTENSION, class_key
 from ccl.data.transforms import augment_params, resize_image, to_uint8_tensor, train_views
 from pipelines.class_batches import BatchStats, ClassBatcher, batch_layout
 from pipelines.data_plan import Segment, exact_segments, train_segments
-from pipelines.shards import ShardError, ShardSet, decode_record
+from pipelines.distributed import loader_worker_init
+from pipelines.shards import ERROR_KEY, LostSamples, ShardError, ShardSet, decode_record
 from pipelines.tar_reader import iter_range
 
 log = logging.getLogger(__name__)
 PSEUDO_DEFAULT = "pseudo_classes.json"
+BATCH_COUNTS = ("relaxed", "padded", "dropped", "corrupt", "lost")  # per-batch data statistics (summed)
 
 
 # ---------------------------------------------------------------- labels
@@ -48,6 +50,8 @@ class Labels:
     num_classes: int = 0
 
     def of(self, sample: Mapping[str, Any]) -> int:
+        if ERROR_KEY in sample:  # a member the reader refused
+            raise ShardError(sample[ERROR_KEY])
         if self.pseudo is not None:
             key = sample["__key__"]
             if key not in self.pseudo:
@@ -138,11 +142,11 @@ class TrainStream(IterableDataset):
         rng = np.random.default_rng([s.seed, s.epoch, plan_rank, worker])
         batcher = ClassBatcher(list(s.layout), rng)
         skip = len(range(worker, s.skip_batches, s.workers))  # this worker's batches among the skipped
-        made, corrupt, dropped_keys = 0, 0, []
+        made, corrupt, lost, dropped_keys = 0, 0, 0, []
         pending: list[Any] | None = None
         for sample in _shuffled(_read_segment(segment, self), s.shuffle_buffer, rng):
-            if isinstance(sample, ShardError):
-                corrupt += 1
+            if isinstance(sample, ShardError):  # a missing, truncated or corrupt shard: its lost samples count
+                lost += lost_count(sample)
                 continue
             try:
                 label = s.labels.of(sample)
@@ -160,8 +164,8 @@ class TrainStream(IterableDataset):
                 if made == segment.batches:  # the last one waits for the stream's end (its stats)
                     pending = batch
                 elif made > skip:
-                    yield self._decode(batch, plan_rank, worker, made - 1, batcher.stats, corrupt)
-                    corrupt = 0
+                    yield self._decode(batch, plan_rank, worker, made - 1, batcher.stats, corrupt, lost)
+                    corrupt = lost = 0
         tail = batcher.finish(segment.batches - made)
         if pending is not None:
             tail, made = [pending], made - 1
@@ -172,12 +176,12 @@ class TrainStream(IterableDataset):
                 raise ShardError(f"plan rank {plan_rank} worker {worker}: no readable samples in {segment.ranges}")
             last = made == segment.batches
             if made > skip:
-                yield self._decode(batch, plan_rank, worker, made - 1, batcher.stats, corrupt,
+                yield self._decode(batch, plan_rank, worker, made - 1, batcher.stats, corrupt, lost,
                                    dropped_keys if (last and s.record_keys) else None)
-            corrupt = 0
+            corrupt = lost = 0
 
     def _decode(self, batch: list[tuple[dict[str, Any], int]], plan_rank: int, worker: int, index: int,
-                stats: BatchStats, corrupt: int, dropped_keys: list[str] | None = None) -> dict[str, Any]:
+                stats: BatchStats, corrupt: int, lost: int, dropped_keys: list[str] | None = None) -> dict[str, Any]:
         """Decode and augment a composed batch; a sample that does not decode is replaced by a same-class one."""
         s = self.spec
         rng = np.random.default_rng([s.seed, s.epoch, plan_rank, worker, index, 1])
@@ -197,7 +201,8 @@ class TrainStream(IterableDataset):
                 corrupt += 1
                 same = [j for j in good if batch[j][1] == batch[i][1]]
                 views[i] = views[(same or good)[0]]
-        out_stats = {"relaxed": stats.relaxed, "padded": stats.padded, "dropped": stats.dropped, "corrupt": corrupt}
+        out_stats = {"relaxed": stats.relaxed, "padded": stats.padded, "dropped": stats.dropped, "corrupt": corrupt,
+                     "lost": lost}
         stats.relaxed = stats.padded = stats.dropped = 0  # counters are per batch from here on
         if dropped_keys is not None:
             out_stats["dropped_keys"] = dropped_keys
@@ -206,8 +211,14 @@ class TrainStream(IterableDataset):
                 "keys": [v[2] for v in views], "stats": out_stats}
 
 
+def lost_count(err: ShardError) -> int:
+    """Planned samples a shard error cost (at least one)."""
+    return max(1, err.lost or 0) if isinstance(err, LostSamples) else 1
+
+
 def _read_segment(segment: Segment, stream: Any) -> Iterator[dict[str, Any] | ShardError]:
-    """Samples of the segment's ranges; a broken shard yields its error (counted) and reading goes on."""
+    """Samples of the segment's ranges; a broken shard yields its error (its lost samples are counted) and
+    reading goes on."""
     for r in segment.ranges:
         try:
             yield from iter_range(r.url, r.start, r.stop)
@@ -234,7 +245,7 @@ def _shuffled(items: Iterator[Any], size: int, rng: np.random.Generator) -> Iter
 
 
 def _concat(parts: tuple[dict[str, Any], ...]) -> dict[str, Any]:
-    stats = {k: sum(p["stats"].get(k, 0) for p in parts) for k in ("relaxed", "padded", "dropped", "corrupt")}
+    stats = {k: sum(p["stats"].get(k, 0) for p in parts) for k in BATCH_COUNTS}
     if any("dropped_keys" in p["stats"] for p in parts):
         stats["dropped_keys"] = [k for p in parts for k in p["stats"].get("dropped_keys", [])]
     return {"image": torch.cat([p["image"] for p in parts]), "augmented": torch.cat([p["augmented"] for p in parts]),
@@ -272,9 +283,10 @@ class ExactStream(IterableDataset):
         segment = exact_segments(list(s.shards), s.world, s.workers)[s.rank][worker]
         images, labels, keys, corrupt = [], [], [], 0
         for sample in _read_segment(segment, self):
+            if isinstance(sample, ShardError):
+                corrupt += lost_count(sample)
+                continue
             try:
-                if isinstance(sample, ShardError):
-                    raise sample
                 record = decode_record(sample)
                 images.append(resize_image(record.image, s.image_size))
                 labels.append(s.class_index.get(record.meta.class_key, -1))
@@ -300,7 +312,8 @@ def _exact_batch(images: list[np.ndarray], labels: list[int], keys: list[str], c
 def make_loader(dataset: IterableDataset, num_workers: int, pin_memory: bool = False) -> DataLoader:
     """batch_size=None: the datasets yield whole batches; workers keep the DataLoader's round-robin order."""
     return DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None)
+                      persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None,
+                      worker_init_fn=loader_worker_init)
 
 
 # ---------------------------------------------------------------- from the config

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: import the package from the repository, not this folder
@@ -15,6 +16,7 @@ if __package__ in (None, ""):  # run as a script: import the package from the re
 
 from shard_tools.builder import BuildOptions, build_dataset  # noqa: E402
 from shard_tools.errors import UserError  # noqa: E402
+from shard_tools.lock import build_lock  # noqa: E402
 from shard_tools.sources import SOURCES, get_source  # noqa: E402
 from shard_tools.sources.common import require_root  # noqa: E402
 from shard_tools.summary import format_table  # noqa: E402
@@ -95,7 +97,10 @@ def run(argv: list[str] | None = None) -> list[dict]:
     for name in names:  # every root checked before any build starts, so a typo costs nothing
         if name not in GENERATED:
             require_root(dataset_root(name, roots, options), name)
-    manifests = [build_dataset(name, dataset_root(name, roots, options), options) for name in names]
+    with ExitStack() as locks:  # no other build may write these folders meanwhile
+        for name in names:
+            locks.enter_context(build_lock(options.out / name))
+        manifests = [build_dataset(name, dataset_root(name, roots, options), options) for name in names]
     print(format_table(manifests))
     return manifests
 
@@ -103,7 +108,7 @@ def run(argv: list[str] | None = None) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     try:
         run(argv)
-    except UserError as exc:
+    except (UserError, OSError) as exc:  # an OSError's text names its file (e.g. an unwritable --out)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

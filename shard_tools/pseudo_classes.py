@@ -46,6 +46,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from ccl.data.transforms import normalize, resize_image  # noqa: E402
 from ccl.models import build_teacher  # noqa: E402
 from pipelines.shards import ShardError, ShardInfo, decode_record, open_builds  # noqa: E402
+from pipelines.tar_reader import iter_range  # noqa: E402
 
 DEFAULT_NAME = "pseudo_classes.json"
 DEFAULT_ENCODER = "resnet18.tv_in1k"  # the paper's ImageNet ResNet-18 (torchvision's weights)
@@ -78,11 +79,13 @@ class Embedded:
 
 
 def iter_samples(shards: Sequence[ShardInfo]) -> Iterator[dict[str, Any]]:
-    """Raw WebDataset samples of ``shards`` in order (no shuffling, no splitting)."""
-    import webdataset as wds
+    """Raw samples of ``shards`` in order, every one the manifest promises (a short shard is an error).
 
-    pipeline = wds.DataPipeline(wds.SimpleShardList([s.url for s in shards]), wds.tarfile_to_samples())
-    yield from pipeline
+    Through ``pipelines.tar_reader``: a manifest entry is a local file of its build, never a URL that
+    webdataset would run through a shell (``pipe:``).
+    """
+    for shard in shards:
+        yield from iter_range(shard.url, 0, shard.samples)
 
 
 def _prepare(sample: dict[str, Any], size: int) -> tuple[str, str, str, str, torch.Tensor]:

@@ -19,8 +19,9 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ccl.data.schema import (CLASS_EXTENSION, IMAGE_EXTENSIONS, MANIFEST_NAME, MASK_EXTENSION,  # noqa: E402
-                             META_EXTENSION, SchemaError, class_key, make_key, parse_shard_name, validate_meta)
-from pipelines.shards import ShardError  # noqa: E402
+                             META_EXTENSION, SchemaError, class_key, make_key, parse_shard_name, validate_manifest,
+                             validate_meta)
+from pipelines.shards import ERROR_KEY, ShardError  # noqa: E402
 from pipelines.tar_reader import iter_range  # noqa: E402
 from shard_tools.manifest import sum_counts  # noqa: E402
 from shard_tools.tarwriter import file_sha256  # noqa: E402
@@ -34,9 +35,13 @@ def verify_build(path: Path | str) -> list[str]:
     directory = Path(path)
     try:
         manifest = json.loads((directory / MANIFEST_NAME).read_text())
-        shards, classes = manifest["shards"], manifest["classes"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError) as exc:
         return [f"{directory / MANIFEST_NAME}: cannot read the manifest ({exc.__class__.__name__}: {exc})"]
+    try:
+        validate_manifest(manifest, str(directory / MANIFEST_NAME))
+    except SchemaError as exc:
+        return [str(exc)]
+    shards, classes = manifest["shards"], manifest["classes"]
     problems: list[str] = []
     listed = {s["name"] for s in shards}
     problems += [f"{p}: shard file not listed in the manifest" for p in sorted(directory.iterdir())
@@ -72,6 +77,9 @@ def _check_shard(directory: Path, shard: dict, classes: dict, seen_keys: set) ->
             if key in seen_keys:  # also a key whose members are not adjacent in the tar
                 problems.append(f"{where}: duplicate key")
             seen_keys.add(key)
+            if ERROR_KEY in sample:  # a member over its size cap: not read
+                problems.append(sample[ERROR_KEY])
+                continue
             members = {ext: data for ext, data in sample.items() if not ext.startswith("__")}
             problems += _check_sample(where, key, members, shard["split"], classes, counts)
             if len(problems) > MAX_PROBLEMS_PER_SHARD:
@@ -132,6 +140,8 @@ def _check_mask(where: str, data: bytes | None, shape: tuple[int, int], meta) ->
     values = np.unique(mask)
     if not set(values.tolist()) <= {0, 255}:
         problems.append(f"{where}: mask values {values[:8].tolist()} are not binary 0/255")
+    if not values.any():
+        problems.append(f"{where}: anomalous sample with an empty mask (no defect pixel)")
     return problems
 
 

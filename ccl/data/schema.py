@@ -9,6 +9,10 @@ sources). Members of a sample share the key ``{dataset}/{class}/{split}/{defect}
     <key>.cls               class_id as text
 
 Every build also writes ``manifest.json`` (see ``MANIFEST_*`` below).
+
+Shards and manifests may come from someone else: their content is data, never a command or a path.
+Names that end up in file paths (``dataset``, ``class_name``, ``group``; manifest shard names) are
+checked here, and every member has a size cap by kind, checked before it is read.
 """
 
 from __future__ import annotations
@@ -34,6 +38,14 @@ BUILDER_VERSION = "1"
 
 _SHARD_RE = re.compile(r"^(train|val|test)-(\d{6})\.tar$")
 _KEY_PART_RE = re.compile(r"[^A-Za-z0-9_\-]+")
+_UNSAFE_NAME_RE = re.compile(r"[/\\\x00-\x1f\x7f]")
+PATH_NAME_FIELDS = ("dataset", "class_name", "group")  # become folder and file names (heatmaps, curves)
+
+# Largest member a reader accepts, by kind: a tar header may declare any size (1 TiB), and a reader
+# must not allocate it. Real records hold ~300-byte json and images of a few MB at most.
+MAX_MEMBER_BYTES = {META_EXTENSION: 1 << 20, CLASS_EXTENSION: 1 << 10, MASK_EXTENSION: 64 << 20,
+                    "png": 256 << 20, "jpg": 256 << 20}
+MAX_OTHER_MEMBER_BYTES = 1 << 20
 
 
 class SchemaError(ValueError):
@@ -98,6 +110,61 @@ def parse_shard_name(name: str) -> tuple[str, int] | None:
     return (m.group(1), int(m.group(2))) if m else None
 
 
+def member_limit(ext: str) -> int:
+    """The size cap of a member with extension ``ext`` (``"json"``, ``"mask.png"``, ``"png"``, ...)."""
+    return MAX_MEMBER_BYTES.get(ext, MAX_OTHER_MEMBER_BYTES)
+
+
+def check_path_name(value: str, what: str) -> str:
+    """``value`` if it is usable as one folder or file name: not empty, not ``.``/``..``, no separator or
+    control character; SchemaError naming ``what`` otherwise."""
+    if not value or value in (".", "..") or _UNSAFE_NAME_RE.search(value):
+        raise SchemaError(f"{what} {value!r} is not a plain name (empty, '.', '..', a separator or a control "
+                          "character): refused, it would become a path")
+    return value
+
+
+def safe_name(text: str) -> str:
+    """``text`` as one folder or file name (separators and control characters become ``_``); SchemaError
+    when nothing usable is left (empty, ``.`` or ``..``)."""
+    return check_path_name(_UNSAFE_NAME_RE.sub("_", text), "name")
+
+
+def validate_manifest(manifest: Any, where: str = MANIFEST_NAME) -> None:
+    """Check the structure of a parsed manifest; SchemaError naming ``where`` and the first problem.
+
+    Shard names must be this builder's ``{split}-NNNNNN.tar``: file names inside the build, never a
+    path, a URL or a ``pipe:`` command.
+    """
+    def need(ok: bool, problem: str) -> None:
+        if not ok:
+            raise SchemaError(f"{where}: {problem}")
+
+    need(isinstance(manifest, dict), f"expected a JSON object, got {type(manifest).__name__}")
+    for key in ("dataset", "classes", "shards"):
+        need(key in manifest, f"manifest lacks {key!r}")
+    need(isinstance(manifest["dataset"], str), f"dataset must be a string, got {manifest['dataset']!r}")
+    check_path_name(manifest["dataset"], f"{where}: dataset")
+    classes = manifest["classes"]
+    need(isinstance(classes, dict) and all(isinstance(k, str) and type(v) is int for k, v in classes.items()),
+         "classes must map 'dataset/class' names to integer ids")
+    need(isinstance(manifest["shards"], list), "shards must be a list")
+    for i, entry in enumerate(manifest["shards"]):
+        need(isinstance(entry, dict), f"shards[{i}] must be an object, got {entry!r:.80}")
+        missing = [k for k in ("name", "split", "samples", "bytes", "sha256") if k not in entry]
+        need(not missing, f"shards[{i}] lacks {missing}")
+        name = entry["name"]
+        parsed = parse_shard_name(name) if isinstance(name, str) else None
+        need(parsed is not None, f"shards[{i}].name {name!r:.120} is not a shard file name of this build "
+                                 "({split}-NNNNNN.tar): refused (a shard is data, never a path or a command)")
+        need(entry["split"] == parsed[0], f"shards[{i}]: {name} listed under split {entry['split']!r}")
+        for key in ("samples", "bytes"):
+            need(type(entry[key]) is int and entry[key] >= 0, f"shards[{i}].{key} must be a count >= 0")
+        need(isinstance(entry["sha256"], str), f"shards[{i}].sha256 must be a string")
+    for key, kind in (("counts", dict), ("skipped", list)):
+        need(key not in manifest or isinstance(manifest[key], kind), f"{key} must be a {kind.__name__}")
+
+
 def validate_meta(meta: Mapping[str, Any], where: str = "record") -> RecordMeta:
     """Check a decoded ``json`` member against the contract; raise SchemaError naming ``where``."""
     fields = {f.name: f.type for f in dataclasses.fields(RecordMeta)}
@@ -117,6 +184,11 @@ def validate_meta(meta: Mapping[str, Any], where: str = "record") -> RecordMeta:
             raise SchemaError(f"{where}: {name} must be a string, got {value!r}")
         values[name] = value
     rec = RecordMeta(**values)
+    for name in PATH_NAME_FIELDS:
+        try:
+            check_path_name(values[name], name)
+        except SchemaError as err:
+            raise SchemaError(f"{where}: {err}") from None
     if rec.split not in SPLITS:
         raise SchemaError(f"{where}: split {rec.split!r} is not one of {SPLITS}")
     if rec.label not in (0, 1):

@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 import torch
 
+from ccl.data.schema import SchemaError, safe_name
 from ccl.data.transforms import eval_view
 from ccl.metrics import METRICS
 from pipelines.eval_data import eval_loader, eval_plan
+from pipelines.config import replace
 from pipelines.evaluate import evaluate_maps, evaluate_model, run_evaluation
 from pipelines.model import load_export, read_info
 from pipelines.shards import ShardError, open_builds
@@ -115,23 +117,107 @@ def test_model_metrics_match_an_independent_exact_computation(setup: dict) -> No
     assert next((out / "heatmaps" / "mvtec" / "bottle").glob("top00_*")).name.endswith(top["key"].split("/")[-1] + ".png")
 
 
-def test_run_evaluation_stores_the_threshold_and_skips_a_corrupt_sample(setup: dict) -> None:
+def test_a_corrupt_sample_fails_the_evaluation_unless_partial_results_are_allowed(setup: dict) -> None:
     build = write_test_build(setup["tmp"] / "broken", "mvtec", ["bottle"], [4, 4], size=40, corrupt=[5])
-    result = run_evaluation(setup["export"], [build], setup["tmp"] / "broken_eval", vis=0)
-    assert result["images"] == 7 and result["expected"] == 8
-    assert len(result["skipped"]) == 1 and "img00005" in result["skipped"][0] and "test-000001.tar" in result["skipped"][0]
+    out = setup["tmp"] / "broken_eval"
     info = read_info(setup["export"])
-    assert info["image_threshold"] == pytest.approx(result["threshold"])
-    assert info["image_threshold_source"]["images"] == 7
+    with pytest.raises(ShardError, match=r"1 of 8 test samples were not scored .*img00005.*eval.allow_partial"):
+        run_evaluation(setup["export"], [build], out, vis=0)
+    assert not (out / "metrics.json").exists() and read_info(setup["export"]) == info  # nothing partial written
+    result = run_evaluation(setup["export"], [build], out, vis=0, overrides=["eval.allow_partial=true"])
+    assert (result["images"], result["expected"], result["missing"], result["complete"]) == (7, 8, 1, False)
+    assert len(result["skipped"]) == 1 and "img00005" in result["skipped"][0] and "test-000001.tar" in result["skipped"][0]
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["complete"] is False and saved["missing"] == 1 and saved["threshold"] is None
+    assert read_info(setup["export"]) == info  # never a threshold from a partial set
 
 
-def test_truncated_shard_is_reported_and_the_others_scored(setup: dict) -> None:
+def test_run_evaluation_stores_the_threshold_of_a_complete_set(setup: dict) -> None:
+    out = setup["tmp"] / "complete_eval"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"stale": true}')  # an earlier run's metrics are set aside, not kept as ours
+    result = run_evaluation(setup["export"], setup["builds"][1:], out, vis=0)
+    assert result["complete"] and result["missing"] == 0 and result["images"] == 6
+    assert read_info(setup["export"])["image_threshold"] == pytest.approx(result["threshold"])
+    assert read_info(setup["export"])["image_threshold_source"]["images"] == 6
+    assert json.loads((out / "metrics.previous.json").read_text()) == {"stale": True}
+    assert json.loads((out / "metrics.json").read_text())["complete"] is True
+
+
+def test_truncated_shard_counts_its_lost_samples(setup: dict) -> None:
     build = write_test_build(setup["tmp"] / "trunc", "mvtec", ["bottle"], [4, 4], size=40)
     shard = build / "test-000000.tar"
     shard.write_bytes(shard.read_bytes()[:1500])  # cut inside the first sample
-    result = evaluate_model(setup["model"], [build], setup["cfg"], None, None, vis=0)
-    assert result["images"] == 4  # the intact shard
-    assert any("test-000000.tar" in m for m in result["skipped"])
+    with pytest.raises(ShardError, match="4 of 8 test samples were not scored"):
+        evaluate_model(setup["model"], [build], setup["cfg"], None, None, vis=0)
+    cfg = replace(setup["cfg"], **{"eval.allow_partial": True})
+    result = evaluate_model(setup["model"], [build], cfg, None, None, vis=0)
+    assert result["images"] == 4 and result["missing"] == 4  # the intact shard; the lost ones are counted
+    assert any("test-000000.tar" in m and "4 planned sample(s) lost" in m for m in result["skipped"])
+    with pytest.raises(ShardError, match=r"test-000000.tar listed in .*manifest.json does not exist \(1 test shard\(s\) missing"):
+        shard.unlink()
+        run_evaluation(setup["export"], [build], setup["tmp"] / "trunc_eval", vis=0)
+
+
+def test_a_quick_look_is_never_complete_and_only_lost_samples_fail() -> None:
+    from pipelines.evaluate import check_complete
+
+    def result(images: int, expected: int | None) -> dict:
+        return {"images": images, "expected": expected, "skipped": [], "threshold": 0.5}
+
+    quick = result(10, 10)
+    check_complete(quick, allow_partial=False, quick_look=True)  # eval.max_images: no threshold is stored
+    assert (quick["missing"], quick["complete"], quick["threshold"]) == (0, False, 0.5)
+    unknown = result(7, None)  # eval.max_images with eval.classes: the manifests cannot say how many
+    check_complete(unknown, allow_partial=False, quick_look=True)
+    assert (unknown["missing"], unknown["complete"]) == (None, False)
+    with pytest.raises(ShardError, match="3 of 10 test samples were not scored"):
+        check_complete(result(7, 10), allow_partial=False)
+
+
+def test_heatmap_folders_from_shard_json_stay_inside_out(setup: dict, tmp_path: Path) -> None:
+    """Names from the records become paths: an escaping group is refused as a bad record; the rest are
+    sanitised before any folder is made."""
+    build = write_test_build(tmp_path / "evil", "mvtec", ["bottle", "cable"], [4], size=40)
+    shard = build / "test-000000.tar"
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    rewritten = []
+    for m, data in members:
+        if m.name.endswith(".json") and b'"bottle"' in data:
+            meta = json.loads(data)
+            meta["group"] = "../../../escaped"
+            data = json.dumps(meta).encode()
+        rewritten.append((m.name, data))
+    from tests.pipelines.shard_fixtures import tar_bytes
+
+    shard.write_bytes(tar_bytes([[item] for item in rewritten]))
+    cfg = replace(setup["cfg"], **{"eval.allow_partial": True})
+    out = tmp_path / "deep" / "er" / "out"
+    result = evaluate_model(setup["model"], [build], cfg, None, out, vis=2)
+    assert result["missing"] == 2 and all("not a plain name" in m for m in result["skipped"])
+    assert not list(tmp_path.rglob("escaped*"))
+    assert sorted(p.relative_to(out).parts[:3] for p in out.rglob("*.png") if "heatmaps" in p.parts) == \
+        [("heatmaps", "mvtec", "cable")] * 4
+    # the writer's own guard, for names that reach it
+    assert safe_name("a/../b") == "a_.._b" and safe_name("x\x00y") == "x_y"
+    with pytest.raises(SchemaError):
+        safe_name("..")
+
+
+def test_a_truncated_export_is_one_line_naming_the_file(setup: dict, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    from launch.evaluate import main
+
+    broken = tmp_path / "export"
+    shutil.copytree(setup["export"], broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:40])
+    assert main(["--checkpoint", str(broken), "--shards", str(setup["builds"][1]), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {weights}: not a readable safetensors file") and "Traceback" not in err
+    assert not (tmp_path / "o").exists()  # failed before anything was written
 
 
 def test_bad_input_names_the_problem(setup: dict, tmp_path: Path) -> None:

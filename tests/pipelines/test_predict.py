@@ -54,7 +54,7 @@ def test_scores_every_readable_image_and_reports_the_bad_one(export: Path, tmp_p
     assert [Path(r["path"]).name for r in skipped] == ["broken.png"]
     assert "broken.png" in capsys.readouterr().out
     heatmaps = sorted(p.relative_to(tmp_path / "out" / "heatmaps").as_posix() for p in (tmp_path / "out").rglob("*.png"))
-    assert heatmaps == ["a.png", "sub/b.png", "sub/c.png"]
+    assert heatmaps == ["a.png.png", "sub/b.jpg.png", "sub/c.png.png"]  # the input's name + .png
 
 
 def test_auto_threshold_needs_an_evaluation(export: Path, tmp_path: Path, capsys) -> None:
@@ -71,3 +71,29 @@ def test_auto_threshold_needs_an_evaluation(export: Path, tmp_path: Path, capsys
         rows = list(csv.DictReader(f))
     assert [Path(r["path"]).name for r in rows] == ["a.png"] and rows[0]["anomalous"] == "yes"
     assert not (tmp_path / "o2" / "heatmaps").exists()
+
+
+def test_same_stem_other_suffix_keeps_both_heatmaps(export: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    (tmp_path / "in").mkdir()
+    for name, size in (("a.png", 40), ("a.jpg", 56)):
+        cv2.imwrite(str(tmp_path / "in" / name), rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+    assert main(["--checkpoint", str(export), "--input", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                 "--threshold", "none"]) == 0
+    written = {p.name: cv2.imread(str(p)) for p in (tmp_path / "out" / "heatmaps").iterdir()}
+    assert sorted(written) == ["a.jpg.png", "a.png.png"]
+    assert not np.array_equal(written["a.jpg.png"], written["a.png.png"])  # two overlays, neither overwritten
+
+
+def test_a_truncated_export_is_one_line_naming_the_file(export: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    broken = tmp_path / "export"
+    shutil.copytree(export, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    write_images(tmp_path / "in")
+    assert main(["--checkpoint", str(broken), "--input", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                 "--threshold", "none"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {weights}: not a readable safetensors file") and "Traceback" not in err

@@ -181,6 +181,8 @@ def test_nan_losses_abort_and_keep_the_last_good_checkpoint(data: Path, referenc
 
 @pytest.mark.parametrize("override, message", [
     ("data.shards=[/nonexistent/build]", "does not exist"),
+    ("run.dir=/dev/null/run", "run.dir is not a writable directory"),
+    ("train.collective_timeout=0", "train.collective_timeout=0.0 must be a positive number of seconds"),
     ("data.batch_size=6", "at least 2 x data.classes_per_batch"),
     ("model.teacher=resnet_unknown", "not a timm model"),
     ("data.class_source=pseudo", "pseudo_classes.json does not exist"),
@@ -196,7 +198,43 @@ def test_bad_inputs_give_clear_errors(data: Path, override: str, message: str,
     from launch.train import main
 
     assert main(_args(data, "bad", override)) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1  # one line, no traceback
+
+
+def test_overrides_may_follow_resume(data: Path, capsys: pytest.CaptureFixture) -> None:
+    from launch.train import main
+
+    # parsed, and applied: the override after --resume is the one the error names
+    assert main([*_args(data, "bad"), "--resume", "auto", "data.batch_size=6"]) == 2
+    assert "data.batch_size=6 must be at least 2 x data.classes_per_batch" in capsys.readouterr().err
+
+
+def _damaged_copy(reference: Path, data: Path, name: str) -> Path:
+    run = data / name
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.copytree(reference / "checkpoints", run / "checkpoints")
+    return run / "checkpoints" / "last"
+
+
+def test_a_truncated_checkpoint_is_one_line_naming_the_file(data: Path, reference: Path) -> None:
+    last = _damaged_copy(reference, data, "truncated")
+    weights = last / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    proc = _one(data, "truncated", "train.epochs=3", "--resume", "auto", check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"error: {weights}: not a readable safetensors file, truncated or corrupt" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_missing_random_state_is_a_warning_or_with_determinism_an_error(data: Path, reference: Path) -> None:
+    last = _damaged_copy(reference, data, "norng")
+    (last / "random_states_0.pkl").unlink()
+    strict = _one(data, "norng", "train.epochs=2", "run.deterministic=true", "--resume", "auto", check=False)
+    assert strict.returncode == 2 and "random_states_0.pkl is missing" in strict.stderr
+    assert "run.deterministic=true makes this an error" in strict.stderr
+    lenient = _one(data, "norng", "train.epochs=2", "--resume", "auto")  # already at epoch 2: nothing to train
+    assert f"{last / 'random_states_0.pkl'} is missing: rank 0 resumes with a fresh random state" in lenient.stderr
 
 
 def test_bad_shards_and_world_size_give_clear_errors(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -13,7 +13,7 @@ import pytest
 
 from pipelines.class_batches import ClassBatcher, batch_layout
 from pipelines.data_plan import exact_segments, train_segments
-from pipelines.shards import open_builds
+from pipelines.shards import ERROR_KEY, LostSamples, ShardError, decode_record, open_builds
 from pipelines.tar_reader import iter_range
 from pipelines.train_data import (ExactSpec, ExactStream, StreamSpec, TrainStream, load_labels, make_loader,
                                   shard_list)
@@ -135,9 +135,25 @@ def test_corrupt_sample_and_truncated_shard_are_skipped_and_counted(tmp_path: Pa
     spec = _spec(build, 0, 1, 1, batch=4)
     batches = _run_rank(spec, 0)
     assert len(batches) == 40 // 4  # the step count stays fixed
-    assert sum(b["stats"]["corrupt"] for b in batches) >= 2
+    corrupt, lost = (sum(b["stats"][k] for b in batches) for k in ("corrupt", "lost"))
+    delivered = {k for b in batches for k in b["keys"]}
+    # Every planned sample is delivered, unreadable (counted once) or lost with the truncated shard's tail:
+    # tarfile reads a cut shard as a short one, the reader counts what the plan misses.
+    assert len(delivered) + corrupt + lost == 40
+    assert corrupt >= 1 and lost >= 5  # not "one corrupt item" for the whole lost tail
     assert sum(b["stats"]["padded"] for b in batches) > 0  # the lost half shard is made up by repeats
     assert all(len(b["keys"]) == 4 for b in batches)
+
+
+def test_exact_stream_counts_the_samples_of_a_truncated_shard(tmp_path: Path) -> None:
+    build = write_build(tmp_path, "toy", ["a", "b"], [12, 12], size=16)
+    data = (build / "train-000000.tar").read_bytes()
+    (build / "train-000000.tar").write_bytes(data[: len(data) // 3])
+    shard_set = open_builds([build])
+    spec = ExactSpec(shard_list(shard_set, "train"), 1, 0, 1, 5, 16, dict(shard_set.class_index))
+    batches = list(make_loader(ExactStream(spec), 0))
+    read = sum(len(b["keys"]) for b in batches)
+    assert 12 <= read < 24 and read + sum(b["corrupt"] for b in batches) == 24
 
 
 def _corrupt_first_image(path: Path) -> None:
@@ -177,4 +193,46 @@ def test_tar_reader_ranges_match_a_full_read(build: Path) -> None:
     url = str(build / "train-000002.tar")
     full = [s["__key__"] for s in iter_range(url)]
     assert [s["__key__"] for s in iter_range(url, 10, 17)] == full[10:17]
-    assert [s["__key__"] for s in iter_range(f"pipe:cat {url}", 5, 9)] == full[5:9]
+
+
+def test_tar_reader_counts_what_a_short_or_missing_shard_loses(build: Path, tmp_path: Path) -> None:
+    short = tmp_path / "short.tar"
+    short.write_bytes((build / "train-000002.tar").read_bytes())
+    got = []
+    with pytest.raises(LostSamples) as err:  # the shard holds 41 samples, the plan reads 30..50
+        for sample in iter_range(str(short), 30, 50):
+            got.append(sample["__key__"])
+    assert len(got) == 11 and err.value.lost == 9
+    with pytest.raises(LostSamples, match="does not exist") as err:
+        list(iter_range(str(tmp_path / "gone.tar"), 5, 9))
+    assert err.value.lost == 4
+
+
+def test_tar_reader_never_runs_a_pipe_url(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    with pytest.raises(LostSamples, match="does not exist"):
+        list(iter_range(f"pipe:touch {marker}", 0, 1))
+    assert not marker.exists()
+
+
+def test_oversized_members_are_refused_unread(tmp_path: Path) -> None:
+    """A member that declares more than its kind's cap marks its sample; the reader never allocates it."""
+    path = tmp_path / "big.tar"
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        for name, size in (("x/a.json", 10), ("x/a.png", 10), ("y/b.json", (1 << 20) + 1), ("y/b.png", 10)):
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tar.addfile(info, io.BytesIO(b"{" * size))
+    first, second = iter_range(str(path), 0, 2)
+    assert ERROR_KEY not in first and ERROR_KEY in second and "json" not in second
+    assert "over the 1048576-byte limit for .json members" in second[ERROR_KEY]
+    with pytest.raises(ShardError, match="over the 1048576-byte limit"):
+        decode_record(second)
+    # a header that declares 1 TiB in a 1.5 KB file: no MemoryError, the sample is counted as lost
+    header = tarfile.TarInfo("z/c.png")
+    header.size = 1 << 40
+    fake = tmp_path / "tib.tar"
+    fake.write_bytes(header.tobuf(format=tarfile.GNU_FORMAT) + bytes(1024))
+    with pytest.raises(LostSamples, match="corrupt or truncated") as err:
+        list(iter_range(str(fake), 0, 1))
+    assert err.value.lost == 1

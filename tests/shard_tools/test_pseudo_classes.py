@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -48,7 +49,9 @@ def write_toy_build(root: Path, dataset: str, n_train: int = 8, n_val: int = 2, 
                     sink.write({"__key__": key, "png": png.tobytes(), "json": json.dumps(meta).encode(),
                                 "cls": str(meta["class_id"]).encode()})
                     train_keys += [key] if split == "train" else []
-        shards.append({"name": name, "split": split, "samples": n * len(TOY)})
+        data = (root / name).read_bytes()
+        shards.append({"name": name, "split": split, "samples": n * len(TOY), "bytes": len(data),
+                       "sha256": hashlib.sha256(data).hexdigest()})
     manifest = {"dataset": dataset, "classes": classes, "shards": shards}
     (root / "manifest.json").write_text(json.dumps(manifest))
     return train_keys

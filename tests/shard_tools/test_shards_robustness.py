@@ -191,27 +191,9 @@ def test_verify_reports_corrupt_missing_and_stray_shards(tmp_path, mvtec_src, ca
 
 def test_verify_reports_a_non_binary_mask(tmp_path, mvtec_src):
     """A shard re-written by hand with a grey mask (and a matching manifest) still fails verify."""
-    import hashlib
-    import io
-    import json
-    import tarfile
-
     out = tmp_path / "o" / "mvtec"
     assert main(build_args(mvtec_src, tmp_path / "o", "--max-shard-bytes", "1MB")) == 0
-    path = out / "test-000000.tar"
-    with tarfile.open(path) as tar:
-        members = [(i, tar.extractfile(i).read()) for i in tar.getmembers()]
-    with tarfile.open(path, "w") as tar:
-        for info, data in members:
-            if info.name.endswith(".mask.png"):
-                data = cv2.imencode(".png", np.full((20, 24), 128, np.uint8))[1].tobytes()
-                info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    manifest = manifest_of(out)
-    for s in manifest["shards"]:
-        if s["name"] == path.name:
-            s["sha256"], s["bytes"] = hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    _rewrite_members(out / "test-000000.tar", out, _masks_replaced(np.full((20, 24), 128, np.uint8)))
     problems = verify_build(out)
     assert problems and all("not binary" in p for p in problems)
 
@@ -223,3 +205,117 @@ def test_verify_reports_a_truncated_shard(tmp_path, mvtec_src):
     shard.write_bytes(shard.read_bytes()[:1500])  # cut inside a member
     text = "\n".join(verify_build(out))
     assert "test-000000.tar" in text and "not a readable tar" in text
+
+
+def _rewrite_members(path: Path, out: Path, change) -> None:
+    """Re-write shard ``path`` with ``change(name, data) -> data`` applied to every member, and make the
+    manifest's size and checksum match again (so only verify's content checks can object)."""
+    import hashlib
+    import io
+    import json
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        members = [(i, tar.extractfile(i).read()) for i in tar.getmembers()]
+    with tarfile.open(path, "w") as tar:
+        for info, data in members:
+            data = change(info.name, data)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    manifest = manifest_of(out)
+    for s in manifest["shards"]:
+        if s["name"] == path.name:
+            s["sha256"], s["bytes"] = hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _masks_replaced(mask: np.ndarray):
+    png = cv2.imencode(".png", mask)[1].tobytes()
+    return lambda name, data: png if name.endswith(".mask.png") else data
+
+
+def test_verify_reports_an_anomalous_sample_with_an_empty_mask(tmp_path, mvtec_src):
+    out = tmp_path / "o" / "mvtec"
+    assert main(build_args(mvtec_src, tmp_path / "o", "--max-shard-bytes", "1MB")) == 0
+    _rewrite_members(out / "test-000000.tar", out, _masks_replaced(np.zeros((20, 24), np.uint8)))
+    problems = verify_build(out)
+    assert problems and all("anomalous sample with an empty mask" in p for p in problems)
+
+
+def test_a_tiny_defect_survives_resizing_as_one_pixel():
+    from shard_tools.images import resize_mask
+
+    mask = np.zeros((200, 240), bool)
+    mask[101, 37] = True  # 1 source pixel: covers 1/400 of a 12 x 12 output pixel
+    small = resize_mask(mask, 12)
+    assert small.sum() == 1 and tuple(np.argwhere(small)[0]) == (101 * 12 // 200, 37 * 12 // 240)
+    big = np.zeros((200, 240), bool)
+    big[40:160, 60:200] = True  # large defects are binarised at 0.5 as before, nothing added
+    area = cv2.resize(big.astype(np.float32), (12, 12), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(resize_mask(big, 12), area >= 0.5)
+    assert not resize_mask(np.zeros((50, 50), bool), 12).any()  # a normal mask stays empty
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda m: m.update(shards=["train-000000.tar"]), "shards[0] must be an object"),
+    (lambda m: m["shards"][0].pop("sha256"), "shards[0] lacks ['sha256']"),
+    (lambda m: m["shards"][0].update(name="pipe:touch /tmp/x"), "is not a shard file name of this build"),
+    (lambda m: m["shards"][0].update(samples="3"), "shards[0].samples must be a count"),
+    (lambda m: m.update(classes=["a"]), "classes must map"),
+    (lambda m: m.pop("shards"), "manifest lacks 'shards'"),
+])
+def test_verify_reports_a_manifest_of_the_wrong_structure(tmp_path, mvtec_src, capsys, mutate, message):
+    import json
+
+    out = tmp_path / "o" / "mvtec"
+    assert main(build_args(mvtec_src, tmp_path / "o", "--max-shard-bytes", "1MB")) == 0
+    manifest = manifest_of(out)
+    mutate(manifest)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert verify_main([str(out)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "manifest.json" in err and "Traceback" not in err
+
+
+def test_an_unwritable_out_is_one_line(tmp_path, mvtec_src, capsys):
+    (tmp_path / "file").write_text("a file where --out needs a folder")
+    err = error_of(capsys, build_args(mvtec_src, tmp_path / "file" / "shards"))
+    assert str(tmp_path / "file") in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_second_build_into_the_same_out_names_the_one_holding_it(tmp_path, mvtec_src, capsys):
+    """A build that holds OUT/<dataset> (another process) makes a second one stop before touching it."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from shard_tools.lock import build_lock\n"
+         f"with build_lock(Path({str(tmp_path / 'o' / 'mvtec')!r})):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, cwd=fx.REPO, env={**os.environ, "PYTHONPATH": str(fx.REPO)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        err = error_of(capsys, build_args(mvtec_src, tmp_path / "o"))
+        assert f"pid {holder.pid} on " in err and "is being written by another build" in err
+        assert not list((tmp_path / "o" / "mvtec").glob("*.tar"))  # the second build wrote nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(build_args(mvtec_src, tmp_path / "o")) == 0  # the lock died with its holder
+
+
+def test_verify_refuses_oversized_members_without_reading_them(tmp_path, mvtec_src, capsys):
+    """A json member of 2 MiB (over the 1 MiB cap) is reported, not read; a header declaring 1 TiB
+    is a corrupt shard, not a MemoryError."""
+    import tarfile
+
+    out = tmp_path / "o" / "mvtec"
+    assert main(build_args(mvtec_src, tmp_path / "o", "--max-shard-bytes", "1MB")) == 0
+    _rewrite_members(out / "test-000000.tar", out,
+                     lambda name, data: data + b" " * (2 << 20) if name.endswith(".json") else data)
+    problems = verify_build(out)
+    assert problems and all("over the 1048576-byte limit for .json members" in p or "counts" in p for p in problems)
+    header = tarfile.TarInfo("mvtec/bottle/test/good/x.png")
+    header.size = 1 << 40
+    (out / "val-000000.tar").write_bytes(header.tobuf(format=tarfile.GNU_FORMAT) + bytes(1024))
+    text = "\n".join(verify_build(out))
+    assert "val-000000.tar: not a readable tar" in text and "corrupt or truncated" in text
