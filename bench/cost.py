@@ -1,0 +1,234 @@
+"""What an RD + CCL training step costs: the models compared, a clock for the parts of a step, conv MACs.
+
+Shared by bench/step.py (CPU) and bench/gpu.py (CUDA). Not a benchmark on its own.
+
+- ``SETTINGS``: today's small setting and the paper's (wide_resnet50_2, 256 px, batch 16 = 8 classes x 2).
+- ``build_models``: Joint RD (no projector, lambdas 0) and RD + CCL with one shared teacher state.
+- ``LADDER``: RD + CCL with its terms switched on one by one (the lambdas of one model object), so the
+  backward and optimizer cost of each addition shows as a difference of whole steps.
+- ``StepClock``: wall time of the parts of a training step (teacher, projector, neck per view, decoder,
+  KD, local CL per scale, global CL, rest of the forward, backward, optimizer) from forward hooks and
+  wrappers of the loss functions where ``ccl.models.rdccl`` calls them.
+- ``conv_macs``: multiply-accumulates of every conv of a step, forward and backward (grad of the weight
+  when trainable, grad of the input when it requires one): the floor the step-time ratio cannot beat.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+import ccl.models.rdccl as rdccl
+from ccl.models import RDCCL
+
+SETTINGS = {
+    "small": dict(teacher="resnet18", size=128, batch=8),
+    "paper": dict(teacher="wide_resnet50_2", size=256, batch=16),
+}
+
+# (name, lambda_local, lambda_global) of the RD + CCL model; the projector runs in every row.
+LADDER = (("RD + projector, no CL", 0.0, 0.0), ("+ global CL only", 0.0, 1.0),
+          ("+ local CL only", 1.0, 0.0), ("RD+CCL", 1.0, 1.0))
+
+
+def build_models(teacher: str, device: str | torch.device = "cpu", **ccl_kw) -> dict[str, RDCCL]:
+    """Joint RD and RD + CCL (``ccl_kw`` overrides its switches); both hold the same teacher weights."""
+    torch.manual_seed(0)
+    rd = RDCCL(teacher=teacher, projector="none", lambda_local=0.0, lambda_global=0.0)
+    torch.manual_seed(0)
+    ccl_model = RDCCL(teacher=teacher, **ccl_kw)
+    ccl_model.teacher.load_state_dict(rd.teacher.state_dict())
+    return {"RD": rd.to(device), "RD+CCL": ccl_model.to(device)}
+
+
+def make_batch(batch: int, size: int, device: str | torch.device = "cpu") -> tuple[torch.Tensor, ...]:
+    """Images, a slightly different augmented view, and labels of batch // 2 classes x 2 (the paper's 8 x 2)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, size, size, generator=g)
+    aug = x + 0.1 * torch.randn(x.shape, generator=g)
+    labels = torch.arange(batch) % max(1, batch // 2)
+    return x.to(device), aug.to(device), labels.to(device)
+
+
+@contextmanager
+def lambdas(model: RDCCL, local: float, global_: float) -> Iterator[RDCCL]:
+    """The model with these lambdas for the block (a ladder row), restored afterwards."""
+    saved = model.lambda_local, model.lambda_global
+    model.lambda_local, model.lambda_global = local, global_
+    try:
+        yield model
+    finally:
+        model.lambda_local, model.lambda_global = saved
+
+
+def synchronizer(device: torch.device | str) -> Callable[[], None]:
+    """A function that waits for the device's queued work (a no-op on CPU)."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def medians(samples: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Per candidate, the median of every timed part over the repeats."""
+    out = {}
+    for name, runs in samples.items():
+        keys = list(dict.fromkeys(k for r in runs for k in r))
+        out[name] = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in keys}
+    return out
+
+
+def interleaved(fns: dict[str, Callable[[], dict[str, float]]], repeats: int, warmup: int = 1) -> dict[str, dict[str, float]]:
+    """Run the candidates in turn (so that load drifts hit all alike); medians of what each returns."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples: dict[str, list[dict[str, float]]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            samples[k].append(fn())
+    return medians(samples)
+
+
+def timed(fn: Callable[[], object], sync: Callable[[], None]) -> Callable[[], dict[str, float]]:
+    """``fn`` as a candidate of ``interleaved``: {"total": seconds}."""
+    def run() -> dict[str, float]:
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        return {"total": time.perf_counter() - t0}
+    return run
+
+
+class StepClock:
+    """Wall time of the parts of RDCCL training steps (``train_step``).
+
+    Forward hooks time the teacher, projector, neck (first call of a step: the anchor view; second:
+    the augmented view) and decoder; ``kd_loss``, the local loss (one call per configured
+    scale) and the global loss are wrapped where ``ccl.models.rdccl`` looks them up. ``sync`` is called
+    at every boundary (CUDA: torch.cuda.synchronize), which a real step would not do.
+    """
+
+    def __init__(self, model: RDCCL, sync: Callable[[], None] = lambda: None) -> None:
+        self.model, self.sync = model, sync
+        self.parts: dict[str, float] = defaultdict(float)
+        self._calls: dict[str, int] = defaultdict(int)
+        self._started: dict[str, float] = {}
+        self._undo: list[Callable[[], None]] = []
+
+    def reset(self) -> None:
+        self.parts.clear()
+        self._calls.clear()
+
+    def _label(self, kind: str) -> str:
+        n = self._calls[kind]
+        self._calls[kind] += 1
+        if kind == "neck":
+            return "neck, anchor view" if n == 0 else "neck, augmented view"
+        if kind == "local":
+            return f"local CL, scale {self.model.local_scales[n]}"
+        return kind
+
+    def _hook(self, kind: str, module: nn.Module) -> None:
+        def before(mod, inp):
+            self.sync()
+            self._started[kind] = time.perf_counter()
+
+        def after(mod, inp, out):
+            self.sync()
+            self.parts[self._label(kind)] += time.perf_counter() - self._started.pop(kind)
+
+        handles = [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+        self._undo.append(lambda: [h.remove() for h in handles])
+
+    def _wrap(self, kind: str, fn: Callable) -> Callable:
+        def wrapper(*args, **kwargs):
+            label = self._label(kind)
+            self.sync()
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            self.sync()
+            self.parts[label] += time.perf_counter() - t0
+            return out
+        return wrapper
+
+    def __enter__(self) -> "StepClock":
+        for kind in ("teacher", "projector", "neck", "decoder"):
+            self._hook(kind, getattr(self.model, kind))
+        # rdccl calls local_contrastive_views (older code: local_contrastive_loss), once per scale.
+        local = "local_contrastive_views" if hasattr(rdccl, "local_contrastive_views") else "local_contrastive_loss"
+        for name, kind in (("kd_loss", "KD loss"), (local, "local")):
+            original = getattr(rdccl, name)
+            setattr(rdccl, name, self._wrap(kind, original))
+            self._undo.append(lambda name=name, original=original: setattr(rdccl, name, original))
+        key = self.model.global_loss
+        original = rdccl.global_losses[key]
+        rdccl.global_losses[key] = self._wrap("global CL", original)
+        self._undo.append(lambda: rdccl.global_losses.__setitem__(key, original))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for undo in reversed(self._undo):
+            undo()
+        self._undo.clear()
+
+    def train_step(self, step: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """Time one step: ``step()`` returns the loss (forward); then backward and the optimizer.
+
+        The hooks and wrappers are in place during the forward only (one clock at a time)."""
+        self.reset()
+        self.sync()
+        t0 = time.perf_counter()
+        with self:
+            loss = step()
+        self.sync()
+        t1 = time.perf_counter()
+        loss.backward()
+        self.sync()
+        t2 = time.perf_counter()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        self.sync()
+        t3 = time.perf_counter()
+        parts = dict(self.parts)
+        parts["rest of the forward"] = (t1 - t0) - sum(parts.values())
+        parts.update({"backward": t2 - t1, "optimizer": t3 - t2, "total": t3 - t0})
+        return parts
+
+
+def conv_macs(model: nn.Module, run: Callable[[], torch.Tensor | dict]) -> dict[str, float]:
+    """Conv multiply-accumulates of ``run()`` (a forward of ``model``) by top-level part, and
+    ``"backward"``: the MACs the backward pass adds (weight grads of trainable convs, input grads
+    where the input requires one). Elementwise work and the losses' matmuls are not counted."""
+    macs: dict[str, float] = defaultdict(float)
+
+    def hook(name):
+        def count(mod, inp, out):
+            kernel = mod.weight.shape[1] * mod.weight.shape[2] * mod.weight.shape[3]
+            # Conv2d: each output sums in/groups x k x k inputs; ConvTranspose2d: each input spreads
+            # over out/groups x k x k outputs.
+            n = float((out if isinstance(mod, nn.Conv2d) else inp[0]).numel() * kernel)
+            macs[name.split(".")[0]] += n
+            macs["backward"] += n * (int(mod.weight.requires_grad) + int(inp[0].requires_grad))
+        return count
+
+    handles = [mod.register_forward_hook(hook(n)) for n, mod in model.named_modules()
+               if isinstance(mod, (nn.Conv2d, nn.ConvTranspose2d))]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    macs["forward"] = sum(v for k, v in macs.items() if k != "backward")
+    macs["step"] = macs["forward"] + macs["backward"]
+    return dict(macs)
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
