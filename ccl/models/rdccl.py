@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence, Union
+from typing import Any, Callable, Iterator, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -205,6 +205,15 @@ class RDCCL(nn.Module):
         maps = anomaly_map(teacher, student, images.shape[-2:], sigma=self.sigma)  # (B, H, W)
         features = F.normalize(pooled(code), dim=1).detach()
         return {"kd": kd, "loss": kd, "anomaly_map": maps, "score": image_score(maps), "global_features": features}
+
+    def compile_student(self, backend: str | Callable = "inductor", mode: str = "default") -> None:
+        """torch.compile the trainable path (projector, neck, decoder) in place.
+
+        Parameter names, state dict and hooks stay the eager modules' (exports and checkpoints do not
+        change); the frozen teacher, the losses and their collectives run eagerly between the compiled parts.
+        """
+        for module in (self.projector, self.neck, self.decoder):
+            module.compile(backend=backend, mode=None if mode == "default" else mode)
 
     def param_groups(self, lr_projector: float, lr_rest: float) -> list[dict[str, Any]]:
         """Optimizer groups of the trainable parameters (projector / neck + decoder); empty groups omitted."""
