@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -300,7 +301,14 @@ def _exact_batch(images: list[np.ndarray], labels: list[int], keys: list[str], c
 def make_loader(dataset: IterableDataset, num_workers: int, pin_memory: bool = False) -> DataLoader:
     """batch_size=None: the datasets yield whole batches; workers keep the DataLoader's round-robin order."""
     return DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None)
+                      persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None,
+                      worker_init_fn=ignore_sigterm if num_workers > 0 else None)
+
+
+def ignore_sigterm(_worker_id: int) -> None:
+    """Loader workers outlive a SIGTERM sent to every process (SLURM preemption): their rank decides when
+    to stop, after its checkpoint; a worker killed by the signal would abort the rank before it."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 # ---------------------------------------------------------------- from the config
