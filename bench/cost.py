@@ -18,8 +18,8 @@ from __future__ import annotations
 import statistics
 import time
 from collections import defaultdict
-from contextlib import contextmanager
-from typing import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Callable, ContextManager, Iterator
 
 import torch
 from torch import nn
@@ -74,6 +74,12 @@ def synchronizer(device: torch.device | str) -> Callable[[], None]:
     return lambda: None
 
 
+def clock_for(device: torch.device | str) -> Callable[[], float]:
+    """Seconds to time with: wall time on a GPU; on CPU the process's CPU time, which time slices given
+    to other jobs of a shared machine do not inflate (with one intra-op thread it is the work done)."""
+    return time.perf_counter if torch.device(device).type == "cuda" else time.process_time
+
+
 def medians(samples: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
     """Per candidate, the median of every timed part over the repeats."""
     out = {}
@@ -95,14 +101,15 @@ def interleaved(fns: dict[str, Callable[[], dict[str, float]]], repeats: int, wa
     return medians(samples)
 
 
-def timed(fn: Callable[[], object], sync: Callable[[], None]) -> Callable[[], dict[str, float]]:
+def timed(fn: Callable[[], object], sync: Callable[[], None] = lambda: None,
+          clock: Callable[[], float] = time.process_time) -> Callable[[], dict[str, float]]:
     """``fn`` as a candidate of ``interleaved``: {"total": seconds}."""
     def run() -> dict[str, float]:
         sync()
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
         sync()
-        return {"total": time.perf_counter() - t0}
+        return {"total": clock() - t0}
     return run
 
 
@@ -115,8 +122,9 @@ class StepClock:
     at every boundary (CUDA: torch.cuda.synchronize), which a real step would not do.
     """
 
-    def __init__(self, model: RDCCL, sync: Callable[[], None] = lambda: None) -> None:
-        self.model, self.sync = model, sync
+    def __init__(self, model: RDCCL, sync: Callable[[], None] = lambda: None,
+                 clock: Callable[[], float] = time.process_time) -> None:
+        self.model, self.sync, self.clock = model, sync, clock
         self.parts: dict[str, float] = defaultdict(float)
         self._calls: dict[str, int] = defaultdict(int)
         self._started: dict[str, float] = {}
@@ -138,11 +146,11 @@ class StepClock:
     def _hook(self, kind: str, module: nn.Module) -> None:
         def before(mod, inp):
             self.sync()
-            self._started[kind] = time.perf_counter()
+            self._started[kind] = self.clock()
 
         def after(mod, inp, out):
             self.sync()
-            self.parts[self._label(kind)] += time.perf_counter() - self._started.pop(kind)
+            self.parts[self._label(kind)] += self.clock() - self._started.pop(kind)
 
         handles = [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
         self._undo.append(lambda: [h.remove() for h in handles])
@@ -151,10 +159,10 @@ class StepClock:
         def wrapper(*args, **kwargs):
             label = self._label(kind)
             self.sync()
-            t0 = time.perf_counter()
+            t0 = self.clock()
             out = fn(*args, **kwargs)
             self.sync()
-            self.parts[label] += time.perf_counter() - t0
+            self.parts[label] += self.clock() - t0
             return out
         return wrapper
 
@@ -184,18 +192,18 @@ class StepClock:
         The hooks and wrappers are in place during the forward only (one clock at a time)."""
         self.reset()
         self.sync()
-        t0 = time.perf_counter()
+        t0 = self.clock()
         with self:
             loss = step()
         self.sync()
-        t1 = time.perf_counter()
+        t1 = self.clock()
         loss.backward()
         self.sync()
-        t2 = time.perf_counter()
+        t2 = self.clock()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         self.sync()
-        t3 = time.perf_counter()
+        t3 = self.clock()
         parts = dict(self.parts)
         parts["rest of the forward"] = (t1 - t0) - sum(parts.values())
         parts.update({"backward": t2 - t1, "optimizer": t3 - t2, "total": t3 - t0})
@@ -232,3 +240,72 @@ def conv_macs(model: nn.Module, run: Callable[[], torch.Tensor | dict]) -> dict[
 
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def train_step_times(models: dict[str, RDCCL], batch: tuple[torch.Tensor, ...], repeats: int, warmup: int,
+                     sync: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.process_time,
+                     context: Callable[[], ContextManager] = nullcontext,
+                     extra: dict[str, Callable[[], dict[str, float]]] | None = None) -> dict[str, dict[str, float]]:
+    """Parts of a training step (StepClock) of Joint RD and of every LADDER row of the RD + CCL model, the
+    candidates interleaved (plus ``extra`` candidates); ``context`` wraps each forward (e.g. autocast)."""
+    x, aug, labels = batch
+    opts = {k: torch.optim.Adam(m.param_groups(1e-3, 5e-3), betas=(0.5, 0.999)) for k, m in models.items()}
+    clocks = {k: StepClock(m.train(), sync, clock) for k, m in models.items()}
+
+    def forward(model: RDCCL) -> torch.Tensor:
+        with context():
+            return model(x, aug, labels)["loss"]
+
+    fns = {"Joint RD": lambda: clocks["RD"].train_step(lambda: forward(models["RD"]), opts["RD"])}
+    for name, local, global_ in LADDER:
+        def step(local=local, global_=global_) -> dict[str, float]:
+            with lambdas(models["RD+CCL"], local, global_):
+                return clocks["RD+CCL"].train_step(lambda: forward(models["RD+CCL"]), opts["RD+CCL"])
+        fns[name] = step
+    return interleaved({**fns, **(extra or {})}, repeats, warmup)
+
+
+def mac_floor(models: dict[str, RDCCL], size: int, device: str | torch.device = "cpu") -> dict[str, float]:
+    """Conv MACs of one training step of Joint RD and each LADDER row (batch of 2, one class: MACs are
+    linear in the batch)."""
+    x, aug, labels = make_batch(2, size, device)
+    out = {"Joint RD": conv_macs(models["RD"], lambda: models["RD"](x, aug, labels))["step"]}
+    for name, local, global_ in LADDER:
+        with lambdas(models["RD+CCL"], local, global_):
+            out[name] = conv_macs(models["RD+CCL"], lambda: models["RD+CCL"](x, aug, labels))["step"]
+    return out
+
+
+def row(cells: list[str]) -> str:
+    """One markdown table row."""
+    return "| " + " | ".join(cells) + " |"
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.0f}"
+
+
+def parts_table(rd: dict[str, float], ccl_times: dict[str, float]) -> list[str]:
+    """Markdown rows: every part of the RD + CCL step beside Joint RD's, the extra, its share."""
+    extra = ccl_times["total"] - rd["total"]
+    lines = [row(["part of the step (ms)", "Joint RD", "RD+CCL", "extra", "share of the extra"]), row(["---"] + ["---:"] * 4)]
+    for part in [p for p in ccl_times if p != "total"] + ["total"]:
+        a, b = rd.get(part, 0.0), ccl_times[part]
+        share = f"{(b - a) / extra:.0%}" if extra > 0 and part != "total" else ""
+        lines.append(row([part, ms(a) if part in rd else "-", ms(b), f"{(b - a) * 1e3:+.0f}", share]))
+    return lines
+
+
+def ladder_table(times: dict[str, dict[str, float]], macs: dict[str, float] | None = None) -> list[str]:
+    """Markdown rows: forward / backward / optimizer / step of Joint RD and each LADDER row, ratios to
+    Joint RD, and the conv-MAC ratio (when ``macs`` is given)."""
+    base = times["Joint RD"]["total"]
+    head = ["variant (ms)", "forward", "backward", "optimizer", "step", "x Joint RD"]
+    lines = [row(head + (["conv MACs x Joint RD"] if macs else [])), row(["---"] + ["---:"] * (len(head) - (0 if macs else 1)))]
+    for name in ["Joint RD"] + [r[0] for r in LADDER]:
+        t = times[name]
+        fwd = t["total"] - t["backward"] - t["optimizer"]
+        goal = " (goal <= 1.8x)" if name == "RD+CCL" else ""
+        cells = [name, ms(fwd), ms(t["backward"]), ms(t["optimizer"]), ms(t["total"]), f"{t['total'] / base:.2f}x{goal}"]
+        lines.append(row(cells + ([f"{macs[name] / macs['Joint RD']:.2f}x"] if macs else [])))
+    return lines

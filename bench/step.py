@@ -9,6 +9,9 @@ Prints:
   3. share of an RD + CCL DDP step spent in the cross-rank gathers at 2 gloo ranks (goal <= 5%)
   4. peak memory of local CL, window "full", chunked vs unchunked (forward + backward, fresh subprocesses)
 
+Times of [1] and [2] are the process's CPU time (one intra-op thread by default): on a shared machine
+wall time would also count the time slices of other jobs. Candidates alternate, medians are reported.
+
 Settings: --setting small (resnet18, 128 px, batch 8; all four sections) or paper (wide_resnet50_2,
 256 px, batch 16 = 8 classes x 2; sections 1-2 by default); --teacher / --size / --batch override.
 
@@ -41,75 +44,22 @@ def _train_step(model: RDCCL, opt: torch.optim.Optimizer, x, aug, labels, **kw) 
     opt.step()
 
 
-def _row(cells: list[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.0f}"
-
-
 def bench_train(teacher: str, batch: int, size: int, repeats: int, warmup: int) -> None:
     """[1] Joint RD vs the RD + CCL ladder, each step broken into its parts, and the conv-MAC floor."""
     import cost
 
     models = cost.build_models(teacher)
-    rd, ccl_model = models["RD"].train(), models["RD+CCL"].train()
-    x, aug, labels = cost.make_batch(batch, size)
-    opts = {k: torch.optim.Adam(m.param_groups(1e-3, 5e-3), betas=(0.5, 0.999)) for k, m in models.items()}
-    clocks = {k: cost.StepClock(m) for k, m in models.items()}
-    fns = {"Joint RD": lambda: clocks["RD"].train_step(lambda: rd(x, aug, labels)["loss"], opts["RD"])}
-    for name, local, global_ in cost.LADDER:
-        def step(local=local, global_=global_):
-            with cost.lambdas(ccl_model, local, global_):
-                return clocks["RD+CCL"].train_step(lambda: ccl_model(x, aug, labels)["loss"], opts["RD+CCL"])
-        fns[name] = step
-    both = torch.cat([x, aug])
-    fns["teacher, one view"] = cost.timed(lambda: ccl_model.teacher(x), lambda: None)
-    fns["teacher, both views in one call"] = cost.timed(lambda: ccl_model.teacher(both), lambda: None)
-    times = cost.interleaved(fns, repeats, warmup)
+    x, aug, _ = data = cost.make_batch(batch, size)
+    teacher_model, both = models["RD+CCL"].teacher, torch.cat([x, aug])
+    extra = {"teacher, one view": cost.timed(lambda: teacher_model(x)),
+             "teacher, both views in one call": cost.timed(lambda: teacher_model(both))}
+    times = cost.train_step_times(models, data, repeats, warmup, extra=extra)
     print(f"[1] train step (forward + backward + Adam), {teacher}, batch {batch} x {size} px, "
-          f"{torch.get_num_threads()} thread(s), median of {repeats}, ms\n")
-    _report_parts(times["Joint RD"], times["RD+CCL"])
-    print(f"\n    teacher, one view {_ms(times['teacher, one view']['total'])} ms; both views in one call "
-          f"{_ms(times['teacher, both views in one call']['total'])} ms\n")
-    _report_ladder(times, _mac_floor(models, size))
-
-
-def _report_parts(rd: dict[str, float], ccl_times: dict[str, float]) -> None:
-    extra = ccl_times["total"] - rd["total"]
-    print(_row(["part of the step", "Joint RD", "RD+CCL", "extra", "share of the extra"]))
-    print(_row(["---"] + ["---:"] * 4))
-    for part in [p for p in ccl_times if p != "total"] + ["total"]:
-        a, b = rd.get(part, 0.0), ccl_times[part]
-        share = f"{(b - a) / extra:.0%}" if extra > 0 and part != "total" else ""
-        print(_row([part, _ms(a) if part in rd else "-", _ms(b), f"{(b - a) * 1e3:+.0f}", share]))
-
-
-def _mac_floor(models: dict[str, RDCCL], size: int) -> dict[str, float]:
-    """Conv MACs of one training step per ladder row and Joint RD (batch of 2, one class: linear in batch)."""
-    import cost
-
-    x, aug, labels = cost.make_batch(2, size)
-    out = {"Joint RD": cost.conv_macs(models["RD"], lambda: models["RD"](x, aug, labels))["step"]}
-    for name, local, global_ in cost.LADDER:
-        with cost.lambdas(models["RD+CCL"], local, global_):
-            out[name] = cost.conv_macs(models["RD+CCL"], lambda: models["RD+CCL"](x, aug, labels))["step"]
-    return out
-
-
-def _report_ladder(times: dict[str, dict[str, float]], macs: dict[str, float]) -> None:
-    import cost
-
-    base, base_macs = times["Joint RD"]["total"], macs["Joint RD"]
-    print(_row(["variant", "forward", "backward", "optimizer", "step", "x Joint RD", "conv MACs x Joint RD"]))
-    print(_row(["---"] + ["---:"] * 6))
-    for name in ["Joint RD"] + [row[0] for row in cost.LADDER]:
-        t = times[name]
-        fwd = t["total"] - t["backward"] - t["optimizer"]
-        goal = "  (goal <= 1.8x)" if name == "RD+CCL" else ""
-        print(_row([name, _ms(fwd), _ms(t["backward"]), _ms(t["optimizer"]), _ms(t["total"]),
-                    f"{t['total'] / base:.2f}x{goal}", f"{macs[name] / base_macs:.2f}x"]))
+          f"{torch.get_num_threads()} thread(s), process CPU time, median of {repeats}\n")
+    print("\n".join(cost.parts_table(times["Joint RD"], times["RD+CCL"])))
+    print(f"\n    teacher, one view {cost.ms(times['teacher, one view']['total'])} ms; both views in one call "
+          f"{cost.ms(times['teacher, both views in one call']['total'])} ms\n")
+    print("\n".join(cost.ladder_table(times, cost.mac_floor(models, size))) + "\n")
 
 
 def bench_inference(teacher: str, batch: int, size: int, repeats: int, warmup: int) -> None:
@@ -123,14 +73,13 @@ def bench_inference(teacher: str, batch: int, size: int, repeats: int, warmup: i
         with torch.no_grad():
             m(x)
 
-    times = cost.interleaved({k: cost.timed(lambda m=m: infer(m), lambda: None) for k, m in models.items()},
-                             repeats * 2, warmup)
+    times = cost.interleaved({k: cost.timed(lambda m=m: infer(m)) for k, m in models.items()}, repeats * 2, warmup)
     with torch.no_grad():
         macs = cost.conv_macs(models["RD+CCL"], lambda: models["RD+CCL"](x[:1]))
     share = macs["projector"] / macs["forward"]
     ratio = times["RD+CCL"]["total"] / times["RD"]["total"]
-    print(f"[2] inference (forward + anomaly map), batch {batch} x {size} px, median of {repeats * 2}: "
-          f"RD {_ms(times['RD']['total'])} ms, RD+CCL {_ms(times['RD+CCL']['total'])} ms = {ratio:.2f}x "
+    print(f"[2] inference (forward + anomaly map), batch {batch} x {size} px, process CPU time, median of {repeats * 2}: "
+          f"RD {cost.ms(times['RD']['total'])} ms, RD+CCL {cost.ms(times['RD+CCL']['total'])} ms = {ratio:.2f}x "
           f"(goal <= 1 + projector share = {1 + share:.2f}x; projector {share:.1%} of the conv MACs, "
           f"{cost.n_params(models['RD+CCL']) / 1e6:.1f} M parameters vs RD {cost.n_params(models['RD']) / 1e6:.1f} M)")
 

@@ -16,7 +16,7 @@ import pytest
 
 from pipelines.slurm import ROOT, SlurmError, launch_command, processes_per_node
 from tests.pipelines.test_train import _args, _debug, _env, _port
-from tests.pipelines.train_fixtures import write_build
+from tests.pipelines.train_fixtures import toy_training_dir
 
 PY = sys.executable
 JOB = {"SLURM_NNODES": "4", "SLURM_NODEID": "2", "SLURM_JOB_ID": "123456", "SLURM_GPUS_ON_NODE": "8",
@@ -53,10 +53,7 @@ def test_processes_per_node_and_address_fallbacks() -> None:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("slurm")
-    write_build(root / "shards", "toy", ["a", "b", "c", "d"], [20, 12], size=64, val_sizes=[10])
-    (root / "empty.yaml").write_text("{}\n")
-    return root
+    return toy_training_dir(tmp_path_factory.mktemp("slurm"))
 
 
 def _node(data: Path, run: str, node: int, nodes: int, port: int, *extra: str) -> subprocess.Popen:

@@ -9,17 +9,14 @@ from pathlib import Path
 import pytest
 
 from tests.pipelines.test_train import _debug, _losses, _one, _two
-from tests.pipelines.train_fixtures import write_build
+from tests.pipelines.train_fixtures import toy_training_dir
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("precision")
-    write_build(root / "shards", "toy", ["a", "b", "c", "d"], [20, 12], size=64, val_sizes=[10])
-    (root / "empty.yaml").write_text("{}\n")
-    return root
+    return toy_training_dir(tmp_path_factory.mktemp("precision"))
 
 
 def test_bf16_autocast_and_compile_under_ddp_follow_float32(data: Path) -> None:
