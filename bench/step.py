@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from bench.timing import interleaved_parts, timed  # noqa: E402
+
 if TYPE_CHECKING:
     from ccl.models import RDCCL
 
@@ -46,13 +48,13 @@ def _train_step(model: RDCCL, opt: torch.optim.Optimizer, x, aug, labels, **kw) 
 
 def bench_train(teacher: str, batch: int, size: int, repeats: int, warmup: int) -> None:
     """[1] Joint RD vs the RD + CCL ladder, each step broken into its parts, and the conv-MAC floor."""
-    import cost
+    from bench import cost
 
     models = cost.build_models(teacher)
     x, aug, _ = data = cost.make_batch(batch, size)
     teacher_model, both = models["RD+CCL"].teacher, torch.cat([x, aug])
-    extra = {"teacher, one view": cost.timed(lambda: teacher_model(x)),
-             "teacher, both views in one call": cost.timed(lambda: teacher_model(both))}
+    extra = {"teacher, one view": timed(lambda: teacher_model(x), clock=time.process_time),
+             "teacher, both views in one call": timed(lambda: teacher_model(both), clock=time.process_time)}
     times = cost.train_step_times(models, data, repeats, warmup, extra=extra)
     print(f"[1] train step (forward + backward + Adam), {teacher}, batch {batch} x {size} px, "
           f"{torch.get_num_threads()} thread(s), process CPU time, median of {repeats}\n")
@@ -64,7 +66,7 @@ def bench_train(teacher: str, batch: int, size: int, repeats: int, warmup: int) 
 
 def bench_inference(teacher: str, batch: int, size: int, repeats: int, warmup: int) -> None:
     """[2] inference RD vs RD + CCL; the goal is 1 + the projector's share of the conv MACs."""
-    import cost
+    from bench import cost
 
     models = {k: m.eval() for k, m in cost.build_models(teacher).items()}
     x, _, _ = cost.make_batch(batch, size)
@@ -73,7 +75,8 @@ def bench_inference(teacher: str, batch: int, size: int, repeats: int, warmup: i
         with torch.no_grad():
             m(x)
 
-    times = cost.interleaved({k: cost.timed(lambda m=m: infer(m)) for k, m in models.items()}, repeats * 2, warmup)
+    times = interleaved_parts({k: timed(lambda m=m: infer(m), clock=time.process_time) for k, m in models.items()},
+                              repeats * 2, warmup)
     with torch.no_grad():
         macs = cost.conv_macs(models["RD+CCL"], lambda: models["RD+CCL"](x[:1]))
     share = macs["projector"] / macs["forward"]
@@ -90,7 +93,7 @@ def _gather_worker(rank: int, world: int, port: int, teacher: str, batch: int, s
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    import cost
+    from bench import cost
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -222,7 +225,7 @@ def main() -> None:
     p.add_argument("--skip", default=None, help="comma list of sections to skip: train,inference,gather,memory "
                    "(default: none for small, gather,memory for paper)")
     args = p.parse_args()
-    import cost
+    from bench import cost
 
     setting = dict(cost.SETTINGS[args.setting])
     setting.update({k: v for k, v in (("teacher", args.teacher), ("batch", args.batch), ("size", args.size)) if v})

@@ -2,6 +2,8 @@
 
     accelerate launch launch/evaluate.py --checkpoint RUN/export --shards /data/shards/mvtec \
         [--shards ...] [--out RUN/eval] [--vis 8] [eval.batch_size=32 ...]
+    accelerate launch launch/evaluate.py --config configs/rd4ad.yaml --shards /data/shards/mvtec \
+        model.checkpoint=wres50_bottle.pth "eval.classes=[mvtec/bottle]"      # an official RD4AD checkpoint
     python launch/evaluate.py --maps DIR [--masks DIR] [--group-depth 1] --out DIR
 """
 
@@ -22,8 +24,9 @@ from pipelines.shards import ShardError  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="export directory (RUN/export)")
+    p.add_argument("--config", help="instead of an export: a config whose model.checkpoint is an RD4AD checkpoint")
     p.add_argument("--shards", action="append", default=[], help="shard build directory (repeatable)")
-    p.add_argument("--out", help="output directory (default: eval/ beside the export)")
+    p.add_argument("--out", help="output directory (default: eval/ beside the export; run.dir/eval with --config)")
     p.add_argument("--vis", type=int, help="heatmaps of the N highest/lowest-scoring images per group")
     p.add_argument("--maps", help="standalone: directory of anomaly maps (.npy or 16-bit PNG)")
     p.add_argument("--masks", help="standalone: directory of ground-truth masks (missing mask = normal)")
@@ -32,8 +35,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="linear bins over a known score range (default: scale-free log-linear bins)")
     p.add_argument("overrides", nargs="*", help="config overrides a.b=value")
     args = p.parse_args(argv)
-    if not args.maps and not (args.checkpoint and args.shards):
-        p.error("give --checkpoint and --shards, or --maps")
+    if not args.maps and not ((args.checkpoint or args.config) and args.shards):
+        p.error("give --checkpoint (or --config) and --shards, or --maps")
+    if args.checkpoint and args.config:
+        p.error("give --checkpoint (an export) or --config (an RD4AD checkpoint), not both")
     score_range = tuple(args.score_range) if args.score_range else "auto"
     from pipelines.evaluate import evaluate_maps, run_evaluation
 
@@ -41,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.maps:
             result = evaluate_maps(args.maps, args.masks, args.out, args.group_depth, score_range=score_range)
         else:
-            result = run_evaluation(args.checkpoint, args.shards, args.out, args.vis, args.overrides, score_range)
+            result = run_evaluation(args.checkpoint, args.shards, args.out, args.vis, args.overrides, score_range,
+                                    args.config)
     except (ConfigError, ShardError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

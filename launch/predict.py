@@ -1,7 +1,12 @@
-"""Score images with an export: anomaly score per image, scores.csv, heatmap overlays.
+"""Score images: anomaly score per image, scores.csv, heatmap overlays.
 
     python launch/predict.py --checkpoint RUN/export --input DIR_OR_GLOB --out DIR \
         [--threshold auto|0.42|none] [--vis/--no-vis] [--batch-size 16] [a.b=value ...]
+    python launch/predict.py --model DEPLOY/model.onnx --input DIR_OR_GLOB --out DIR [--threads N] ...
+
+``--checkpoint`` runs the torch model of a training export; ``--model`` an exported graph
+(launch/export.py: model.onnx with onnxruntime, model.xml with OpenVINO; neither needs torch, or
+model.pt with torch). Both write the same files.
 """
 
 from __future__ import annotations
@@ -12,30 +17,26 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
 
-from pipelines.config import ConfigError  # noqa: E402
-
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="export directory (RUN/export)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="training export directory (RUN/export): the torch model")
+    source.add_argument("--model", help="exported graph: DIR/model.onnx, DIR/model.xml or DIR/model.pt")
     p.add_argument("--input", required=True, help="directory of images (recursive) or a glob pattern")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--threshold", default="auto", help="auto (stored by evaluation), a number, or none")
     p.add_argument("--vis", action=argparse.BooleanOptionalAction, default=True, help="write heatmap overlays")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("overrides", nargs="*", help="config overrides a.b=value")
+    p.add_argument("--threads", type=int, help="--model: CPU threads of the runtime (default: its own choice)")
+    p.add_argument("overrides", nargs="*", help="--checkpoint: config overrides a.b=value")
     args = p.parse_args(argv)
-    import torch
-
-    from pipelines.model import load_export
-    from pipelines.predict import predict, resolve_threshold
+    from pipelines.predict import predict
 
     try:
-        threshold = resolve_threshold(args.threshold, args.checkpoint)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        model, cfg = load_export(args.checkpoint, args.overrides, device=device)
-        summary = predict(model, cfg.data.image_size, args.input, args.out, threshold, args.vis, args.batch_size)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+        score, image_size, threshold = (_exported(args) if args.model else _torch(args))
+        summary = predict(score, image_size, args.input, args.out, threshold, args.vis, args.batch_size)
+    except (FileNotFoundError, ValueError) as err:  # ConfigError and DeployError are ValueErrors
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"{summary['scored']} images scored ({summary['anomalous']} anomalous at threshold {threshold}), "
@@ -43,6 +44,31 @@ def main(argv: list[str] | None = None) -> int:
     for path, reason in summary["skipped"]:
         print(f"  skipped {path}: {reason}")
     return 0
+
+
+def _exported(args: argparse.Namespace):  # numpy, OpenCV and the model's runtime only: no torch
+    from pipelines.predict import resolve_threshold
+    from pipelines.runtime import load_deployed
+
+    if args.overrides:
+        raise ValueError(f"config overrides {args.overrides} apply to --checkpoint only; an exported graph is fixed")
+    model = load_deployed(args.model, args.threads)
+    threshold = resolve_threshold(args.threshold, model.path.parent,
+                                  "evaluate the training export, then export it again")
+    return model, model.image_size, threshold
+
+
+def _torch(args: argparse.Namespace):
+    import torch
+
+    from ccl.models.inference_graph import InferenceGraph
+    from pipelines.model import load_export
+    from pipelines.predict import resolve_threshold
+
+    threshold = resolve_threshold(args.threshold, args.checkpoint)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, cfg = load_export(args.checkpoint, args.overrides, device=device)
+    return InferenceGraph(model, "uint8").run_numpy, cfg.data.image_size, threshold
 
 
 if __name__ == "__main__":

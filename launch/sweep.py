@@ -1,7 +1,11 @@
 """Run one paper table's ablation rows (train, evaluate) and write ``<sweep dir>/table<N>.md``.
 
-    python launch/sweep.py --table 5 --config configs/all_in_all.yaml [--dry-run] [k=v ...]
+    python launch/sweep.py --table 5 [--config configs/all_in_all_30.yaml] [--dry-run] [k=v ...]
         [--launcher "accelerate launch --config_file configs/accelerate/X.yaml"] [--out DIR] [--force]
+    python launch/sweep.py --table cocoad     # COCO-AD: the four splits and their mean
+
+Without --config a sweep runs on the experiment its file names (the paper's ablations: MVTec AD + VisA
++ BTAD all-in-all, configs/all_in_all_30.yaml).
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from pipelines.sweep import load_sweep, plan_sweep, run_sweep  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--table", required=True, help="3, 5, 6, 7 or a sweep YAML file")
-    p.add_argument("--config", required=True, help="the experiment config the rows modify")
+    p.add_argument("--table", required=True, help="3, 5, 6, 7, cocoad (configs/sweeps/) or a sweep YAML file")
+    p.add_argument("--config", default=None, help="the experiment config the rows modify (default: the sweep's)")
     p.add_argument("--launcher", default="accelerate launch", help="command that runs the train/eval scripts")
     p.add_argument("--out", default=None, help="sweep directory (default: <run.dir>/table<N>)")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
@@ -32,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    run_sweep(sweep, plans, dry_run=a.dry_run, force=a.force, experiment=Path(a.config).stem)
+    experiment = Path(a.config or sweep.default_config).stem
+    run_sweep(sweep, plans, dry_run=a.dry_run, force=a.force, experiment=experiment)
     return 0
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ccl.data.transforms import AUGMENT_PRESETS
 from ccl.losses.local import NEGATIVES, POSITIVES
+from ccl.models.offline_weights import OFFLINE
 from ccl.models.rdccl import MATCHES, REDUCTIONS
 from pipelines.config import Config, ConfigError
 from pipelines.optim import SCHEDULES
@@ -70,8 +71,20 @@ def check_model(cfg: Config) -> None:
         raise ConfigError(f"model.teacher={m.teacher!r} is not a timm model (similar: {close})")
     if m.pretrained not in ("hub", "none", "offline") and not Path(m.pretrained).is_file():
         raise ConfigError(f"model.pretrained={m.pretrained!r}: not hub|none|offline and no such file")
+    if m.pretrained == "offline" and m.teacher not in OFFLINE:
+        raise ConfigError(f"model.pretrained=offline has weights for {sorted(OFFLINE)} only, not "
+                          f"model.teacher={m.teacher!r}")
     if m.checkpoint and not Path(m.checkpoint).is_file():
         raise ConfigError(f"model.checkpoint={m.checkpoint!r} does not exist")
+    if m.checkpoint:  # before any weights are downloaded: an RD4AD checkpoint needs torchvision's teacher
+        from ccl.models.rdccl import require_rd4ad_teacher
+        from ccl.models.teacher import resolved_weights
+
+        try:
+            require_rd4ad_teacher(resolved_weights(m.teacher, m.pretrained), f"model.checkpoint={m.checkpoint}",
+                                  m.teacher, m.pretrained)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

@@ -33,10 +33,10 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """The augmented view of the contrastive losses: a preset (ccl.data.transforms.AUGMENT_PRESETS: default |
-    paper | official | geometric) whose fields may be overridden one by one (None: the preset's value)."""
+    """The augmented view of the contrastive losses: a preset (ccl.data.transforms.AUGMENT_PRESETS: paper |
+    first-release | official | geometric) whose fields may be overridden one by one (None: the preset's value)."""
 
-    preset: str = "default"
+    preset: str = "paper"
     crop_scale: Optional[tuple[float, float]] = None  # area fraction of the random crop
     hflip: Optional[float] = None
     vflip: Optional[float] = None
@@ -138,6 +138,7 @@ class EvalConfig:
     fpr_limit: float = 0.3
     vis: int = 8  # heatmaps for the N highest- and lowest-scoring images per group
     max_images: int = 0  # score at most N test images (0 = all), for quick looks
+    classes: tuple[str, ...] = ()  # score only these "dataset/class" (e.g. a one-class RD4AD checkpoint); () = all
 
 
 @dataclass(frozen=True)

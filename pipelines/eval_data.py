@@ -48,6 +48,22 @@ def eval_plan(shard_set: ShardSet, ranks: int, workers: int, max_images: int = 0
     return exact_segments(shards, ranks, workers)
 
 
+def class_test_count(shard_set: ShardSet, classes: tuple[str, ...] = ()) -> int:
+    """Test samples of ``classes`` ("dataset/class", all when empty), from the manifests' counts."""
+    if not classes:
+        return shard_set.count("test")
+    unknown = sorted(set(classes) - set(shard_set.class_index))
+    if unknown:
+        raise ShardError(f"eval.classes {unknown} are not classes of {', '.join(shard_set.builds)} "
+                         f"(classes: {', '.join(shard_set.class_names)})")
+    total = 0
+    for manifest in shard_set.manifests:
+        for name, counts in manifest.get("counts", {}).get("test", {}).items():
+            if f"{manifest['dataset']}/{name}" in classes:
+                total += counts["normal"] + counts["anomalous"]
+    return total
+
+
 def decode_item(raw: dict[str, Any], image_size: int) -> dict[str, Any]:
     """Raw tar sample -> model input and ground truth; ``{"error": ...}`` when it does not decode.
 
@@ -69,8 +85,9 @@ def decode_item(raw: dict[str, Any], image_size: int) -> dict[str, Any]:
 class EvalSamples(IterableDataset):
     """The samples of one rank; each DataLoader worker reads its own segment of the plan."""
 
-    def __init__(self, segments: list[Segment], image_size: int) -> None:
+    def __init__(self, segments: list[Segment], image_size: int, classes: tuple[str, ...] = ()) -> None:
         self.segments, self.image_size = segments, image_size
+        self.prefixes = tuple(f"{c}/" for c in classes)  # keys start with "dataset/class/"
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -79,6 +96,8 @@ class EvalSamples(IterableDataset):
             for r in segment.ranges:
                 try:
                     for raw in iter_range(r.url, r.start, r.stop):
+                        if self.prefixes and not str(raw.get("__key__", "")).startswith(self.prefixes):
+                            continue  # another class (decided from the key, before decoding)
                         yield decode_item(raw, self.image_size)
                 except ShardError as err:  # missing or truncated shard: report, go on with the next range
                     yield {"error": str(err), "key": r.url, "lost": True}
@@ -103,11 +122,11 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def eval_loader(shard_set: ShardSet, image_size: int, batch_size: int, num_workers: int,
-                rank: int = 0, world: int = 1, max_images: int = 0) -> DataLoader:
-    """This rank's test loader (not to be prepared by Accelerate)."""
+                rank: int = 0, world: int = 1, max_images: int = 0, classes: tuple[str, ...] = ()) -> DataLoader:
+    """This rank's test loader (not to be prepared by Accelerate); ``classes`` keeps only those classes."""
     workers = max(1, num_workers)
     plan = eval_plan(shard_set, world, workers, max_images)
-    dataset = EvalSamples(plan[rank], image_size)
+    dataset = EvalSamples(plan[rank], image_size, tuple(classes))
     return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
                       persistent_workers=False)
 

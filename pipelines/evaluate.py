@@ -32,10 +32,12 @@ from ccl.data.transforms import denormalize
 from ccl.metrics import AnomalyMetrics, merged_grids, to_csv_rows, to_markdown
 from ccl.metrics.report import METRICS, dataset_of, table_rows
 from pipelines import visualize
-from pipelines.config import Config, load_config
+from pipelines.checks import check_model
+from pipelines.config import Config, ConfigError, load_config
 from pipelines.distributed import make_accelerator, shutdown
-from pipelines.eval_data import eval_loader, eval_plan, iter_map_files, list_map_files
-from pipelines.model import CONFIG_NAME, WEIGHTS_NAME, load_export, read_info, write_info
+from pipelines.eval_data import class_test_count, eval_loader, eval_plan, iter_map_files, list_map_files
+from pipelines.html_report import write_report
+from pipelines.model import CONFIG_NAME, WEIGHTS_NAME, build_model, load_export, read_info, write_info
 from pipelines.shards import ShardSet, open_builds
 from pipelines.tracking import Tracker
 
@@ -197,7 +199,9 @@ def evaluate_model(model: torch.nn.Module, shards: ShardSet | Sequence[str | Pat
     net = model if accelerator is None else accelerator.unwrap_model(model)
     device = next(net.parameters()).device
     e = cfg.eval
-    loader = eval_loader(shard_set, cfg.data.image_size, e.batch_size, e.num_workers, rank, world, e.max_images)
+    total = class_test_count(shard_set, e.classes)  # an unknown class fails here, before any scoring
+    loader = eval_loader(shard_set, cfg.data.image_size, e.batch_size, e.num_workers, rank, world, e.max_images,
+                         e.classes)
     planned = sum(s.samples for s in eval_plan(shard_set, world, max(1, e.num_workers), e.max_images)[rank])
     metrics = AnomalyMetrics(bins=e.bins, score_range=score_range, fpr_limit=e.fpr_limit)
     extremes = Extremes(e.vis if vis is None else vis)
@@ -214,7 +218,7 @@ def evaluate_model(model: torch.nn.Module, shards: ShardSet | Sequence[str | Pat
     sync_metrics(metrics, accelerator)
     result = metrics.compute()
     all_keys = gather_objects(accelerator, keys)
-    expected = shard_set.count("test") if e.max_images <= 0 else min(e.max_images, shard_set.count("test"))
+    expected = total if e.max_images <= 0 or e.classes else min(e.max_images, total)
     result.update(images=sum(map(len, all_keys)), expected=expected,
                   skipped=[m for part in gather_objects(accelerator, skipped) for m in part],
                   shards=list(shard_set.builds), step=step)
@@ -259,7 +263,7 @@ def evaluate_maps(maps_dir: str | Path, masks_dir: str | Path | None, out_dir: s
 
 def write_reports(result: dict[str, Any], metrics: AnomalyMetrics, out: Path, keys: list[list[str]],
                   panels: list[tuple[str, str, int, float, str, bytes]]) -> None:
-    """metrics.json / .csv / .md, image_scores.csv, curves/<dataset>.png, heatmaps/<group>/*.png."""
+    """metrics.json / .csv / .md, image_scores.csv, curves/<dataset>.png, heatmaps/<group>/*.png, report.html."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=1))
     with open(out / "metrics.csv", "w", newline="") as f:
@@ -281,6 +285,8 @@ def write_reports(result: dict[str, Any], metrics: AnomalyMetrics, out: Path, ke
         stem = key.split("/", 2)[-1].replace("/", "_")
         (out / "heatmaps" / group).mkdir(parents=True, exist_ok=True)
         (out / "heatmaps" / group / f"{kind}{pos:02d}_{stem}.png").write_bytes(png)
+    write_report(out, result, [k for k, _ in flat_keys], labels, scores,
+                 [metrics.group_names[int(g)] for g in groups], panels)
 
 
 def log_to_tracker(tracker: Any, result: dict[str, Any], panels: list, step: int, prefix: str) -> None:
@@ -300,25 +306,35 @@ def log_to_tracker(tracker: Any, result: dict[str, Any], panels: list, step: int
 # ---------------------------------------------------------------- the export entry point
 
 
-def run_evaluation(checkpoint: str | Path, shards: Sequence[str | Path], out_dir: str | Path | None = None,
+def run_evaluation(checkpoint: str | Path | None, shards: Sequence[str | Path], out_dir: str | Path | None = None,
                    vis: int | None = None, overrides: Sequence[str] = (),
-                   score_range: tuple[float, float] | str | None = "auto") -> dict[str, Any]:
-    """``launch/evaluate.py``: load an export, evaluate on all ranks, store the image threshold in info.json."""
-    export = Path(checkpoint)
-    for name in (WEIGHTS_NAME, CONFIG_NAME):
-        if not (export / name).is_file():
-            raise FileNotFoundError(f"{export} is not an export: {name} is missing (train first, or point at RUN/export)")
+                   score_range: tuple[float, float] | str | None = "auto",
+                   config: str | Path | None = None) -> dict[str, Any]:
+    """``launch/evaluate.py``: load an export (or, with ``config``, the official RD4AD checkpoint its
+    ``model.checkpoint`` names), evaluate on all ranks, store an export's image threshold in info.json."""
+    export = Path(checkpoint) if checkpoint is not None else None
+    if export is not None:
+        for name in (WEIGHTS_NAME, CONFIG_NAME):
+            if not (export / name).is_file():
+                raise FileNotFoundError(f"{export} is not an export: {name} is missing (train first, or point at RUN/export)")
+        cfg = load_config(export / CONFIG_NAME, list(overrides))
+    else:
+        cfg = _checkpoint_config(config, overrides)
     shard_set = open_builds(list(shards))  # bad shards fail here, before any process group exists
-    out = Path(out_dir) if out_dir is not None else export.parent / "eval"
-    accelerator = make_accelerator(load_config(export / CONFIG_NAME, list(overrides)))
+    class_test_count(shard_set, cfg.eval.classes)  # and so does an unknown eval.classes entry
+    out = Path(out_dir) if out_dir is not None else (export.parent if export else Path(cfg.run.dir)) / "eval"
+    accelerator = make_accelerator(cfg)
     model = tracker = None
     try:
-        model, cfg = load_export(export, list(overrides), device=accelerator.device)
+        if export is not None:
+            model, cfg = load_export(export, list(overrides), device=accelerator.device)
+        else:
+            model = build_model(cfg).to(accelerator.device).eval()  # loads and checks model.checkpoint
         if cfg.tracking.wandb.mode != "disabled":
             tracker = Tracker(cfg, out, accelerator.is_main_process)
-        result = evaluate_model(model, shard_set, cfg, accelerator, out, tracker, read_info(export).get("step"), vis,
-                                score_range)
-        if accelerator.is_main_process:
+        step = read_info(export).get("step") if export else None
+        result = evaluate_model(model, shard_set, cfg, accelerator, out, tracker, step, vis, score_range)
+        if accelerator.is_main_process and export is not None:
             save_threshold(export, result)
     finally:
         if tracker is not None:
@@ -326,6 +342,19 @@ def run_evaluation(checkpoint: str | Path, shards: Sequence[str | Path], out_dir
         del model
         shutdown(accelerator)
     return result
+
+
+def _checkpoint_config(config: str | Path | None, overrides: Sequence[str]) -> Config:
+    """The config of an official RD4AD checkpoint's evaluation (``configs/rd4ad.yaml model.checkpoint=PATH``)."""
+    if config is None:
+        raise ValueError("give an export (--checkpoint RUN/export) or a config naming an RD4AD checkpoint")
+    cfg = load_config(config, list(overrides))
+    if not cfg.model.checkpoint:
+        raise ConfigError(f"{config}: evaluating a config needs model.checkpoint=PATH (an official RD4AD checkpoint)")
+    if not Path(cfg.model.checkpoint).is_file():
+        raise FileNotFoundError(f"model.checkpoint={cfg.model.checkpoint}: no such file")
+    check_model(cfg)  # an RD4AD checkpoint on other teacher weights is refused before anything is downloaded
+    return cfg
 
 
 def save_threshold(export: str | Path, result: dict[str, Any]) -> None:

@@ -1,7 +1,15 @@
 """Prediction on a folder (or glob) of images: one anomaly score per image, scores.csv, heatmaps.
 
-No class label is needed: the model scores any image. ``threshold="auto"`` uses the F1-optimal image
-threshold that the last evaluation stored in the export's info.json. Unreadable files are listed in
+    summary = predict(score, image_size, "photos/", "predictions/", threshold=0.42)
+
+``score`` maps a (B, S, S, 3) uint8 RGB batch to anomaly maps (B, S, S) and image scores (B,):
+the torch model through ``InferenceGraph.run_numpy`` (``--checkpoint``) or an exported graph
+through ``pipelines.runtime`` (``--model``). Everything else (reading, resizing, batching, the
+decision, scores.csv, skipped.csv, heatmaps) is this one module, in numpy and OpenCV only, so
+both paths write the same files and the exported path runs without torch.
+
+No class label is needed: the model scores any image. ``threshold="auto"`` uses the F1-optimal
+image threshold that the last evaluation stored in info.json. Unreadable files are listed in
 skipped.csv (and printed) while the others are scored.
 """
 
@@ -9,20 +17,21 @@ from __future__ import annotations
 
 import csv
 import glob
+import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
-import torch
 
-from ccl.data.transforms import normalize, resize_image
-from pipelines.model import read_info
+from ccl.data.image_ops import resize_image
 from pipelines.visualize import overlay, save_png
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+Score = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def list_inputs(spec: str | Path) -> tuple[list[Path], Path]:
@@ -39,8 +48,8 @@ def list_inputs(spec: str | Path) -> tuple[list[Path], Path]:
     return files, root
 
 
-def resolve_threshold(threshold: str | float | None, export: str | Path) -> float | None:
-    """A number, None (no decision), or "auto": the F1-optimal image threshold stored by the evaluation."""
+def resolve_threshold(threshold: str | float | None, info_dir: str | Path, hint: str = "") -> float | None:
+    """A number, None (no decision), or "auto": the F1-optimal image threshold in ``info_dir/info.json``."""
     if threshold is None or threshold == "none":
         return None
     if threshold != "auto":
@@ -48,10 +57,12 @@ def resolve_threshold(threshold: str | float | None, export: str | Path) -> floa
             return float(threshold)
         except ValueError:
             raise ValueError(f"--threshold must be 'auto' or a number, got {threshold!r}") from None
-    value = read_info(export).get("image_threshold")
+    info = Path(info_dir) / "info.json"
+    value = json.loads(info.read_text()).get("image_threshold") if info.is_file() else None
     if value is None:
-        raise ValueError(f"{Path(export) / 'info.json'} holds no image_threshold: evaluate this export first "
-                         "(launch/evaluate.py --checkpoint ... --shards ...) or pass --threshold VALUE")
+        raise ValueError(f"{info} holds no image_threshold: "
+                         f"{hint or 'evaluate this export first (launch/evaluate.py --checkpoint ... --shards ...)'}"
+                         " or pass --threshold VALUE")
     return float(value)
 
 
@@ -64,8 +75,9 @@ def read_rgb(path: Path) -> np.ndarray | None:
     return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def _batches(files: list[Path], size: int, image_size: int, skipped: list[tuple[str, str]]) -> Iterator[tuple[list[Path], list[np.ndarray], torch.Tensor]]:
-    """Readable images in batches of ``size``: (paths, resized uint8 images, model input); unreadable ones go to ``skipped``."""
+def _batches(files: list[Path], size: int, image_size: int,
+             skipped: list[tuple[str, str]]) -> Iterator[tuple[list[Path], np.ndarray]]:
+    """Readable images in batches of ``size``: (paths, (B, S, S, 3) uint8); unreadable ones go to ``skipped``."""
     paths, images = [], []
     for i, path in enumerate(files):
         image = read_rgb(path)
@@ -76,32 +88,27 @@ def _batches(files: list[Path], size: int, image_size: int, skipped: list[tuple[
             paths.append(path)
             images.append(resize_image(image, image_size))
         if paths and (len(paths) == size or i == len(files) - 1):
-            yield paths, images, torch.stack([normalize(im) for im in images])  # already resized
+            yield paths, np.stack(images)
             paths, images = [], []
 
 
-def predict(model: torch.nn.Module, image_size: int, spec: str | Path, out_dir: str | Path,
-            threshold: float | None = None, vis: bool = True, batch_size: int = 16) -> dict[str, Any]:
+def predict(score: Score, image_size: int, spec: str | Path, out_dir: str | Path, threshold: float | None = None,
+            vis: bool = True, batch_size: int = 16) -> dict[str, Any]:
     """Score every image of ``spec``; write scores.csv, skipped.csv and heatmaps/ under ``out_dir``."""
     files, root = list_inputs(spec)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = next(model.parameters()).device
     rows: list[tuple[str, float, str]] = []
     skipped: list[tuple[str, str]] = []
-    model.eval()
-    with torch.no_grad():
-        for paths, images, batch in _batches(files, batch_size, image_size, skipped):
-            result = model(batch.to(device))
-            maps, scores = result["anomaly_map"].float().cpu().numpy(), result["score"].float().cpu().tolist()
-            for path, image, amap, score in zip(paths, images, maps, scores):
-                decision = "" if threshold is None else ("yes" if score >= threshold else "no")
-                rows.append((str(path), score, decision))
-                if vis:
-                    # One colour scale for all images (threshold mid-scale) so heatmaps compare.
-                    vmax = 2 * threshold if threshold else None
-                    save_png(out / "heatmaps" / path.relative_to(root).with_suffix(".png"),
-                             overlay(image, amap, None, 0.0 if vmax else None, vmax))
+    vmax = 2 * threshold if threshold else None  # one colour scale for all images (threshold mid-scale)
+    for paths, images in _batches(files, batch_size, image_size, skipped):
+        maps, scores = score(images)
+        for path, image, amap, value in zip(paths, images, maps, scores.tolist()):
+            decision = "" if threshold is None else ("yes" if value >= threshold else "no")
+            rows.append((str(path), value, decision))
+            if vis:
+                save_png(out / "heatmaps" / path.relative_to(root).with_suffix(".png"),
+                         overlay(image, amap, None, 0.0 if vmax else None, vmax))
     write_csv(out / "scores.csv", ["path", "score", "anomalous"], [(p, f"{s:.6g}", d) for p, s, d in rows])
     if skipped:
         write_csv(out / "skipped.csv", ["path", "reason"], skipped)
@@ -110,7 +117,10 @@ def predict(model: torch.nn.Module, image_size: int, spec: str | Path, out_dir: 
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    with open(path, "w", newline="") as f:
+    """Written under a temporary name and renamed: a reader never sees half a table."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
+    tmp.replace(path)

@@ -137,8 +137,9 @@ def write_demo(out: Path, seed: int = 0, spec: DemoSpec | None = None) -> list[s
     return names
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Write the demo data set (MVTec layout).")
+def parse_spec(argv: list[str] | None, description: str) -> tuple[Path, DemoSpec]:
+    """The output folder and the set's sizes from the command line (shared by the generated sets)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--per-class", type=int, default=DemoSpec.per_class, help="train images per class")
@@ -146,9 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-good", type=int, default=DemoSpec.test_good)
     p.add_argument("--test-defect", type=int, default=DemoSpec.test_defect)
     a = p.parse_args(argv)
-    spec = DemoSpec(size=a.size, per_class=a.per_class, test_good=a.test_good, test_defect=a.test_defect, seed=a.seed)
-    names = write_demo(a.out, spec=spec)
-    print(f"wrote {len(names)} classes ({', '.join(names)}) to {a.out}")
+    return a.out, DemoSpec(size=a.size, per_class=a.per_class, test_good=a.test_good, test_defect=a.test_defect,
+                           seed=a.seed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    out, spec = parse_spec(argv, "Write the demo data set (MVTec layout).")
+    names = write_demo(out, spec=spec)
+    print(f"wrote {len(names)} classes ({', '.join(names)}) to {out}")
     return 0
 
 

@@ -19,10 +19,8 @@
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -31,7 +29,8 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from shard_tools.demo_data import load_photo, random_crop, test_rows, train_rows, write_png  # noqa: E402
+from shard_tools.demo_data import (DemoSpec, load_photo, parse_spec, random_crop, test_rows,  # noqa: E402
+                                   train_rows, write_png)
 from shard_tools.errors import UserError  # noqa: E402
 
 PHOTOS = {"moon": "moon", "print": "page", "board": "text", "retina": "retina"}
@@ -40,13 +39,8 @@ SOLAR = ("mono", "poly")
 ELPV_PIN = "elpv-dataset==1.0.0.post1"
 
 
-@dataclass(frozen=True)
-class InspectSpec:
-    size: int = 128
-    per_class: int = 48  # train images per class (val is taken from these by the builder)
-    test_good: int = 10  # per photograph class; the solar classes take twice as many of each
-    test_defect: int = 12
-    seed: int = 0
+# The same sizes as the demo's (DemoSpec); the solar classes take twice as many test images of each kind.
+InspectSpec = DemoSpec
 
 
 # ---------------------------------------------------------------- solar cells (real defects)
@@ -207,22 +201,13 @@ def write_inspect(out: Path, seed: int = 0, spec: InspectSpec | None = None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Write the inspect benchmark (MVTec layout).")
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--per-class", type=int, default=InspectSpec.per_class, help="train images per class")
-    p.add_argument("--size", type=int, default=InspectSpec.size, help="image side in pixels")
-    p.add_argument("--test-good", type=int, default=InspectSpec.test_good)
-    p.add_argument("--test-defect", type=int, default=InspectSpec.test_defect)
-    a = p.parse_args(argv)
-    spec = InspectSpec(size=a.size, per_class=a.per_class, test_good=a.test_good, test_defect=a.test_defect,
-                       seed=a.seed)
+    out, spec = parse_spec(argv, "Write the inspect benchmark (MVTec layout).")
     try:
-        names = write_inspect(a.out, spec=spec)
+        names = write_inspect(out, spec=spec)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {len(names)} classes ({', '.join(names)}) to {a.out}")
+    print(f"wrote {len(names)} classes ({', '.join(names)}) to {out}")
     return 0
 
 

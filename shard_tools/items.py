@@ -27,6 +27,7 @@ class Item:
     polygons: tuple[Any, ...] = ()  # COCO segmentations (polygons or RLE) whose union is the mask
     tiles: int = 1  # MANTA: the image holds this many views side by side
     view: str = ""
+    sample: str = ""  # the physical sample several items show (Real-IAD: its S#### folder); "" = the item alone
     mask_optional: bool = False  # folder: an anomaly without a usable mask becomes image-level
     class_id: int = -1  # set by the planner from the build's class index
 

@@ -44,21 +44,35 @@ def _sort_key(item: Item) -> tuple:
 
 
 def val_count(n: int, fraction: float) -> int:
-    """How many of a class's n normal training images go to val (at least one, never all)."""
+    """How many of a class's n normal training samples go to val (at least one, never all)."""
     if fraction <= 0 or n < 2:
         return 0
     return min(max(1, round(fraction * n)), n - 1)
 
 
 def _move_to_val(items: list[Item], fraction: float, seed: int) -> list[Item]:
-    by_class: dict[int, list[int]] = defaultdict(list)
+    """Move ``fraction`` of each class's normal training samples to val.
+
+    Items of one physical sample (``Item.sample``: Real-IAD's five views) move together, so a sample
+    never straddles train and val; a sample with an anomalous training view stays in train. Items
+    without a sample are drawn one by one (the draw is then the same as before samples existed).
+    """
+    units: dict[int, dict[tuple, list[int]]] = defaultdict(dict)  # class -> sample -> item indices
+    blocked: set[tuple] = set()
     for idx, item in enumerate(items):
-        if item.split == "train" and item.label == 0:
-            by_class[item.class_id].append(idx)
+        if item.split != "train":
+            continue
+        unit = (item.class_id, item.sample) if item.sample else (item.class_id, idx)
+        if item.label != 0:
+            blocked.add(unit)
+        else:
+            units[item.class_id].setdefault(unit, []).append(idx)
     chosen: set[int] = set()
-    for class_id, indices in sorted(by_class.items()):
+    for class_id, groups in sorted(units.items()):
+        eligible = [indices for unit, indices in groups.items() if unit not in blocked]
         rng = random.Random(f"{seed}/val/{class_id}")
-        chosen.update(rng.sample(indices, val_count(len(indices), fraction)))
+        for indices in rng.sample(eligible, val_count(len(eligible), fraction)):
+            chosen.update(indices)
     return [dataclasses.replace(it, split="val") if idx in chosen else it for idx, it in enumerate(items)]
 
 

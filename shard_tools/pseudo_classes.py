@@ -1,17 +1,23 @@
 """Pseudo classes: K-means on frozen ImageNet features, for training CCL without class labels (Table 3).
 
     python shard_tools/pseudo_classes.py --shards data/shards/mvtec --k 30 \
-        [--teacher resnet18|mobilenetv2_100|wide_resnet50_2] [--pretrained hub|offline|none|PATH] \
-        [--image-size 256] [--batch-size 32] [--out pseudo_classes.json] [--seed 0]
+        [--teacher resnet18.tv_in1k|mobilenetv2_100|wide_resnet50_2] [--level -1] \
+        [--pretrained hub|offline|none|PATH] [--image-size 256] [--batch-size 32] [--out pseudo_classes.json] [--seed 0]
 
-Every train and val image of the builds is embedded (global average pool of the teacher's last
-feature level, L2-normalised); K-means is fitted on the train images only and the val images are
-assigned to the nearest centre, so validation can use the same pseudo labels without shaping them.
+The encoder is the paper's by default (Section 4.3, Table 3: "a ResNet-18 pretrained on ImageNet ...
+features from the final layer"): torchvision's ImageNet ResNet-18 (timm ``resnet18.tv_in1k``), its
+last stage (``layer4``, 512 channels). ``--teacher`` / ``--level`` pick another timm encoder or stage
+(e.g. the training teacher: ``--teacher wide_resnet50_2 --level 3``). Every train and val image of the
+builds is embedded (global average pool of that stage, L2-normalised); K-means is fitted on the train
+images only and the val images are assigned to the nearest centre, so validation can use the same
+pseudo labels without shaping them.
 
 Output (the trainer reads ``k`` and ``labels``; ``data.class_source=pseudo``, ``data.pseudo_file``):
 
-    {"k": K, "teacher": ..., "pretrained": ..., "labels": {sample_key: pseudo_id},
-     "v_measure": ..., "adjusted_rand": ..., ...}
+    {"k": K, "teacher": ..., "pretrained": ..., "weights": "resnet18.tv_in1k", "layer": "layer4",
+     "feature_dim": 512, "labels": {sample_key: pseudo_id}, "v_measure": ..., "adjusted_rand": ..., ...}
+
+``weights`` and ``layer`` say what was actually used (``random`` for ``--pretrained none``).
 
 ``--out NAME`` (no directory part, default ``pseudo_classes.json``) writes one file beside *each*
 build, holding only that build's keys; the clustering is joint over all builds, so ids are shared.
@@ -42,6 +48,8 @@ from ccl.models import build_teacher  # noqa: E402
 from pipelines.shards import ShardError, ShardInfo, decode_record, open_builds  # noqa: E402
 
 DEFAULT_NAME = "pseudo_classes.json"
+DEFAULT_ENCODER = "resnet18.tv_in1k"  # the paper's ImageNet ResNet-18 (torchvision's weights)
+LAST_LEVEL = -1  # timm features_only index of the final stage (layer4 for ResNets)
 SPLITS_EMBEDDED = ("train", "val")
 N_INIT = 10  # K-means restarts; fixed so a seed gives one answer
 
@@ -49,8 +57,8 @@ N_INIT = 10  # K-means restarts; fixed so a seed gives one answer
 # ---------------------------------------------------------------- teacher
 
 
-def load_teacher(name: str, pretrained: str, level: int = 3) -> torch.nn.Module:
-    """The frozen timm encoder of training (``ccl.models.build_teacher``) returning only level ``level``.
+def load_teacher(name: str = DEFAULT_ENCODER, pretrained: str = "hub", level: int = LAST_LEVEL) -> torch.nn.Module:
+    """A frozen timm encoder (``ccl.models.build_teacher``) returning only feature level ``level``.
 
     ``pretrained``: hub | none | offline (mobilenetv2_100 from the offline package) | a .pth / .safetensors.
     """
@@ -137,20 +145,21 @@ def cluster(emb: Embedded, k: int, seed: int = 0) -> tuple[np.ndarray, dict[str,
     return ids, scores
 
 
-def pseudo_classes(builds: Sequence[str | Path], k: int, teacher: str = "resnet18", pretrained: str = "hub",
+def pseudo_classes(builds: Sequence[str | Path], k: int, teacher: str = DEFAULT_ENCODER, pretrained: str = "hub",
                    image_size: int = 256, batch_size: int = 32, seed: int = 0, device: str = "cpu",
-                   workers: int = 4) -> dict[str, Any]:
+                   workers: int = 4, level: int = LAST_LEVEL) -> dict[str, Any]:
     """The sidecar content for ``builds``: pseudo ids of every train and val sample, plus agreement scores."""
     shard_set = open_builds([str(b) for b in builds])
     shards = [s for split in SPLITS_EMBEDDED for s in shard_set.shards(split)]
     if not shard_set.shards("train"):
         raise ValueError(f"builds {list(builds)} have no train shards")
     torch.manual_seed(seed)  # a random teacher (--pretrained none) is then reproducible
-    model = load_teacher(teacher, pretrained)
+    model = load_teacher(teacher, pretrained, level)
     emb = embed(shards, model, image_size, batch_size, device, workers)
     ids, scores = cluster(emb, k, seed)
     return {
         "k": k, "teacher": teacher, "pretrained": pretrained, "image_size": image_size, "seed": seed,
+        "weights": model.weights, "layer": model.layers[0], "level": level, "feature_dim": model.channels[0],
         "labels": {key: int(i) for key, i in zip(emb.keys, ids)},
         **scores,
         "counts": {split: emb.splits.count(split) for split in SPLITS_EMBEDDED},
@@ -181,12 +190,13 @@ def write_sidecars(result: Mapping[str, Any], builds: Sequence[str | Path], out:
 # ---------------------------------------------------------------- CLI
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse, cluster, write the sidecar(s), print the agreement with the raw classes."""
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line (its defaults are the paper's encoder and stage)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shards", nargs="+", action="extend", required=True, help="shard build directories")
     p.add_argument("--k", type=int, required=True, help="number of pseudo classes")
-    p.add_argument("--teacher", default="resnet18", help="timm model with features_only")
+    p.add_argument("--teacher", default=DEFAULT_ENCODER, help="timm model with features_only (default: the paper's)")
+    p.add_argument("--level", type=int, default=LAST_LEVEL, help="its feature level (default -1: the last stage)")
     p.add_argument("--pretrained", default="hub", help="hub | offline | none | PATH")
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=32)
@@ -194,16 +204,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=DEFAULT_NAME, help="file name beside each build, or one path")
     p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, cluster, write the sidecar(s), print the agreement with the raw classes."""
+    a = parse_args(argv)
     try:
         result = pseudo_classes(a.shards, a.k, a.teacher, a.pretrained, a.image_size, a.batch_size, a.seed,
-                                a.device, a.workers)
+                                a.device, a.workers, a.level)
     except (ShardError, ValueError, FileNotFoundError) as err:  # bad build, corrupt sample, bad k or teacher
         print(f"error: {err}", file=sys.stderr)
         return 2
     for path in write_sidecars(result, a.shards, a.out):
         print(f"wrote {path}")
-    print(f"K = {a.k}, {result['counts']['train']} train / {result['counts']['val']} val images: "
+    print(f"K = {a.k}, {result['counts']['train']} train / {result['counts']['val']} val images, "
+          f"{result['weights']} {result['layer']} ({result['feature_dim']} channels) pooled: "
           f"V-measure {result['v_measure']:.4f}, adjusted Rand {result['adjusted_rand']:.4f} vs raw classes")
     return 0
 

@@ -13,36 +13,12 @@ import cv2
 import numpy as np
 import torch
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _interpolation(shape: tuple[int, ...], size: int) -> int:
-    """Area interpolation when shrinking (no aliasing), bilinear when enlarging."""
-    return cv2.INTER_AREA if shape[0] > size or shape[1] > size else cv2.INTER_LINEAR
-
-
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (size, size, 3) uint8."""
-    if image.shape[:2] == (size, size):
-        return image
-    return cv2.resize(image, (size, size), interpolation=_interpolation(image.shape, size))
-
-
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """(H, W) bool -> (size, size) bool: resized the way the image is, as a float image, binarised at 0.5."""
-    if mask.shape == (size, size):
-        return mask.astype(bool)
-    resized = cv2.resize(mask.astype(np.float32), (size, size), interpolation=_interpolation(mask.shape, size))
-    return resized >= 0.5
+from ccl.data.image_ops import IMAGENET_MEAN, IMAGENET_STD, normalize_array, resize_image, resize_mask
 
 
 def normalize(image: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 RGB -> (3, H, W) float32, ImageNet-normalised."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (tensor - mean) / std
+    return torch.from_numpy(normalize_array(image))
 
 
 def denormalize(tensor: torch.Tensor) -> np.ndarray:
@@ -69,7 +45,7 @@ def eval_view(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[to
 # Named augmented views (every ``augment_view`` keyword); a config names one and may override its fields.
 AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
     # The first release's view: the paper's list plus a random crop and grayscale.
-    "default": dict(crop_scale=(0.7, 1.0), hflip=0.5, vflip=0.0, rotation=15.0, brightness=0.3, contrast=0.3,
+    "first-release": dict(crop_scale=(0.7, 1.0), hflip=0.5, vflip=0.0, rotation=15.0, brightness=0.3, contrast=0.3,
                     saturation=0.3, hue=0.05, jitter_p=0.8, grayscale=0.2, blur_p=0.0, blur_sigma=(0.1, 2.0)),
     # The paper's list (Section 4.1): resizing, flipping, colour jittering and rotation; no crop, no grayscale.
     "paper": dict(crop_scale=(1.0, 1.0), hflip=0.5, vflip=0.0, rotation=15.0, brightness=0.3, contrast=0.3,

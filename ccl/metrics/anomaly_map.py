@@ -41,17 +41,32 @@ def _symmetric_index(n: int, radius: int) -> torch.Tensor:
     return torch.where(i < n, i, 2 * n - 1 - i)
 
 
+def _constants(sigma: float, h: int, w: int, device: torch.device, dtype: torch.dtype
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Kernel and row / column padding indices, from the caches in eager mode.
+
+    Under torch.export / torch.compile (ONNX and OpenVINO export) they are built afresh: a tensor
+    made while tracing is a fake one, and caching it would hand it to every later call.
+    """
+    if not torch.compiler.is_compiling():
+        k = _kernel_on(sigma, device, dtype)
+        r = k.numel() // 2
+        return k, _symmetric_index(h, r).to(device), _symmetric_index(w, r).to(device)
+    k = _kernel_1d.__wrapped__(sigma).to(device=device, dtype=dtype)
+    r = k.numel() // 2
+    return k, _symmetric_index.__wrapped__(h, r).to(device), _symmetric_index.__wrapped__(w, r).to(device)
+
+
 def gaussian_blur(maps: torch.Tensor, sigma: float = 4.0) -> torch.Tensor:
     """Separable Gaussian blur of maps (B, H, W) with scipy's kernel size and border."""
     if sigma <= 0:
         return maps
-    k = _kernel_on(float(sigma), maps.device, maps.dtype)
-    r = k.numel() // 2
     h, w = maps.shape[-2:]
+    k, rows, cols = _constants(float(sigma), h, w, maps.device, maps.dtype)
     x = maps[:, None]  # (B, 1, H, W)
-    x = x.index_select(2, _symmetric_index(h, r).to(maps.device))
+    x = x.index_select(2, rows)
     x = F.conv2d(x, k.view(1, 1, -1, 1))  # along H
-    x = x.index_select(3, _symmetric_index(w, r).to(maps.device))
+    x = x.index_select(3, cols)
     x = F.conv2d(x, k.view(1, 1, 1, -1))  # along W
     return x[:, 0]
 

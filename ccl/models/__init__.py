@@ -2,7 +2,7 @@
 
 from ccl.models.decoder import ReverseDecoder, build_decoder
 from ccl.models.neck import OCBE, build_neck
-from ccl.models.offline_mobilenet import offline_weights_path
+from ccl.models.offline_weights import offline_weights_path
 from ccl.models.projector import PROJECTORS, Projector, build_projector
 from ccl.models.rdccl import RDCCL
 from ccl.models.teacher import Teacher, build_teacher

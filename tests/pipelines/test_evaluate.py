@@ -55,9 +55,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"tmp": tmp, "builds": builds, "export": export, "model": model, "cfg": cfg}
 
 
-def reference(model: torch.nn.Module, builds: list[Path]) -> dict[str, dict]:
-    """Exact per-group metrics from the tars read directly, scored one image at a time."""
-    per_group: dict[str, list] = {}
+def read_test_samples(builds: list[Path]):
+    """(key, meta, resized image tensor, resized mask) of every test sample, read from the tars directly."""
     for build in builds:
         for path in sorted(build.glob("test-*.tar")):
             with tarfile.open(path) as tar:
@@ -68,10 +67,16 @@ def reference(model: torch.nn.Module, builds: list[Path]) -> dict[str, dict]:
                 image = cv2.cvtColor(cv2.imdecode(np.frombuffer(members[key + ".png"], np.uint8), 1), cv2.COLOR_BGR2RGB)
                 mask_bytes = members.get(key + ".mask.png")
                 mask = cv2.imdecode(np.frombuffer(mask_bytes, np.uint8), 0) >= 128 if mask_bytes else np.zeros(image.shape[:2], bool)
-                x, m = eval_view(image, mask, SIZE)
-                with torch.no_grad():
-                    amap = model(x[None])["anomaly_map"][0].numpy()
-                per_group.setdefault(f"{meta['dataset']}/{meta['group']}", []).append((amap, m.numpy(), meta["label"]))
+                yield (key, meta, *eval_view(image, mask, SIZE))
+
+
+def reference(model: torch.nn.Module, builds: list[Path]) -> dict[str, dict]:
+    """Exact per-group metrics from the tars read directly, scored one image at a time."""
+    per_group: dict[str, list] = {}
+    for _, meta, x, m in read_test_samples(builds):
+        with torch.no_grad():
+            amap = model(x[None])["anomaly_map"][0].numpy()
+        per_group.setdefault(f"{meta['dataset']}/{meta['group']}", []).append((amap, m.numpy(), meta["label"]))
     out = {}
     for group, items in per_group.items():
         maps = np.stack([a for a, _, _ in items])
@@ -194,3 +199,53 @@ def test_standalone_maps_and_masks(tmp_path: Path) -> None:
         for metric in METRICS:
             assert result["per_group"][group][metric] == pytest.approx(exact[metric], abs=1e-3), (group, metric)
     assert (tmp_path / "out" / "metrics.md").is_file() and (tmp_path / "out" / "curves" / "all.png").is_file()
+
+
+def test_an_official_rd4ad_checkpoint_is_evaluated_on_its_class_with_torchvision_weights(
+        tmp_path: Path, offline_hub, capsys) -> None:
+    """configs/rd4ad.yaml + model.checkpoint: the checkpoint's neck and decoder on the tv_in1k teacher, only the
+    chosen class scored; the same checkpoint on the default config's teacher (timm's racm_in1k) is refused."""
+    from launch.evaluate import main
+    from ccl.models import RDCCL
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    build = write_test_build(tmp_path / "mvtec", "mvtec", ["bottle", "cable"], [6, 4], size=40)
+    torch.manual_seed(0)  # build_model's seeded construction, by hand: the (offline, random) teacher is the same
+    model = RDCCL(teacher="wide_resnet50_2.tv_in1k", pretrained="hub", projector="none", lambda_local=0,
+                  lambda_global=0).eval()
+    g = torch.Generator().manual_seed(3)
+
+    def changed(state: dict) -> dict:  # other weights than the model's own, so loading them shows in the maps
+        return {k: v + 0.1 * torch.randn(v.shape, generator=g) if k.endswith(".weight") else v for k, v in state.items()}
+
+    with torch.no_grad():
+        before = {key: float(model(x[None])["score"]) for key, _, x, _ in read_test_samples([build]) if "/bottle/" in key}
+    ckpt = {"bn": changed(model.neck.state_dict()), "decoder": changed(model.decoder.state_dict())}
+    ckpt["bn"]["memory.weight"] = torch.zeros(2)  # dropped, as RD4AD's test script does
+    path = tmp_path / "wres50_bottle.pth"
+    torch.save(ckpt, path)
+    common = [f"model.checkpoint={path}", f"data.image_size={SIZE}", "eval.num_workers=0", "eval.batch_size=4",
+              "eval.bins=16384"]
+    options = ["--shards", str(build), "--vis", "0"]
+    assert main(["--config", str(configs / "rd4ad.yaml"), "--out", str(tmp_path / "eval"), *options,
+                 "eval.classes=[mvtec/bottle]", *common]) == 0
+    result = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert sorted(result["per_group"]) == ["mvtec/bottle"] and result["images"] == result["expected"] == 5
+    model.load_state_dict({**{f"neck.{k}": v for k, v in ckpt["bn"].items() if "memory" not in k},
+                           **{f"decoder.{k}": v for k, v in ckpt["decoder"].items()}}, strict=False)
+    want = reference(model, [build])["mvtec/bottle"]
+    for metric in METRICS:
+        assert result["per_group"]["mvtec/bottle"][metric] == pytest.approx(want[metric], abs=1e-3), metric
+    with open(tmp_path / "eval" / "image_scores.csv") as f:
+        scores = {row["key"]: float(row["score"]) for row in csv.DictReader(f)}
+    with torch.no_grad():
+        expected = {key: float(model(x[None])["score"]) for key, _, x, _ in read_test_samples([build]) if key in scores}
+    assert sorted(scores) == sorted(before) and scores == pytest.approx(expected, rel=1e-4)
+    assert scores != pytest.approx(before, rel=1e-2)  # the checkpoint's weights, not the model's own
+    capsys.readouterr()
+    assert main(["--config", str(configs / "mvtec.yaml"), "--out", str(tmp_path / "refused"), *options, *common]) == 2
+    err = capsys.readouterr().err
+    assert "wide_resnet50_2.tv_in1k" in err and "'wide_resnet50_2.racm_in1k'" in err and str(path) in err
+    assert not (tmp_path / "refused" / "metrics.json").exists()
+    assert main(["--config", str(configs / "rd4ad.yaml"), *options, "eval.classes=[mvtec/nope]", *common]) == 2
+    assert "mvtec/nope" in capsys.readouterr().err

@@ -189,6 +189,7 @@ def test_nan_losses_abort_and_keep_the_last_good_checkpoint(data: Path, referenc
     ("loss.local_negatives=some", "loss.local_negatives='some' is not one of"),
     ("loss.local_match=pixels", "loss.local_match='pixels' is not one of"),
     ("loss.reduction=max", "loss.reduction='max' is not one of"),
+    ("model.pretrained=offline", "model.pretrained=offline has weights for"),
 ])
 def test_bad_inputs_give_clear_errors(data: Path, override: str, message: str,
                                       capsys: pytest.CaptureFixture) -> None:

@@ -162,15 +162,17 @@ def write_btad(root: Path) -> Expected:
 
 
 # -- Real-IAD ------------------------------------------------------------------------------------------
-def write_realiad(root: Path, nested: bool, resolution: str = "256", jsons: str = "realiad_jsons") -> Expected:
+def write_realiad(root: Path, nested: bool, resolution: str = "256", jsons: str = "realiad_jsons",
+                  train_samples: int = 1) -> Expected:
     """Two categories, 5 views each; an NG-folder sample whose views the json marks OK (normal), and one
-    NG view with no mask_path (normal too)."""
+    NG view with no mask_path (normal too); ``train_samples`` normal training samples per category."""
     exp = Expected()
     for c, cat in enumerate(["audiojack", "toy_brick"]):
         entries: dict[str, list] = {"train": [], "test": []}
         cat_dir = root / f"realiad_{resolution}" / cat
         samples = [("train", "OK", "S0001", "OK"), ("test", "OK", "S0002", "OK"), ("test", "NG/AK", "S0003", "AK"),
                    ("test", "NG/QS", "S0004", "OK")]
+        samples += [("train", "OK", f"S{100 + t:04d}", "OK") for t in range(1, train_samples)]
         for s, (split, folder, sample, anomaly) in enumerate(samples):
             for v in range(1, 6):
                 status = "OK" if folder == "OK" else "NG"
@@ -324,3 +326,44 @@ def run_cli(*args: str, env: dict | None = None, script: str = "shard_tools/buil
     """The real command line, as a user types it."""
     return subprocess.run([sys.executable, str(REPO / script), *args], capture_output=True, text=True,
                           cwd=REPO, env=env, timeout=120)
+
+
+def write_cocoad_four_splits(root: Path, per_category: int = 4, size: int = 32) -> dict[int, dict[str, int]]:
+    """A COCO tree on which each of the four COCO-AD splits trains a few classes and tests both labels.
+
+    Two categories per held-out block (sorted-id positions 20b + 2 and 20b + 7, b = 0..3). train2017:
+    ``per_category`` single-instance images per category, plus one image per block whose large instance
+    (block b) shares it with a small one of block b + 1: in the splits holding out neither, its class is
+    the large instance's. val2017: one single-instance image per category and one two-block image per
+    block. Returns, per split, the expected number of training classes and of test images, normal and
+    anomalous, written down from the construction above.
+    """
+    cats = [{"id": i, "name": f"cat{i}", "supercategory": "x"} for i in COCO_IDS]
+    picked = {b: [COCO_IDS[20 * b + 2], COCO_IDS[20 * b + 7]] for b in range(4)}  # block -> category ids
+    block_of = {c: b for b, ids in picked.items() for c in ids}
+    ann_id = iter(range(1, 10000))
+    expected = {k: {"classes": 0, "normal": 0, "anomalous": 0} for k in range(4)}
+    for folder, singles in (("train2017", per_category), ("val2017", 1)):
+        images, anns, seed = [], [], 5000 + 1000 * (folder == "val2017")
+        layouts = [[c] for c in block_of for _ in range(singles)]
+        layouts += [[picked[b][0], picked[(b + 1) % 4][1]] for b in range(4)]  # large first, small second
+        for n, layout in enumerate(layouts, start=1):
+            file_name = f"{n:012d}.jpg"
+            pixels = noise(size, size, seed + n)
+            for j, cat in enumerate(layout):
+                y0, side = 2 + 14 * j, (12 if j == 0 else 6)
+                pixels[y0:y0 + side, 4:4 + side] = 40 * (block_of[cat] + 1)
+                anns.append({"id": next(ann_id), "image_id": n, "category_id": cat, "area": float(side * side),
+                             "segmentation": [[4, y0, 4 + side, y0, 4 + side, y0 + side, 4, y0 + side]],
+                             "iscrowd": 0, "bbox": [4, y0, side, side]})
+            write_image(root / folder / file_name, pixels)
+            images.append({"id": n, "file_name": file_name, "height": size, "width": size})
+            if folder == "val2017":
+                for k in range(4):
+                    expected[k]["anomalous" if any(block_of[c] == k for c in layout) else "normal"] += 1
+        (root / "annotations").mkdir(parents=True, exist_ok=True)
+        (root / "annotations" / f"instances_{folder}.json").write_text(
+            json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    for k in range(4):
+        expected[k]["classes"] = sum(1 for c, b in block_of.items() if b != k)  # every other picked category
+    return expected

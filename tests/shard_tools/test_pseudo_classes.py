@@ -115,11 +115,54 @@ def test_offline_imagenet_mobilenet_also_separates_them(tmp_path: Path) -> None:
     assert result["v_measure"] > 0.9 and result["teacher"] == "mobilenetv2_100"
 
 
-def test_teacher_is_frozen_and_returns_only_the_pooled_level() -> None:
-    model = pc.load_teacher("resnet18", "none")
+def test_default_encoder_is_the_papers_resnet18_final_stage() -> None:
+    """ResNet-18 with torchvision's ImageNet weights, its final stage: the very map timm's full network ends in."""
+    import timm
+
+    assert pc.DEFAULT_ENCODER == "resnet18.tv_in1k"
+    model = pc.load_teacher(pretrained="none")
     assert not any(p.requires_grad for p in model.parameters())
-    (level,) = model(torch.zeros(1, 3, 64, 64))
-    assert level.shape == (1, 256, 4, 4)  # resnet18 layer3: 256 channels at stride 16
+    assert (model.architecture, model.layers, model.channels) == ("resnet18", ["layer4"], [512])
+    full = timm.create_model("resnet18", pretrained=False).eval()
+    full.load_state_dict(model.body.state_dict(), strict=False)  # the classifier is not part of the encoder
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    (level,) = model(x)
+    with torch.no_grad():
+        torch.testing.assert_close(level, full.forward_features(x))  # (2, 512, 2, 2): stride 32
+    assert pc.load_teacher("resnet18", "none", level=3).layers == ["layer3"]  # another stage on request
+
+
+@pytest.fixture(scope="module")
+def demo_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real demo shards (6 classes, 48 train images each, 128 px), as `make demo` builds them."""
+    from shard_tools.build import run as build_shards
+
+    out = tmp_path_factory.mktemp("demo_shards")
+    build_shards(["--datasets", "demo", "--out", str(out)])
+    return out / "demo"
+
+
+@pytest.mark.parametrize("args, weights, layer, dim", [
+    # The paper's encoder and stage (its ImageNet weights cannot be downloaded in tests: random weights).
+    (["--pretrained", "none"], "random", "layer4", 512),
+    # ImageNet weights that ship with the venv: torchvision's MobileNetV2, its final stage.
+    (["--teacher", "mobilenetv2_100", "--pretrained", "offline"], "mobilenetv2_100.tv_in1k", "blocks.6", 320),
+])
+def test_demo_shards_sidecar_records_the_encoder_and_layer_used(demo_build: Path, tmp_path: Path, capsys, args,
+                                                                weights: str, layer: str, dim: int) -> None:
+    out = tmp_path / "pseudo.json"
+    rc = pc.main(["--shards", str(demo_build), "--k", "6", "--image-size", "128", "--workers", "1",
+                  "--device", "cpu", "--out", str(out), *args])
+    assert rc == 0
+    sidecar = json.loads(out.read_text())
+    assert (sidecar["weights"], sidecar["layer"], sidecar["feature_dim"], sidecar["level"]) == (weights, layer, dim, -1)
+    assert sidecar["teacher"] == ("mobilenetv2_100" if "--teacher" in args else "resnet18.tv_in1k")
+    printed = capsys.readouterr().out
+    assert f"{weights} {layer} ({dim} channels)" in printed and "V-measure" in printed
+    with capsys.disabled():
+        print(f"\ndemo shards, {weights} {layer}: V-measure {sidecar['v_measure']:.4f}, "
+              f"adjusted Rand {sidecar['adjusted_rand']:.4f} (K = 6 vs the 6 raw classes)")
+    assert len(sidecar["labels"]) == sidecar["counts"]["train"] + sidecar["counts"]["val"] == 276 + 12
 
 
 def test_cli_reports_a_missing_build_without_a_traceback(tmp_path, capsys) -> None:

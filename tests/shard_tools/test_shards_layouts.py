@@ -78,6 +78,21 @@ def test_realiad_views_and_ok_marked_ng_views(tmp_path, nested):
     assert len(ng_ok) == 10 and all(s["label"] == 0 and s["mask"] is None for s in ng_ok)
 
 
+def test_realiad_val_split_is_drawn_by_sample(tmp_path):
+    """The five views of a sample go to train or to val together (a per-image draw of 10 of 30 views
+    would almost surely split some sample)."""
+    exp = fx.write_realiad(tmp_path / "src", nested=False, train_samples=6)
+    got = check_build(build(tmp_path, "realiad", tmp_path / "src", "--val-fraction", "0.34"), "realiad", exp)
+    splits: dict[tuple[str, str], set[str]] = {}
+    for s in got.values():
+        if s["split"] != "test":
+            splits.setdefault((s["class_name"], str(Path(s["source"]).parent)), set()).add(s["split"])
+    assert len(splits) == 12 and all(len(v) == 1 for v in splits.values()), splits
+    val = Counter(cls for (cls, _), v in splits.items() if v == {"val"})
+    assert val == {"audiojack": 2, "toy_brick": 2}  # round(0.34 x 6 samples) per category, all five views each
+    assert Counter(s["class_name"] for s in got.values() if s["split"] == "val") == {"audiojack": 10, "toy_brick": 10}
+
+
 def test_realiad_other_json_folder_and_resolution_choice(tmp_path, capsys):
     exp = fx.write_realiad(tmp_path / "src", nested=False, resolution="512", jsons="realiad_jsons_sv")
     (tmp_path / "src" / "realiad_1024").mkdir()

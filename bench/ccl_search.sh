@@ -1,0 +1,43 @@
+#!/bin/bash
+# The search behind README "RD + CCL vs Joint RD: what we measured": every grid, as run.
+#
+#   bash bench/ccl_search.sh search|residual|final|long [OUT]     (DRY=--dry-run lists the jobs)
+#
+# search:   18 models (Joint RD, RD + CCL and one change each), seed 0, both benchmarks, 16 epochs
+# residual: the residual (ReZero) projector, seeds 0 1
+# final:    Joint RD, RD + CCL (the paper's model) and RD + CCL with the residual projector, seeds 0 1 2
+# long:     Joint RD, RD + CCL and the official code's choices at 48 epochs, seed 0
+# The first two and "long" ran on a lent GPU (JOBS=10 PROCESSES=1), "final" on 2 CPU cores (the defaults).
+# Needs the shards: python shard_tools/build.py --datasets demo --out runs/demo/shards --val-fraction 0.15
+#                   python shard_tools/build.py --datasets inspect --out runs/bench/shards --val-fraction 0.15
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+GRID=${1:?search|residual|final|long}
+OUT=${2:-runs/ccl_$GRID}
+VT="loss.local_positives=view loss.local_match=teacher loss.local_window=full"
+JOINT="Joint RD=loss.lambda_local=0 loss.lambda_global=0 model.projector=none"
+OFFICIAL="$VT model.noise_prob=0.31 loss.temperature=0.05 data.augment.preset=official"
+case "$GRID" in
+  search) SEEDS="0"; BUDGETS="16"; MODELS=(
+    --model "$JOINT" --model "RD + CCL=" --model "RD + proj=loss.lambda_local=0 loss.lambda_global=0"
+    --model "local only=loss.lambda_global=0" --model "global only=loss.lambda_local=0"
+    --model "local view-teacher=$VT" --model "noise=model.noise_prob=0.31" --model "official=$OFFICIAL"
+    --model "aug geometric=data.augment.preset=geometric" --model "tau 0.05=loss.temperature=0.05"
+    --model "lambda 0.1=loss.lambda_local=0.1 loss.lambda_global=0.1" --model "neg all=loss.local_negatives=all"
+    --model "view-teacher geometric=$VT data.augment.preset=geometric"
+    --model "Joint RD + noise=loss.lambda_local=0 loss.lambda_global=0 model.projector=none model.noise_prob=0.31"
+    --model "proj 2-mlp=model.projector=2-mlp" --model "warmup=loss.contrastive_warmup=240"
+    --model "aug paper=data.augment.preset=paper" --model "sum=loss.reduction=sum");;
+  residual) SEEDS="0 1"; BUDGETS="16"; MODELS=(
+    --model "$JOINT" --model "res CCL=model.projector_residual=true"
+    --model "res view-teacher=model.projector_residual=true $VT");;
+  final) SEEDS="0 1 2"; BUDGETS="16"; MODELS=(
+    --model "$JOINT" --model "RD + CCL (paper)=" --model "RD + CCL (residual)=model.projector_residual=true");;
+  long) SEEDS="0"; BUDGETS="48"; MODELS=(--model "$JOINT" --model "RD + CCL=" --model "official=$OFFICIAL");;
+  *) echo "unknown grid $GRID" >&2; exit 2;;
+esac
+$PY launch/compare.py ${DRY:-} --config configs/demo.yaml \
+  --bench demo=${DEMO_SHARDS:-runs/demo/shards/demo} --bench inspect=${INSPECT_SHARDS:-runs/bench/shards/inspect} \
+  --seeds $SEEDS --budgets $BUDGETS --out "$OUT" --jobs ${JOBS:-1} --processes ${PROCESSES:-2} "${MODELS[@]}" \
+  tracking.vis_every=0 tracking.wandb.mode=disabled train.progress=false
