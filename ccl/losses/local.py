@@ -25,10 +25,11 @@ window: 1 (same position; the paper's best), any odd k, or "full" (anywhere).
 Layout and cost: the two views of a scale are one (2B, C, h, w) batch, anchor views first, as the
 model's teacher and projector run them (``local_contrastive_views``; ``local_contrastive_loss`` takes
 the two halves). They become rows (2B, h*w, C): one transposing copy, none for channels_last
-maps. Rows are gathered across ranks as they are, and a cosine is the dot product of two rows divided
-by their norms: the divisions act on the similarity tensors, which for window 1 are 2B x 2M per
-position against 2B x C rows, so the feature maps themselves are never normalised, stacked or
-permuted again. Window 1 is one batched matrix product over strided views of the rows.
+maps; rows are gathered across ranks as they are and never stacked or permuted again. With window 1 a
+cosine is the dot product of two raw rows divided by their norms: the divisions act on the similarity
+tensor (2B x 2M per position, fewer numbers than the 2B x C rows), and the whole scale is one batched
+matrix product over strided views of the rows. Windows and the full map compare each row with many,
+so there the rows are normalised once instead.
 Memory: anchor positions are processed in blocks whose similarity tensors (positions x 2B local views
 x 2M views x candidate positions, twice with ``match``) hold at most chunk * chunk entries (at least
 one position per block), i.e. never more than a chunk x chunk matrix; with more than one block each
@@ -135,12 +136,14 @@ class _Block:
 @dataclass(frozen=True)
 class _Rows:
     """One kind of features (projected, or the ``match`` maps): this rank's rows (U, h*w, C) and every
-    rank's (V, h*w, C), each with its norms (.., h*w), floored at EPS."""
+    rank's (V, h*w, C). With window 1 the rows stay raw and ``*_norms`` (.., h*w) hold their norms, which
+    are divided out of the similarities (2B x 2M per position: fewer numbers than the rows); a window or
+    the full map compares each row with many, so there the rows are normalised once (norms None)."""
 
     local: torch.Tensor
-    local_norms: torch.Tensor
     every: torch.Tensor
-    every_norms: torch.Tensor
+    local_norms: torch.Tensor | None
+    every_norms: torch.Tensor | None
 
 
 def _rows(maps: torch.Tensor) -> torch.Tensor:
@@ -148,33 +151,38 @@ def _rows(maps: torch.Tensor) -> torch.Tensor:
     return maps.permute(0, 2, 3, 1).flatten(1, 2).contiguous()
 
 
-def _with_norms(local: torch.Tensor, every: torch.Tensor) -> _Rows:
-    norms = local.norm(dim=-1).clamp_min(EPS)
-    every_norms = norms if every is local else every.norm(dim=-1).clamp_min(EPS)
-    return _Rows(local, norms, every, every_norms)
+def _prepare(local: torch.Tensor, every: torch.Tensor, fold_norms: bool) -> _Rows:
+    """Rows and norms floored at EPS (F.normalize's); ``every is local`` at world size 1."""
+    norms = local.norm(dim=-1, keepdim=True).clamp_min(EPS)
+    every_norms = norms if every is local else every.norm(dim=-1, keepdim=True).clamp_min(EPS)
+    if fold_norms:
+        return _Rows(local, every, norms[..., 0], every_norms[..., 0])
+    unit = local / norms
+    return _Rows(unit, unit if every is local else every / every_norms, None, None)
 
 
-def _cosines(a: torch.Tensor, na: torch.Tensor, c: torch.Tensor, nc: torch.Tensor) -> torch.Tensor:
-    """Cosines (Q, U, N) of anchor rows a (Q, U, C) and candidate rows c (Q, N, C) with their norms."""
-    return torch.bmm(a, c.transpose(1, 2)) / (na[:, :, None] * nc[:, None, :])
+def _cosines(a: torch.Tensor, na: torch.Tensor | None, c: torch.Tensor, nc: torch.Tensor | None) -> torch.Tensor:
+    """Cosines (Q, U, N) of anchor rows a (Q, U, C) and candidate rows c (Q, N, C), given their norms
+    (None: unit rows)."""
+    dots = torch.bmm(a, c.transpose(1, 2))
+    return dots if na is None else dots / (na[:, :, None] * nc[:, None, :])
 
 
 def _similarities(f: _Rows, q0: int, q1: int, spec: _Block, idx: torch.Tensor | None) -> torch.Tensor:
     """Cosines (Q, U, V, K) of the local rows at positions q0..q1 with every view's candidate positions:
-    the same position (window 1), the window positions ``idx`` (Q, K), or every position."""
+    the same position (window 1, norms folded in), the window positions ``idx`` (Q, K), or every
+    position (unit rows)."""
     a = f.local[:, q0:q1].transpose(0, 1)  # (Q, U, C), strided: no copy
-    na = f.local_norms[:, q0:q1].transpose(0, 1)
     if spec.negatives == "window" and spec.k == 1:
-        c, nc = f.every[:, q0:q1].transpose(0, 1), f.every_norms[:, q0:q1].transpose(0, 1)
-        return _cosines(a, na, c, nc).unsqueeze(-1)
+        na, nc = f.local_norms[:, q0:q1].transpose(0, 1), f.every_norms[:, q0:q1].transpose(0, 1)
+        return _cosines(a, na, f.every[:, q0:q1].transpose(0, 1), nc).unsqueeze(-1)
     if idx is not None:
         c = f.every.transpose(0, 1)[idx]  # (Q, K, V, C)
-        nc = f.every_norms.transpose(0, 1)[idx]  # (Q, K, V)
-        q, k, v = nc.shape
-        return _cosines(a, na, c.flatten(1, 2), nc.flatten(1, 2)).view(q, -1, k, v).transpose(2, 3)
-    v, hw = f.every_norms.shape
+        q, k, v = c.shape[:3]
+        return _cosines(a, None, c.flatten(1, 2), None).view(q, -1, k, v).transpose(2, 3)
+    v, hw = f.every.shape[:2]
     dots = a.reshape(-1, a.shape[-1]) @ f.every.reshape(v * hw, -1).T  # (Q*U, V*h*w)
-    return dots.view(a.shape[0], a.shape[1], v, hw) / (na[:, :, None, None] * f.every_norms)
+    return dots.view(a.shape[0], a.shape[1], v, hw)
 
 
 def _block_loss(f: _Rows, m: _Rows | None, q0: int, q1: int, spec: _Block) -> torch.Tensor:
@@ -267,6 +275,7 @@ def local_contrastive_views(
     if n != 2 * labels.shape[0]:
         raise ValueError(f"{n} views for {labels.shape[0]} labels: expected anchor and augmented view of each sample")
     k = _check_window(window, h, w)
+    fold = negatives == "window" and k == 1  # window 1: norms divided out of the similarities
     rows = _rows(views)
     view_labels = torch.cat([labels, labels])
     gathered, offset = gather.gather_with_grad(rows, rank, world_size)  # (V, h*w, C)
@@ -276,9 +285,9 @@ def local_contrastive_views(
         if match.shape[0] != n or match.shape[2:] != views.shape[2:]:
             raise ValueError(f"match maps {tuple(match.shape)} do not fit the projected maps {tuple(views.shape)}")
         m_rows = _rows(match.detach())
-        m = _with_norms(m_rows, gather.gather_no_grad(m_rows, rank, world_size)[0])
+        m = _prepare(m_rows, gather.gather_no_grad(m_rows, rank, world_size)[0], fold)
     spec = _Block(h, w, k, negatives, _view_masks(view_labels, all_view_labels, offset, positives), temperature)
-    return _blockwise_sum(_with_norms(rows, gathered), m, spec, chunk) / (n * h * w)
+    return _blockwise_sum(_prepare(rows, gathered, fold), m, spec, chunk) / (n * h * w)
 
 
 def _blockwise_sum(f: _Rows, m: _Rows | None, spec: _Block, chunk: int) -> torch.Tensor:
