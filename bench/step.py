@@ -1,12 +1,21 @@
 """Cost of CCL on top of RD, measured side by side in one run (CPU).
 
 Prints:
-  1. train step time (forward + backward + Adam step): Joint RD (no projector, lambdas 0) vs RD+CCL (goal <= 1.6x)
-  2. inference time (forward + anomaly map): RD vs RD+CCL (goal <= 1.10x; the paper's FLOPs ratio is 1.08)
-  3. share of an RD+CCL DDP step spent in the cross-rank gathers at 2 gloo ranks (goal <= 5%)
+  1. train step (forward + backward + Adam): Joint RD (no projector, lambdas 0) against RD + CCL, every
+     part of the step (teacher, projector, neck per view, decoder, KD, local CL per scale, global CL, rest
+     of the forward, backward, optimizer) and the ladder RD + projector -> + global CL -> + local CL ->
+     RD + CCL, with the conv-MAC ratio of each (the floor the time ratio cannot beat); goal <= 1.8x
+  2. inference (forward + anomaly map): RD vs RD + CCL (goal <= 1 + the projector's share of the MACs)
+  3. share of an RD + CCL DDP step spent in the cross-rank gathers at 2 gloo ranks (goal <= 5%)
   4. peak memory of local CL, window "full", chunked vs unchunked (forward + backward, fresh subprocesses)
 
-Usage: HF_HUB_OFFLINE=1 .venv/bin/python bench/step.py [--teacher resnet18] [--batch 8] [--size 128]
+Times of [1] and [2] are the process's CPU time (one intra-op thread by default): on a shared machine
+wall time would also count the time slices of other jobs. Candidates alternate, medians are reported.
+
+Settings: --setting small (resnet18, 128 px, batch 8; all four sections) or paper (wide_resnet50_2,
+256 px, batch 16 = 8 classes x 2; sections 1-2 by default); --teacher / --size / --batch override.
+
+Usage: HF_HUB_OFFLINE=1 .venv/bin/python bench/step.py [--setting small|paper] [--repeats 3] [--skip gather,memory]
 """
 
 from __future__ import annotations
@@ -26,32 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from bench.timing import interleaved  # noqa: E402
+from bench.timing import interleaved_parts, timed  # noqa: E402
 
 if TYPE_CHECKING:
     from ccl.models import RDCCL
-
-
-def _models(teacher: str, extra: bool = False) -> dict[str, RDCCL]:
-    """RD (Joint RD baseline) and RD+CCL; with extra, the breakdown variants too. One shared teacher state."""
-    from ccl.models import RDCCL  # here, so that the memory child imports only ccl.losses
-
-    torch.manual_seed(0)
-    configs = {"RD": dict(projector="none", lambda_local=0.0, lambda_global=0.0), "RD+CCL": {}}
-    if extra:
-        configs["RD+projector, no CL"] = dict(lambda_local=0.0, lambda_global=0.0)
-        configs["RD+CCL, 2-mlp projector"] = dict(projector="2-mlp")
-    models = {k: RDCCL(teacher=teacher, **kw) for k, kw in configs.items()}
-    for m in models.values():
-        m.teacher.load_state_dict(models["RD"].teacher.state_dict())
-    return models
-
-
-def _batch(batch: int, size: int, classes: int = 4):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, size, size, generator=g)
-    return x, x + 0.1 * torch.randn(x.shape, generator=g), torch.arange(batch) % classes
-
 
 def _train_step(model: RDCCL, opt: torch.optim.Optimizer, x, aug, labels, **kw) -> None:
     opt.zero_grad(set_to_none=True)
@@ -59,63 +46,45 @@ def _train_step(model: RDCCL, opt: torch.optim.Optimizer, x, aug, labels, **kw) 
     opt.step()
 
 
-def _report(title: str, times: dict[str, float], goal: float) -> None:
-    print(title)
-    base = times["RD"]
-    for k, t in times.items():
-        note = f"  (goal <= {goal}x)" if k == "RD+CCL" else ""
-        print(f"    {k:26s} {t * 1e3:8.1f} ms  {t / base:5.2f}x{note}")
+def bench_train(teacher: str, batch: int, size: int, repeats: int, warmup: int) -> None:
+    """[1] Joint RD vs the RD + CCL ladder, each step broken into its parts, and the conv-MAC floor."""
+    from bench import cost
+
+    models = cost.build_models(teacher)
+    x, aug, _ = data = cost.make_batch(batch, size)
+    teacher_model, both = models["RD+CCL"].teacher, torch.cat([x, aug])
+    extra = {"teacher, one view": timed(lambda: teacher_model(x), clock=time.process_time),
+             "teacher, both views in one call": timed(lambda: teacher_model(both), clock=time.process_time)}
+    times = cost.train_step_times(models, data, repeats, warmup, extra=extra)
+    print(f"[1] train step (forward + backward + Adam), {teacher}, batch {batch} x {size} px, "
+          f"{torch.get_num_threads()} thread(s), process CPU time, median of {repeats}\n")
+    print("\n".join(cost.parts_table(times["Joint RD"], times["RD+CCL"])))
+    print(f"\n    teacher, one view {cost.ms(times['teacher, one view']['total'])} ms; both views in one call "
+          f"{cost.ms(times['teacher, both views in one call']['total'])} ms\n")
+    print("\n".join(cost.ladder_table(times, cost.mac_floor(models, size))) + "\n")
 
 
-def bench_train_and_inference(teacher: str, batch: int, size: int, repeats: int) -> None:
-    models = _models(teacher, extra=True)
-    x, aug, labels = _batch(batch, size)
-    opts = {k: torch.optim.Adam(m.param_groups(1e-3, 5e-3), betas=(0.5, 0.999)) for k, m in models.items()}
-    for m in models.values():
-        m.train()
-    train = interleaved({k: (lambda k=k: _train_step(models[k], opts[k], x, aug, labels)) for k in models}, repeats)
-    _report(f"[1] train step (fwd + bwd + Adam), {teacher}, batch {batch}x{size}px, {torch.get_num_threads()} threads, "
-            f"median of {repeats}", train, 1.6)
-    for m in models.values():
-        m.eval()
+def bench_inference(teacher: str, batch: int, size: int, repeats: int, warmup: int) -> None:
+    """[2] inference RD vs RD + CCL; the goal is 1 + the projector's share of the conv MACs."""
+    from bench import cost
 
-    def infer(m):
+    models = {k: m.eval() for k, m in cost.build_models(teacher).items()}
+    x, _, _ = cost.make_batch(batch, size)
+
+    def infer(m: RDCCL) -> None:
         with torch.no_grad():
             m(x)
 
-    inference = {k: m for k, m in models.items() if k != "RD+projector, no CL"}
-    times = interleaved({k: (lambda k=k: infer(inference[k])) for k in inference}, repeats * 2)
-    _report(f"[2] inference (forward + anomaly map), batch {batch}x{size}px, median of {repeats * 2}", times, 1.10)
-    for k in ("RD+CCL", "RD+CCL, 2-mlp projector"):
-        print(f"    {k}: projector = {_projector_share(models[k], size):.1%} of the conv MACs, "
-              f"{_n_params(models[k]) / 1e6:.1f} M parameters (RD {_n_params(models['RD']) / 1e6:.1f} M)")
-
-
-def _n_params(m: RDCCL) -> int:
-    return sum(p.numel() for p in m.parameters())
-
-
-def _projector_share(m: RDCCL, size: int) -> float:
-    """Multiply-accumulates of the projector over those of the whole inference graph (conv layers)."""
-    macs = {"projector": 0, "all": 0}
-
-    def hook(name):
-        def count(mod, inp, out):
-            kernel = mod.weight.shape[1] * mod.weight.shape[2] * mod.weight.shape[3]
-            # Conv2d: every output value sums in/groups x k x k inputs; ConvTranspose2d: every input
-            # value is spread over out/groups x k x k outputs.
-            n = (out if isinstance(mod, torch.nn.Conv2d) else inp[0]).numel() * kernel
-            macs["all"] += n
-            macs["projector"] += n if name.startswith("projector.") else 0
-        return count
-
-    handles = [mod.register_forward_hook(hook(n)) for n, mod in m.named_modules()
-               if isinstance(mod, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    times = interleaved_parts({k: timed(lambda m=m: infer(m), clock=time.process_time) for k, m in models.items()},
+                              repeats * 2, warmup)
     with torch.no_grad():
-        m.eval()(torch.randn(1, 3, size, size))
-    for h in handles:
-        h.remove()
-    return macs["projector"] / macs["all"]
+        macs = cost.conv_macs(models["RD+CCL"], lambda: models["RD+CCL"](x[:1]))
+    share = macs["projector"] / macs["forward"]
+    ratio = times["RD+CCL"]["total"] / times["RD"]["total"]
+    print(f"[2] inference (forward + anomaly map), batch {batch} x {size} px, process CPU time, median of {repeats * 2}: "
+          f"RD {cost.ms(times['RD']['total'])} ms, RD+CCL {cost.ms(times['RD+CCL']['total'])} ms = {ratio:.2f}x "
+          f"(goal <= 1 + projector share = {1 + share:.2f}x; projector {share:.1%} of the conv MACs, "
+          f"{cost.n_params(models['RD+CCL']) / 1e6:.1f} M parameters vs RD {cost.n_params(models['RD']) / 1e6:.1f} M)")
 
 
 # ----- [3] gather share at 2 ranks -----
@@ -123,6 +92,8 @@ def _projector_share(m: RDCCL, size: int) -> float:
 def _gather_worker(rank: int, world: int, port: int, teacher: str, batch: int, size: int, steps: int, out: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from bench import cost
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -146,10 +117,10 @@ def _gather_worker(rank: int, world: int, port: int, teacher: str, batch: int, s
         return wrapper
 
     try:
-        model = _models(teacher)["RD+CCL"].train()
+        model = cost.build_models(teacher)["RD+CCL"].train()
         ddp = DDP(model)
         opt = torch.optim.Adam(model.param_groups(1e-3, 5e-3), betas=(0.5, 0.999))
-        x, aug, labels = _batch(batch, size)
+        x, aug, labels = cost.make_batch(batch, size)
         for _ in range(2):
             _train_step(ddp, opt, x, aug, labels, rank=rank, world_size=world)
         for name, fn in originals.items():  # forward all_gather and its backward all_to_all
@@ -243,27 +214,40 @@ def main() -> None:
         _memory_child(*(int(v) for v in sys.argv[2:6]))
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--teacher", default="resnet18")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--setting", choices=("small", "paper"), default="small")
+    p.add_argument("--teacher", default=None)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--size", type=int, default=None)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (1 is steadiest on a shared machine)")
     p.add_argument("--gather-steps", type=int, default=4)
-    p.add_argument("--skip", default="", help="comma list of sections to skip: train,gather,memory")
+    p.add_argument("--skip", default=None, help="comma list of sections to skip: train,inference,gather,memory "
+                   "(default: none for small, gather,memory for paper)")
     args = p.parse_args()
-    skip = set(filter(None, args.skip.split(",")))
+    from bench import cost
+
+    setting = dict(cost.SETTINGS[args.setting])
+    setting.update({k: v for k, v in (("teacher", args.teacher), ("batch", args.batch), ("size", args.size)) if v})
+    teacher, batch, size = setting["teacher"], setting["batch"], setting["size"]
+    skip = args.skip if args.skip is not None else ("gather,memory" if args.setting == "paper" else "")
+    skip = set(filter(None, skip.split(",")))
     torch.set_num_threads(args.threads)
+    print(f"setting {args.setting}: {teacher}, {size} px, batch {batch}; load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} cores at start\n")
     t0 = time.perf_counter()
     if "train" not in skip:
-        bench_train_and_inference(args.teacher, args.batch, args.size, args.repeats)
+        bench_train(teacher, batch, size, args.repeats, args.warmup)
+    if "inference" not in skip:
+        bench_inference(teacher, batch, size, args.repeats, args.warmup)
     if "gather" not in skip:
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
-            bench_gather(args.teacher, args.batch, args.size, args.gather_steps, Path(tmp))
+            bench_gather(teacher, batch, size, args.gather_steps, Path(tmp))
     if "memory" not in skip:
         bench_memory(batch=8, channels=64, side=16)
-    print(f"total {time.perf_counter() - t0:.0f} s")
+    print(f"total {time.perf_counter() - t0:.0f} s; load average {os.getloadavg()[0]:.1f} at the end")
 
 
 if __name__ == "__main__":

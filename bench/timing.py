@@ -7,15 +7,38 @@ import time
 from typing import Callable
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, float]:
-    """Median seconds per call of each candidate; alternating them lets load drifts hit all alike."""
+def interleaved_parts(fns: dict[str, Callable[[], dict[str, float]]], repeats: int,
+                      warmup: int = 2) -> dict[str, dict[str, float]]:
+    """Each candidate measures itself (a dict of seconds per part); the median of every part over the
+    repeats. Alternating the candidates lets load drifts hit all alike."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
+    samples: dict[str, list[dict[str, float]]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+            samples[k].append(fn())
+    out = {}
+    for name, runs in samples.items():
+        keys = list(dict.fromkeys(k for r in runs for k in r))
+        out[name] = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in keys}
+    return out
+
+
+def timed(fn: Callable[[], object], sync: Callable[[], None] = lambda: None,
+          clock: Callable[[], float] = time.perf_counter) -> Callable[[], dict[str, float]]:
+    """``fn`` as a candidate of ``interleaved_parts``: {"total": seconds of one call}."""
+    def run() -> dict[str, float]:
+        sync()
+        t0 = clock()
+        fn()
+        sync()
+        return {"total": clock() - t0}
+    return run
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2,
+                clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Median seconds per call of each candidate; alternating them lets load drifts hit all alike."""
+    parts = interleaved_parts({k: timed(fn, clock=clock) for k, fn in fns.items()}, repeats, warmup)
+    return {k: v["total"] for k, v in parts.items()}

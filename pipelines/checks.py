@@ -36,6 +36,7 @@ def check_inputs(cfg: Config, world: int) -> tuple[ShardSet, Labels]:
                                  ("loss.reduction", cfg.loss.reduction, REDUCTIONS)):
         if value not in allowed:
             raise ConfigError(f"{name}={value!r} is not one of {list(allowed)}")
+    check_compile(cfg)
     shard_set = open_builds(list(cfg.data.shards))
     for build, manifest in zip(shard_set.builds, shard_set.manifests):
         if not any(e["split"] == "train" for e in manifest["shards"]):
@@ -107,3 +108,19 @@ def check_model(cfg: Config) -> None:
                                   m.teacher, m.pretrained)
         except ValueError as err:
             raise ConfigError(str(err)) from None
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def check_compile(cfg: Config) -> None:
+    t = cfg.train
+    if not t.compile:
+        return
+    import torch
+
+    backends = torch.compiler.list_backends(exclude_tags=())  # debug backends too (aot_eager, eager)
+    if t.compile_backend not in backends:
+        raise ConfigError(f"train.compile_backend={t.compile_backend!r} is not one of {backends}")
+    if t.compile_mode not in COMPILE_MODES:
+        raise ConfigError(f"train.compile_mode={t.compile_mode!r} is not one of {list(COMPILE_MODES)}")

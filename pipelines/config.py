@@ -114,7 +114,10 @@ class TrainConfig:
     warmup_steps: int = 0
     grad_clip: float = 0.0  # max grad norm; 0 = off
     grad_accum: int = 1
-    precision: str = "no"  # no | bf16 | fp16
+    precision: str = "no"  # no | bf16 | fp16 (DDP: autocast; DeepSpeed: its own casting; losses in float32)
+    compile: bool = False  # torch.compile the student path (projector, neck, decoder)
+    compile_backend: str = "inductor"  # any of torch.compiler.list_backends()
+    compile_mode: str = "default"  # inductor: default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
     patience: int = 10  # early stopping: validations without improvement; 0 = off
     val_every: int = 1  # epochs
     eval_every: int = 0  # epochs between test-set evaluations; 0 = never during training

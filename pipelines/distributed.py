@@ -119,6 +119,8 @@ class CpuSyncBatchNorm(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
+        if x.dtype in (torch.float16, torch.bfloat16):  # autocast: statistics in float32, as torch's BN keeps them
+            return self.forward(x.float()).to(x.dtype)
         count = torch.tensor([x.shape[0] * x.shape[2] * x.shape[3]], dtype=x.dtype, device=x.device)
         stats = torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3)), count])
         stats = dist_nn.all_reduce(stats)

@@ -97,6 +97,8 @@ def setup(cfg: Config, accelerator: Any, shard_set: ShardSet, labels: Labels, re
     model = build_model(cfg)
     if cfg.train.sync_bn and accelerator.num_processes > 1:
         model = convert_sync_batchnorm(model)
+    if cfg.train.compile:
+        model.compile_student(cfg.train.compile_backend, cfg.train.compile_mode)
     optimizer = make_optimizer(model, cfg)
     base_lrs = [g["lr"] for g in optimizer.param_groups]  # before prepare; groups keep their order
     configure_deepspeed(accelerator, cfg, cfg.data.batch_size // accelerator.num_processes)

@@ -3,7 +3,7 @@
 from ccl.losses.gather import gather_no_grad, gather_with_grad
 from ccl.losses.global_variants import global_losses, infonce_loss, npairs_loss, triplet_loss
 from ccl.losses.kd import kd_loss
-from ccl.losses.local import local_contrastive_loss
+from ccl.losses.local import local_contrastive_loss, local_contrastive_views
 from ccl.losses.supcon import global_contrastive_loss, supcon_loss
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "supcon_loss",
     "global_contrastive_loss",
     "local_contrastive_loss",
+    "local_contrastive_views",
     "global_losses",
     "triplet_loss",
     "npairs_loss",

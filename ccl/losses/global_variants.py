@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from ccl.losses import gather
 from ccl.losses.supcon import global_contrastive_loss, keyed_supcon, two_views
+from ccl.precision import float32_math
 
 # Instance ids must differ across ranks without a size exchange: rank-major blocks.
 _IDS_PER_RANK = 1 << 30
@@ -48,6 +49,7 @@ def _similarities(
     return f @ candidates.T, not_self, same_class, same_instance
 
 
+@float32_math
 def infonce_loss(
     anchor: torch.Tensor, augmented: torch.Tensor, labels: torch.Tensor,
     temperature: float = 0.1, rank: int = 0, world_size: int = 1,
@@ -58,6 +60,7 @@ def infonce_loss(
     return keyed_supcon(features, ids, temperature, rank, world_size)
 
 
+@float32_math
 def triplet_loss(
     anchor: torch.Tensor, augmented: torch.Tensor, labels: torch.Tensor,
     temperature: float = 0.1, rank: int = 0, world_size: int = 1,
@@ -75,6 +78,7 @@ def triplet_loss(
     return torch.where(has_both, loss, torch.zeros_like(loss)).mean()
 
 
+@float32_math
 def npairs_loss(
     anchor: torch.Tensor, augmented: torch.Tensor, labels: torch.Tensor,
     temperature: float = 0.1, rank: int = 0, world_size: int = 1,

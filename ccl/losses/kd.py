@@ -7,7 +7,10 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ccl.precision import float32_math
 
+
+@float32_math
 def kd_loss(
     teacher_feats: Sequence[torch.Tensor], student_feats: Sequence[torch.Tensor], mode: str = "flat"
 ) -> torch.Tensor:

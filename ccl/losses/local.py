@@ -21,6 +21,15 @@ loss(u, q) = logsumexp_A(s/tau) - mean_p s_p/tau; the loss is the mean over this
 anchors (Eq. 4 with a mean instead of a sum: a constant factor, see ``ccl.models.rdccl`` reduction).
 
 window: 1 (same position; the paper's best), any odd k, or "full" (anywhere).
+
+Layout and cost: the two views of a scale are one (2B, C, h, w) batch, anchor views first, as the
+model's teacher and projector run them (``local_contrastive_views``; ``local_contrastive_loss`` takes
+the two halves). They become rows (2B, h*w, C): one transposing copy, none for channels_last
+maps; rows are gathered across ranks as they are and never stacked or permuted again. With window 1 a
+cosine is the dot product of two raw rows divided by their norms: the divisions act on the similarity
+tensor (2B x 2M per position, fewer numbers than the 2B x C rows), and the whole scale is one batched
+matrix product over strided views of the rows. Windows and the full map compare each row with many,
+so there the rows are normalised once instead.
 Memory: anchor positions are processed in blocks whose similarity tensors (positions x 2B local views
 x 2M views x candidate positions, twice with ``match``) hold at most chunk * chunk entries (at least
 one position per block), i.e. never more than a chunk x chunk matrix; with more than one block each
@@ -34,14 +43,15 @@ from dataclasses import dataclass
 from typing import Union
 
 import torch
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ccl.losses import gather
+from ccl.precision import float32_math
 
 Window = Union[int, str]
 POSITIVES = ("class", "view")
 NEGATIVES = ("window", "all")
+EPS = 1e-12  # F.normalize's floor of a norm: a zero feature has cosine 0 with everything
 
 
 def _check_window(window: Window, h: int, w: int) -> int | None:
@@ -123,72 +133,94 @@ class _Block:
     temperature: float
 
 
-def _windowed_sims(anchors: torch.Tensor, cands: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
-    """anchors (Q, U, C), cands (h*w, C, V) position-major; idx (Q, K) window positions or None (same position)."""
-    q, u, _ = anchors.shape
-    if idx is None:
-        return torch.bmm(anchors, cands).unsqueeze(-1)  # cands already cut to q0..q1
-    windows = cands[idx].permute(0, 2, 3, 1).reshape(q, cands.shape[1], -1)  # (Q, C, V*K)
-    return torch.bmm(anchors, windows).view(q, u, cands.shape[2], idx.shape[1])  # (Q, U, V, K)
+@dataclass(frozen=True)
+class _Rows:
+    """One kind of features (projected, or the ``match`` maps): this rank's rows (U, h*w, C) and every
+    rank's (V, h*w, C). With window 1 the rows stay raw and ``*_norms`` (.., h*w) hold their norms, which
+    are divided out of the similarities (2B x 2M per position: fewer numbers than the rows); a window or
+    the full map compares each row with many, so there the rows are normalised once (norms None)."""
+
+    local: torch.Tensor
+    every: torch.Tensor
+    local_norms: torch.Tensor | None
+    every_norms: torch.Tensor | None
 
 
-def _full_sims(anchors: torch.Tensor, cand_matrix: torch.Tensor, n_views: int) -> torch.Tensor:
-    """anchors (Q, U, C), cand_matrix (C, V*h*w) -> (Q, U, V, h*w)."""
-    q, u, c = anchors.shape
-    return (anchors.reshape(q * u, c) @ cand_matrix).view(q, u, n_views, -1)
+def _rows(maps: torch.Tensor) -> torch.Tensor:
+    """(N, C, h, w) maps -> contiguous (N, h*w, C) rows: one copy, none for channels_last maps."""
+    return maps.permute(0, 2, 3, 1).flatten(1, 2).contiguous()
 
 
-def _block_loss(
-    anchors: torch.Tensor, cands: torch.Tensor, m_anchors: torch.Tensor | None, m_cands: torch.Tensor | None,
-    q0: int, q1: int, spec: _Block,
-) -> torch.Tensor:
-    """Loss sum of anchor positions q0..q1. Features are position-major: anchors (h*w, U, C); cands
-    (h*w, C, V) for window negatives, (C, V*h*w) for all positions; m_* the same for ``match``."""
-    a = anchors[q0:q1]
-    ma = m_anchors[q0:q1] if m_anchors is not None else None
-    k, device = spec.k, anchors.device
-    if spec.negatives == "window" and k is not None:
-        if k == 1:
-            sims = _windowed_sims(a, cands[q0:q1], None)
-            match = _windowed_sims(ma, m_cands[q0:q1], None) if ma is not None else None
-            return _reduce(sims, match, None, None, spec.masks, spec.temperature)
-        idx, valid = _window_index(q0, q1, spec.h, spec.w, k, device)
-        sims = _windowed_sims(a, cands, idx)
-        match = _windowed_sims(ma, m_cands, idx) if ma is not None else None
-        return _reduce(sims, match, valid, valid, spec.masks, spec.temperature)
-    n_views = spec.masks.candidate.shape[1]
-    sims = _full_sims(a, cands, n_views)
-    match = _full_sims(ma, m_cands, n_views) if ma is not None else None
-    pos_mask = _window_mask(q0, q1, spec.h, spec.w, k, device) if k is not None else None
-    return _reduce(sims, match, None, pos_mask, spec.masks, spec.temperature)
+def _prepare(local: torch.Tensor, every: torch.Tensor, fold_norms: bool) -> _Rows:
+    """Rows and norms floored at EPS (F.normalize's); ``every is local`` at world size 1."""
+    norms = local.norm(dim=-1, keepdim=True).clamp_min(EPS)
+    every_norms = norms if every is local else every.norm(dim=-1, keepdim=True).clamp_min(EPS)
+    if fold_norms:
+        return _Rows(local, every, norms[..., 0], every_norms[..., 0])
+    unit = local / norms
+    return _Rows(unit, unit if every is local else every / every_norms, None, None)
 
 
-def _view_masks(labels: torch.Tensor, all_labels: torch.Tensor, offset: int, positives: str) -> _Masks:
-    """Masks (U, V) for the local views (sample-major: 2i anchor, 2i+1 augmented) against all views."""
-    view_labels = labels.repeat_interleave(2)  # (U,)
-    all_view_labels = all_labels.repeat_interleave(2)  # (V,)
-    u = torch.arange(view_labels.shape[0], device=labels.device)
-    own = torch.zeros(u.shape[0], all_view_labels.shape[0], dtype=torch.bool, device=labels.device)
-    own[u, u + 2 * offset] = True
+def _cosines(a: torch.Tensor, na: torch.Tensor | None, c: torch.Tensor, nc: torch.Tensor | None) -> torch.Tensor:
+    """Cosines (Q, U, N) of anchor rows a (Q, U, C) and candidate rows c (Q, N, C), given their norms
+    (None: unit rows)."""
+    dots = torch.bmm(a, c.transpose(1, 2))
+    return dots if na is None else dots / (na[:, :, None] * nc[:, None, :])
+
+
+def _similarities(f: _Rows, q0: int, q1: int, spec: _Block, idx: torch.Tensor | None) -> torch.Tensor:
+    """Cosines (Q, U, V, K) of the local rows at positions q0..q1 with every view's candidate positions:
+    the same position (window 1, norms folded in), the window positions ``idx`` (Q, K), or every
+    position (unit rows)."""
+    a = f.local[:, q0:q1].transpose(0, 1)  # (Q, U, C), strided: no copy
+    if spec.negatives == "window" and spec.k == 1:
+        na, nc = f.local_norms[:, q0:q1].transpose(0, 1), f.every_norms[:, q0:q1].transpose(0, 1)
+        return _cosines(a, na, f.every[:, q0:q1].transpose(0, 1), nc).unsqueeze(-1)
+    if idx is not None:
+        c = f.every.transpose(0, 1)[idx]  # (Q, K, V, C)
+        q, k, v = c.shape[:3]
+        return _cosines(a, None, c.flatten(1, 2), None).view(q, -1, k, v).transpose(2, 3)
+    v, hw = f.every.shape[:2]
+    dots = a.reshape(-1, a.shape[-1]) @ f.every.reshape(v * hw, -1).T  # (Q*U, V*h*w)
+    return dots.view(a.shape[0], a.shape[1], v, hw)
+
+
+def _block_loss(f: _Rows, m: _Rows | None, q0: int, q1: int, spec: _Block) -> torch.Tensor:
+    """Loss sum of the anchor positions q0..q1; ``m`` the rows that pick the positives (``match``)."""
+    device, k = f.local.device, spec.k
+    idx = den_mask = pos_mask = None
+    if k is not None and k > 1 and spec.negatives == "window":  # candidates: the window's positions
+        idx, den_mask = _window_index(q0, q1, spec.h, spec.w, k, device)
+        pos_mask = den_mask
+    elif k is not None and spec.negatives == "all":  # candidates: every position; positives: the window's
+        pos_mask = _window_mask(q0, q1, spec.h, spec.w, k, device)
+    sims = _similarities(f, q0, q1, spec, idx)
+    match = _similarities(m, q0, q1, spec, idx) if m is not None else None
+    return _reduce(sims, match, den_mask, pos_mask, spec.masks, spec.temperature)
+
+
+def _view_masks(view_labels: torch.Tensor, all_view_labels: torch.Tensor, offset: int, positives: str) -> _Masks:
+    """Masks (U, V) of the local views (view-major: U/2 anchor views, then their augmented views) against
+    every view; this rank's views are columns offset..offset+U."""
+    n = view_labels.shape[0]
+    u = torch.arange(n, device=view_labels.device)
+    own = torch.zeros(n, all_view_labels.shape[0], dtype=torch.bool, device=view_labels.device)
+    own[u, u + offset] = True
     same_class = view_labels[:, None] == all_view_labels[None, :]
     if positives == "class":
         return _Masks(candidate=~own, partner=same_class & ~own)
     sibling = torch.zeros_like(own)
-    sibling[u, (u ^ 1) + 2 * offset] = True  # 2i <-> 2i + 1: the sample's other view
+    sibling[u, (u + n // 2) % n + offset] = True  # a sample's anchor view <-> its augmented view
     return _Masks(candidate=sibling | ~same_class, partner=sibling)
 
 
-def _position_major(views: torch.Tensor, gathered: torch.Tensor, full: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, 2, C, h, w) local and (M, 2, C, h, w) gathered views -> anchors (h*w, U, C) and candidates
-    (C, V*h*w) when ``full`` else (h*w, C, V), each contiguous for the block products."""
-    local = views.flatten(0, 1).flatten(2)  # (U, C, h*w)
-    cands = gathered.flatten(0, 1).flatten(2)  # (V, C, h*w)
-    anchors = local.permute(2, 0, 1).contiguous()
-    if full:
-        return anchors, cands.permute(1, 0, 2).reshape(cands.shape[1], -1)
-    return anchors, cands.permute(2, 1, 0).contiguous()
+def _check_switches(positives: str, negatives: str) -> None:
+    if positives not in POSITIVES or negatives not in NEGATIVES:
+        raise ValueError(f"local CL positives must be one of {POSITIVES} and negatives one of {NEGATIVES}, "
+                         f"got {positives!r} / {negatives!r}")
 
 
+@float32_math
 def local_contrastive_loss(
     anchor: torch.Tensor,
     augmented: torch.Tensor,
@@ -209,44 +241,67 @@ def local_contrastive_loss(
     """
     if anchor.shape != augmented.shape:
         raise ValueError(f"views differ in shape: {tuple(anchor.shape)} vs {tuple(augmented.shape)}")
-    if positives not in POSITIVES or negatives not in NEGATIVES:
-        raise ValueError(f"local CL positives must be one of {POSITIVES} and negatives one of {NEGATIVES}, "
-                         f"got {positives!r} / {negatives!r}")
-    b, _, h, w = anchor.shape
-    k = _check_window(window, h, w)
-    full = k is None or negatives == "all"
-    views = F.normalize(torch.stack([anchor, augmented], dim=1), dim=2)  # (B, 2, C, h, w)
-    gathered, offset = gather.gather_with_grad(views, rank, world_size)  # (M, 2, C, h, w)
-    all_labels, _ = gather.gather_no_grad(labels, rank, world_size)  # (M,)
-    anchors, cands = _position_major(views, gathered, full)
-    m_anchors = m_cands = None
+    _check_switches(positives, negatives)
     if match is not None:
-        if match[0].shape[0] != b or match[0].shape[2:] != (h, w) or match[0].shape != match[1].shape:
+        if match[0].shape[0] != anchor.shape[0] or match[0].shape[2:] != anchor.shape[2:] or match[0].shape != match[1].shape:
             raise ValueError(f"match maps {tuple(match[0].shape)} / {tuple(match[1].shape)} do not fit "
                              f"the projected maps {tuple(anchor.shape)}")
-        m_views = F.normalize(torch.stack([match[0], match[1]], dim=1).detach(), dim=2)
-        m_gathered, _ = gather.gather_no_grad(m_views, rank, world_size)
-        m_anchors, m_cands = _position_major(m_views, m_gathered, full)
-    spec = _Block(h, w, k, negatives, _view_masks(labels, all_labels, offset, positives), temperature)
-    total = _blockwise_sum(anchors, cands, m_anchors, m_cands, spec, chunk)
-    return total / (2 * b * h * w)
+        match = torch.cat([match[0], match[1]])
+    return local_contrastive_views(torch.cat([anchor, augmented]), labels, temperature, window, rank, world_size,
+                                   chunk, positives, negatives, match)
 
 
-def _blockwise_sum(
-    anchors: torch.Tensor, cands: torch.Tensor, m_anchors: torch.Tensor | None, m_cands: torch.Tensor | None,
-    spec: _Block, chunk: int,
+@float32_math
+def local_contrastive_views(
+    views: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 0.1,
+    window: Window = 1,
+    rank: int = 0,
+    world_size: int = 1,
+    chunk: int = 4096,
+    positives: str = "class",
+    negatives: str = "window",
+    match: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """Local CL for one scale with both views in one batch: ``views`` (2B, C, h, w) holds the B anchor
+    views, then their B augmented views (the model's teacher / projector batch); labels (B,).
+
+    ``match`` (2B, C', h, w) in the same order chooses the positive positions (no gradient). Equal to
+    ``local_contrastive_loss(views[:B], views[B:], ...)`` without copying the halves apart.
+    """
+    _check_switches(positives, negatives)
+    n, _, h, w = views.shape
+    if n != 2 * labels.shape[0]:
+        raise ValueError(f"{n} views for {labels.shape[0]} labels: expected anchor and augmented view of each sample")
+    k = _check_window(window, h, w)
+    fold = negatives == "window" and k == 1  # window 1: norms divided out of the similarities
+    rows = _rows(views)
+    view_labels = torch.cat([labels, labels])
+    gathered, offset = gather.gather_with_grad(rows, rank, world_size)  # (V, h*w, C)
+    all_view_labels, _ = gather.gather_no_grad(view_labels, rank, world_size)
+    m = None
+    if match is not None:
+        if match.shape[0] != n or match.shape[2:] != views.shape[2:]:
+            raise ValueError(f"match maps {tuple(match.shape)} do not fit the projected maps {tuple(views.shape)}")
+        m_rows = _rows(match.detach())
+        m = _prepare(m_rows, gather.gather_no_grad(m_rows, rank, world_size)[0], fold)
+    spec = _Block(h, w, k, negatives, _view_masks(view_labels, all_view_labels, offset, positives), temperature)
+    return _blockwise_sum(_prepare(rows, gathered, fold), m, spec, chunk) / (n * h * w)
+
+
+def _blockwise_sum(f: _Rows, m: _Rows | None, spec: _Block, chunk: int) -> torch.Tensor:
     """Sum of the anchor losses, block by block of anchor positions (see the module docstring on memory)."""
-    hw, n_local = anchors.shape[0], anchors.shape[1]
-    n_views = spec.masks.candidate.shape[1]
+    n_local, hw = f.local.shape[:2]
+    n_views = f.every.shape[0]
     full = spec.k is None or spec.negatives == "all"
     per_position = n_local * n_views * (hw if full else spec.k * spec.k)  # similarities of one position
-    per_position *= 2 if m_anchors is not None else 1
+    per_position *= 2 if m is not None else 1
     step = max(1, chunk * chunk // per_position)  # positions per block
-    use_checkpoint = step < hw and torch.is_grad_enabled() and anchors.requires_grad
-    total = anchors.new_zeros(())
+    use_checkpoint = step < hw and torch.is_grad_enabled() and f.local.requires_grad
+    total = f.local.new_zeros(())
     for q0 in range(0, hw, step):
-        args = (anchors, cands, m_anchors, m_cands, q0, min(hw, q0 + step), spec)
+        args = (f, m, q0, min(hw, q0 + step), spec)
         part = checkpoint(_block_loss, *args, use_reentrant=False) if use_checkpoint else _block_loss(*args)
         total = total + part
     return total

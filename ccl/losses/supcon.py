@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ccl.losses import gather
+from ccl.precision import float32_math
 
 
 def contrast_rows(
@@ -34,6 +35,7 @@ def contrast_rows(
     return torch.where(count > 0, loss, torch.zeros_like(loss))
 
 
+@float32_math
 def keyed_supcon(
     features: torch.Tensor, keys: torch.Tensor, temperature: float, rank: int, world_size: int
 ) -> torch.Tensor:
@@ -49,6 +51,7 @@ def keyed_supcon(
     return contrast_rows(f, candidates, positive, exclude, temperature).mean()
 
 
+@float32_math
 def supcon_loss(
     features: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1, rank: int = 0, world_size: int = 1
 ) -> torch.Tensor:
@@ -64,6 +67,7 @@ def two_views(anchor: torch.Tensor, augmented: torch.Tensor, labels: torch.Tenso
     return torch.cat([anchor, augmented], dim=0), torch.cat([labels, labels], dim=0)
 
 
+@float32_math
 def global_contrastive_loss(
     anchor: torch.Tensor,
     augmented: torch.Tensor,

@@ -15,6 +15,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ccl.precision import float32_math
+
 REDUCTIONS = ("sum", "mean", "product")
 
 
@@ -69,6 +71,7 @@ def gaussian_blur(maps: torch.Tensor, sigma: float = 4.0) -> torch.Tensor:
     return x[:, 0]
 
 
+@float32_math
 def anomaly_map(
     teacher_feats: Sequence[torch.Tensor],
     student_feats: Sequence[torch.Tensor],

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence, Union
+from typing import Any, Callable, Iterator, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,7 @@ from torch import nn
 
 from ccl.losses.global_variants import global_losses
 from ccl.losses.kd import kd_loss
-from ccl.losses.local import NEGATIVES, POSITIVES, local_contrastive_loss
+from ccl.losses.local import NEGATIVES, POSITIVES, local_contrastive_views
 from ccl.metrics.anomaly_map import anomaly_map, image_score
 from ccl.models.decoder import build_decoder
 from ccl.models.neck import build_neck
@@ -154,9 +154,12 @@ class RDCCL(nn.Module):
         b = images.shape[0]
         teacher = self.teacher(torch.cat([images, augmented]) if two_views else images)  # [(nB, c, h, w)]
         projected = self.projector(teacher)
-        neck_input = self._noisy([p[:b] for p in projected])
+        # One split per scale (its backward is one concatenation; two slices would each fill a zero
+        # tensor of both views' size); the local loss takes both views whole.
+        views = [p.split(b) for p in projected]  # [(anchor (B, c, h, w), augmented or nothing)]
+        neck_input = self._noisy([v[0] for v in views])
         if neck_input is None:
-            code = self.neck([p[:b] for p in projected])  # (B, D, h, w)
+            code = self.neck([v[0] for v in views])  # (B, D, h, w)
         else:  # noisy features must not enter the running statistics that clean inference uses
             with running_stats_frozen(self.neck):
                 code = self.neck(neck_input)
@@ -165,13 +168,13 @@ class RDCCL(nn.Module):
         # Eq. 4-5 sum over the batch; "sum" scales the per-rank means by the global anchor count (2B per
         # rank x world size: DDP then averages the ranks' gradients into the single-process sum).
         scale = 2 * b * world_size if self.reduction == "sum" else 1
-        lcl = scale * self._local(projected, teacher, b, labels, rank, world_size) if use_local else zero
+        lcl = scale * self._local(projected, teacher, labels, rank, world_size) if use_local else zero
         gcl = zero
         if use_global:
             # The augmented view is normalised with its own batch statistics but leaves the running
             # statistics alone: inference sees clean images, as the anchor view is.
             with running_stats_frozen(self.neck):
-                code_aug = self.neck([p[b:] for p in projected])
+                code_aug = self.neck([v[1] for v in views])
             gcl = scale * global_losses[self.global_loss](
                 pooled(code), pooled(code_aug), labels, self.temperature, rank, world_size
             )
@@ -193,15 +196,15 @@ class RDCCL(nn.Module):
         return out
 
     def _local(
-        self, projected: list[torch.Tensor], teacher: list[torch.Tensor], b: int, labels: torch.Tensor, rank: int,
+        self, projected: list[torch.Tensor], teacher: list[torch.Tensor], labels: torch.Tensor, rank: int,
         world_size: int,
     ) -> torch.Tensor:
-        """Mean of the local CL over the configured scales."""
+        """Mean of the local CL over the configured scales; both views of a scale are one (2B, ...) batch."""
         losses = []
         for s in self.local_scales:
-            match = (teacher[s][:b], teacher[s][b:]) if self.local_match == "teacher" else None
-            losses.append(local_contrastive_loss(
-                projected[s][:b], projected[s][b:], labels, self.temperature, self.local_window,
+            match = teacher[s] if self.local_match == "teacher" else None
+            losses.append(local_contrastive_views(
+                projected[s], labels, self.temperature, self.local_window,
                 rank, world_size, self.local_chunk, self.local_positives, self.local_negatives, match,
             ))
         return torch.stack(losses).mean()
@@ -214,6 +217,15 @@ class RDCCL(nn.Module):
         maps = anomaly_map(teacher, student, images.shape[-2:], sigma=self.sigma)  # (B, H, W)
         features = F.normalize(pooled(code), dim=1).detach()
         return {"kd": kd, "loss": kd, "anomaly_map": maps, "score": image_score(maps), "global_features": features}
+
+    def compile_student(self, backend: str | Callable = "inductor", mode: str = "default") -> None:
+        """torch.compile the trainable path (projector, neck, decoder) in place.
+
+        Parameter names, state dict and hooks stay the eager modules' (exports and checkpoints do not
+        change); the frozen teacher, the losses and their collectives run eagerly between the compiled parts.
+        """
+        for module in (self.projector, self.neck, self.decoder):
+            module.compile(backend=backend, mode=None if mode == "default" else mode)
 
     def param_groups(self, lr_projector: float, lr_rest: float) -> list[dict[str, Any]]:
         """Optimizer groups of the trainable parameters (projector / neck + decoder); empty groups omitted."""

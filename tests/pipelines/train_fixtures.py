@@ -58,3 +58,11 @@ def _sample(dataset: str, cls: str, class_id: int, split: str, n: int, size: int
 def keys_of(build: str | Path, split: str = "train") -> list[str]:
     """Every sample key of a build's split, read back independently of the training reader."""
     return tar_keys(build, split)
+
+
+def toy_training_dir(root: Path) -> Path:
+    """The trainer tests' data under ``root``: 4 classes, train shards of 20 + 12 samples and 10 val
+    samples at 64 px in ``root/shards``, and an empty config ``root/empty.yaml``."""
+    write_build(root / "shards", "toy", ["a", "b", "c", "d"], [20, 12], size=64, val_sizes=[10])
+    (root / "empty.yaml").write_text("{}\n")
+    return root
