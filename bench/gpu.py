@@ -223,8 +223,8 @@ def section_eval(b: Bench, model: RDCCL, batch: int, n: int) -> list[str]:
 def section_loader(b: Bench, samples: int) -> list[str]:
     from bench.loader import write_build  # synthetic 16-class shards
     from pipelines.config import load_config
-    from pipelines.shards import open_builds
     from pipelines.train_data import load_labels, train_loader
+    from shard_format.builds import open_builds
 
     workers = 1 if b.dry else max(1, (os.cpu_count() or 2) - 1)
     with tempfile.TemporaryDirectory() as tmp:

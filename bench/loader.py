@@ -31,13 +31,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ccl.data.schema import make_key, shard_name  # noqa: E402
 from ccl.data.transforms import normalize_batch  # noqa: E402
 from pipelines.class_batches import batch_layout  # noqa: E402
 from pipelines.config import AugmentConfig  # noqa: E402
-from pipelines.shards import decode_record, open_builds  # noqa: E402
-from pipelines.tar_reader import iter_range  # noqa: E402
 from pipelines.train_data import StreamSpec, TrainStream, load_labels, shard_list  # noqa: E402
+from shard_format.builds import open_builds  # noqa: E402
+from shard_format.reader import iter_range  # noqa: E402
+from shard_format.record import decode_record  # noqa: E402
+from shard_format.schema import make_key, shard_name  # noqa: E402
 
 CLASSES = [f"c{i:02d}" for i in range(16)]
 

@@ -16,8 +16,9 @@ scored with the manifests' count and fails unless ``eval.allow_partial``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
@@ -27,8 +28,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ccl.data.transforms import eval_view
 from pipelines.data_plan import Segment, exact_segments
 from pipelines.distributed import loader_worker_init
-from pipelines.shards import ShardError, ShardSet, decode_record
-from pipelines.tar_reader import iter_range
+from shard_format.builds import ShardSet
+from shard_format.errors import ShardError
+from shard_format.reader import iter_range
+from shard_format.record import decode_record
 
 
 def group_name(dataset: str, group: str) -> str:

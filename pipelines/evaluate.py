@@ -21,16 +21,16 @@ import heapq
 import json
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from itertools import count
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from ccl.data.schema import safe_name
 from ccl.data.transforms import denormalize
 from ccl.metrics import AnomalyMetrics, merged_grids, to_csv_rows, to_markdown
 from ccl.metrics.report import METRICS, dataset_of, table_rows
@@ -41,8 +41,10 @@ from pipelines.distributed import make_accelerator, shutdown
 from pipelines.eval_data import class_test_count, eval_loader, eval_plan, iter_map_files, list_map_files
 from pipelines.html_report import write_report
 from pipelines.model import CONFIG_NAME, WEIGHTS_NAME, build_model, load_export, read_info, write_info
-from pipelines.shards import ShardError, ShardSet, open_builds, shard_file_problems
 from pipelines.tracking import Tracker
+from shard_format.builds import ShardSet, open_builds, shard_file_problems
+from shard_format.errors import ShardError
+from shard_format.schema import safe_name
 
 log = logging.getLogger(__name__)
 

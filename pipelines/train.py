@@ -29,15 +29,25 @@ from ccl.data.transforms import normalize_batch
 from pipelines.checkpoint import TrainState, find_checkpoint, load_checkpoint, save_checkpoint, write_export
 from pipelines.checks import check_inputs
 from pipelines.config import Config, save_config
-from pipelines.distributed import (agree, configure_deepspeed, convert_sync_batchnorm, is_deepspeed, make_accelerator,
-                                   mean_over_ranks, param_checksum, shutdown, sum_over_ranks, world_from_env)
+from pipelines.distributed import (
+    configure_deepspeed,
+    convert_sync_batchnorm,
+    is_deepspeed,
+    make_accelerator,
+    mean_over_ranks,
+    param_checksum,
+    shutdown,
+    sum_over_ranks,
+    world_from_env,
+)
 from pipelines.model import build_model
 from pipelines.monitor import class_separation, heatmaps, tsne_image
 from pipelines.optim import lr_factor, make_optimizer, set_lr
-from pipelines.shards import ShardError, ShardSet
 from pipelines.sigterm import StopRequest
 from pipelines.tracking import Tracker
 from pipelines.train_data import BATCH_COUNTS, Labels, epoch_steps, exact_loader, first_samples, train_loader
+from shard_format.builds import ShardSet
+from shard_format.errors import ShardError
 
 log = logging.getLogger("train")
 

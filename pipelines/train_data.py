@@ -1,6 +1,6 @@
 """Training and validation input pipelines: planned segments -> samples -> class-aware batches.
 
-Each loader worker reads its planned segment (``pipelines.data_plan``) with ``tar_reader``, shuffles
+Each loader worker reads its planned segment (``pipelines.data_plan``) with ``shard_format.reader``, shuffles
 encoded samples in a small buffer, labels them (class index or pseudo labels), forms class-aware
 batches (``class_batches``) and decodes only the batches it yields into uint8 views. Batches are
 whole local batches, so the DataLoader runs with ``batch_size=None``; it is never passed through
@@ -17,21 +17,24 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ccl.data.schema import META_EXTENSION, class_key
 from ccl.data.transforms import augment_params, resize_image, to_uint8_tensor, train_views
 from pipelines.class_batches import BatchStats, ClassBatcher, batch_layout
 from pipelines.data_plan import Segment, exact_segments, train_segments
 from pipelines.distributed import loader_worker_init
-from pipelines.shards import ERROR_KEY, LostSamples, ShardError, ShardSet, decode_record
-from pipelines.tar_reader import iter_range
+from shard_format.builds import ShardSet
+from shard_format.errors import ERROR_KEY, LostSamples, ShardError
+from shard_format.reader import iter_range
+from shard_format.record import decode_record
+from shard_format.schema import META_EXTENSION, class_key
 
 log = logging.getLogger(__name__)
 PSEUDO_DEFAULT = "pseudo_classes.json"

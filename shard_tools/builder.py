@@ -13,15 +13,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ccl.data.schema import SPLITS, parse_shard_name, shard_name
+from shard_format.manifest import make_manifest, manifest_path
+from shard_format.schema import SPLITS, parse_shard_name, shard_name
+from shard_format.writer import ShardWriter, closed_size, file_sha256, member_bytes
 from shard_tools.errors import UserError, warn
 from shard_tools.items import Skip, SourceOptions
-from shard_tools.manifest import JOURNAL_NAME, make_manifest, manifest_path, read_json, write_json_atomic
+from shard_tools.journal import JOURNAL_NAME, read_json, write_json_atomic
 from shard_tools.parallel import ordered_map
 from shard_tools.plan import Plan, make_plan, plan_digest
 from shard_tools.process import Sample, process_batch
 from shard_tools.sources import get_source
-from shard_tools.tarwriter import ShardWriter, closed_size, file_sha256, member_bytes
 
 
 @dataclass(frozen=True)

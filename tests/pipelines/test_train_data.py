@@ -13,10 +13,11 @@ import pytest
 
 from pipelines.class_batches import ClassBatcher, batch_layout
 from pipelines.data_plan import exact_segments, train_segments
-from pipelines.shards import ERROR_KEY, LostSamples, ShardError, decode_record, open_builds
-from pipelines.tar_reader import iter_range
-from pipelines.train_data import (ExactSpec, ExactStream, StreamSpec, TrainStream, load_labels, make_loader,
-                                  shard_list)
+from pipelines.train_data import ExactSpec, ExactStream, StreamSpec, TrainStream, load_labels, make_loader, shard_list
+from shard_format.builds import open_builds
+from shard_format.errors import ERROR_KEY, LostSamples, ShardError
+from shard_format.reader import iter_range
+from shard_format.record import decode_record
 from tests.pipelines.train_fixtures import keys_of, write_build
 
 UNEVEN = [23, 7, 41, 3, 30]  # 5 shards, 104 samples
@@ -123,7 +124,7 @@ def test_resume_skips_batches_without_changing_the_rest(build: Path) -> None:
     full = _run_rank(_spec(build, 0, 1, 2, epoch=3), 2)
     resumed = _run_rank(_spec(build, 0, 1, 2, epoch=3, skip=5), 2)
     assert len(resumed) == len(full) - 5
-    for a, b in zip(full[5:], resumed):
+    for a, b in zip(full[5:], resumed, strict=True):
         assert a["keys"] == b["keys"] and np.array_equal(a["augmented"].numpy(), b["augmented"].numpy())
 
 

@@ -62,13 +62,14 @@ def test_tar_members_have_fixed_metadata(tmp_path, mvtec_src):
 # written: the writer is wrapped here, in the test, to send the signal after that shard's first sample.
 KILLED_BUILD = """
 import os, signal, sys
-from shard_tools import build, tarwriter
-add = tarwriter.ShardWriter.add
+from shard_format import writer
+from shard_tools import build
+add = writer.ShardWriter.add
 def add_then_die(self, key, members):
     add(self, key, members)
     if self.name == "train-000002.tar":
         os.kill(os.getpid(), signal.SIGKILL)
-tarwriter.ShardWriter.add = add_then_die
+writer.ShardWriter.add = add_then_die
 sys.exit(build.main(sys.argv[1:]))
 """
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from shard_format.writer import member_header
 from shard_tools.images import ImageError, sniff
 from shard_tools.parallel import ordered_map
-from shard_tools.tarwriter import member_header
 
 
 @pytest.mark.parametrize("name", ["a", "mvtec/bottle/test/crack/000.png", "x" * 99, "x" * 100, "é/ü" * 20])

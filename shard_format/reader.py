@@ -7,7 +7,7 @@ first dot of the file name).
 
 A shard is data: the reader opens a local file and nothing else (no ``pipe:`` command, no URL),
 never extracts members to disk, and reads no member larger than its kind's cap
-(``ccl.data.schema.member_limit``; an oversized member marks its sample ``__error__``). Python's
+(``shard_format.schema.member_limit``; an oversized member marks its sample ``__error__``). Python's
 tarfile takes a cut header for the end of the archive, so a truncated shard would read as a short
 one: the reader compares the samples it delivered with the planned range and raises
 ``LostSamples`` with the count.
@@ -16,11 +16,12 @@ one: the reader compares the samples it delivered with the planned range and rai
 from __future__ import annotations
 
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from ccl.data.schema import member_limit
-from pipelines.shards import ERROR_KEY, LostSamples
+from shard_format.errors import ERROR_KEY, LostSamples
+from shard_format.schema import member_limit
 
 
 def split_member(name: str) -> tuple[str, str]:
