@@ -1,4 +1,4 @@
-"""The Accelerator, cross-rank agreement, synchronised BatchNorm on CPU, and the two ways out.
+"""The Accelerator, synchronised BatchNorm on CPU, and the two ways out (reductions: ``pipelines.collectives``).
 
 DESIGN section 7: DeepSpeed on a CPU machine needs gloo via ``InitProcessGroupKwargs`` (and no
 ACCELERATE_USE_CPU); gloo aborts at interpreter exit unless the prepared objects are freed first,
@@ -72,29 +72,6 @@ def is_deepspeed(accelerator: Any) -> bool:
     return getattr(accelerator.state, "deepspeed_plugin", None) is not None
 
 
-def agree(accelerator: Any, values: list[float]) -> list[float]:
-    """Element-wise max over ranks: stop / skip decisions every rank takes together (one all-reduce)."""
-    t = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
-    if accelerator.num_processes > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.tolist()
-
-
-def mean_over_ranks(accelerator: Any, values: list[float]) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
-    if accelerator.num_processes > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        t /= accelerator.num_processes
-    return t.tolist()
-
-
-def sum_over_ranks(accelerator: Any, values: list[float]) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
-    if accelerator.num_processes > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.tolist()
-
-
 def param_checksum(model: nn.Module) -> str:
     """Digest of the trainable parameters (bitwise): equal on every rank after each synchronised step."""
     h = hashlib.sha256()
@@ -143,7 +120,8 @@ def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     for name, child in model.named_children():
         if type(child) is nn.BatchNorm2d and child.weight is not None and child.weight.requires_grad:
-            new = CpuSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            new = CpuSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                   child.track_running_stats)
             new.load_state_dict(child.state_dict())
             setattr(model, name, new)
         else:

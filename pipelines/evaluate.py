@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from ccl.data.transforms import denormalize
@@ -36,11 +35,25 @@ from ccl.metrics import AnomalyMetrics, merged_grids, to_csv_rows, to_markdown
 from ccl.metrics.report import METRICS, dataset_of, table_rows
 from pipelines import visualize
 from pipelines.checks import check_model
+from pipelines.collectives import all_gather_rows, gather_objects, sum_tensor
 from pipelines.config import Config, ConfigError, load_config
 from pipelines.distributed import make_accelerator, shutdown
-from pipelines.eval_data import class_test_count, eval_loader, eval_plan, iter_map_files, list_map_files
+from pipelines.eval_data import (
+    class_test_count,
+    eval_loader,
+    eval_plan,
+    iter_map_files,
+    list_map_files,
+)
 from pipelines.html_report import write_report
-from pipelines.model import CONFIG_NAME, WEIGHTS_NAME, build_model, load_export, read_info, write_info
+from pipelines.model import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    build_model,
+    load_export,
+    read_info,
+    write_info,
+)
 from pipelines.tracking import Tracker
 from shard_format.builds import ShardSet, open_builds, shard_file_problems
 from shard_format.errors import ShardError
@@ -51,43 +64,7 @@ log = logging.getLogger(__name__)
 Payload = Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray | None]]
 
 
-# ---------------------------------------------------------------- collectives (identity on one process)
-
-
-def _world(acc: Any) -> int:
-    return 1 if acc is None else acc.num_processes
-
-
-def gather_objects(acc: Any, obj: Any) -> list[Any]:
-    """``obj`` of every rank, in rank order."""
-    if _world(acc) == 1:
-        return [obj]
-    out: list[Any] = [None] * acc.num_processes
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def all_reduce_sum(acc: Any, tensor: torch.Tensor) -> torch.Tensor:
-    if _world(acc) == 1:
-        return tensor
-    t = tensor.to(acc.device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.cpu()
-
-
-def all_gather_rows(acc: Any, rows: np.ndarray) -> np.ndarray:
-    """(k, n_rank) float64 arrays of every rank concatenated along axis 1 (padded to the longest)."""
-    if _world(acc) == 1:
-        return rows
-    t = torch.from_numpy(np.ascontiguousarray(rows, np.float64)).to(acc.device)
-    lengths = [torch.zeros(1, dtype=torch.int64, device=acc.device) for _ in range(acc.num_processes)]
-    dist.all_gather(lengths, torch.tensor([t.shape[1]], device=acc.device))
-    longest = max(int(n) for n in lengths)
-    padded = torch.zeros(t.shape[0], longest, dtype=t.dtype, device=t.device)
-    padded[:, : t.shape[1]] = t
-    parts = [torch.zeros_like(padded) for _ in lengths]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[:, : int(n)] for p, n in zip(parts, lengths)], dim=1).cpu().numpy()
+# ---------------------------------------------------------------- merging the ranks
 
 
 def sync_metrics(metrics: AnomalyMetrics, acc: Any) -> None:
@@ -95,7 +72,7 @@ def sync_metrics(metrics: AnomalyMetrics, acc: Any) -> None:
     grids = gather_objects(acc, metrics.grids())
     names = sorted({n for g in grids for n in g})
     metrics.align(names, {n: merged_grids([g[n] for g in grids if n in g], metrics.bins) for n in names})
-    metrics.load_state_tensors({k: all_reduce_sum(acc, v) for k, v in metrics.state_tensors().items()})
+    metrics.load_state_tensors({k: sum_tensor(acc, v) for k, v in metrics.state_tensors().items()})
     metrics.set_image_arrays(*all_gather_rows(acc, np.stack(metrics.image_arrays()).astype(np.float64)))
 
 

@@ -26,18 +26,23 @@ import numpy as np
 import torch
 
 from ccl.data.transforms import normalize_batch
-from pipelines.checkpoint import TrainState, find_checkpoint, load_checkpoint, save_checkpoint, write_export
+from pipelines.checkpoint import (
+    TrainState,
+    find_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    write_export,
+)
 from pipelines.checks import check_inputs
+from pipelines.collectives import gather_objects, mean_over_ranks, sum_over_ranks
 from pipelines.config import Config, save_config
 from pipelines.distributed import (
     configure_deepspeed,
     convert_sync_batchnorm,
     is_deepspeed,
     make_accelerator,
-    mean_over_ranks,
     param_checksum,
     shutdown,
-    sum_over_ranks,
     world_from_env,
 )
 from pipelines.model import build_model
@@ -45,7 +50,14 @@ from pipelines.monitor import class_separation, heatmaps, tsne_image
 from pipelines.optim import lr_factor, make_optimizer, set_lr
 from pipelines.sigterm import StopRequest
 from pipelines.tracking import Tracker
-from pipelines.train_data import BATCH_COUNTS, Labels, epoch_steps, exact_loader, first_samples, train_loader
+from pipelines.train_data import (
+    BATCH_COUNTS,
+    Labels,
+    epoch_steps,
+    exact_loader,
+    first_samples,
+    train_loader,
+)
 from shard_format.builds import ShardSet
 from shard_format.errors import ShardError
 
@@ -288,13 +300,12 @@ def early_stopping(run: Run, val: dict[str, Any]) -> bool:
 
 def show(run: Run) -> None:
     """Heatmaps of the fixed images, class separation and t-SNE of the last validation's features."""
-    from accelerate.utils import gather_object
-
     val = run.last_val
     if val is None:
         return
-    feats = gather_object([np.concatenate(val["features"]) if val["features"] else np.zeros((0, 1), np.float32)])
-    labels = gather_object([np.concatenate(val["labels"]) if val["labels"] else np.zeros(0, np.int64)])
+    acc = run.accelerator
+    feats = gather_objects(acc, np.concatenate(val["features"]) if val["features"] else np.zeros((0, 1), np.float32))
+    labels = gather_objects(acc, np.concatenate(val["labels"]) if val["labels"] else np.zeros(0, np.int64))
     if not run.accelerator.is_main_process:
         return
     step, names = run.state.step, list(run.shard_set.class_names)

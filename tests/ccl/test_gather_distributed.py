@@ -82,6 +82,14 @@ def _bounds(sizes: tuple[int, ...], rank: int) -> tuple[int, int]:
     return lo, lo + sizes[rank]
 
 
+def gather_local_grad_only(x: torch.Tensor, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, int]:
+    """The common WRONG gather: other ranks' rows detached, own rows keep their graph."""
+    gathered, offset = gather.gather_no_grad(x, rank, world_size)
+    if world_size == 1:
+        return x, 0
+    return torch.cat([gathered[:offset], x, gathered[offset + x.shape[0]:]], dim=0), offset
+
+
 def _worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -91,7 +99,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         for sizes in (EQUAL, UNEQUAL):
             for name in CASES:
                 results[(name, sizes, "grad")] = run_case(name, *_bounds(sizes, rank), rank, WORLD)
-        gather.gather_with_grad = gather.gather_local_grad_only  # the classic mistake
+        gather.gather_with_grad = gather_local_grad_only  # the classic mistake
         for name in CASES:
             results[(name, EQUAL, "nograd")] = run_case(name, *_bounds(EQUAL, rank), rank, WORLD)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
