@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 from torch import nn
+from torch.utils.data import DataLoader, IterableDataset
 
 from pipelines.config import Config, ConfigError
 from pipelines.exits import world_from_env  # noqa: F401 (the launcher's rank and world size, re-exported)
@@ -167,3 +168,11 @@ def loader_worker_init(worker_id: int = 0) -> None:
     parent = multiprocessing.parent_process()
     if parent is not None and os.getppid() != parent.pid:  # the rank died before prctl took effect
         os._exit(1)
+
+
+def make_loader(dataset: IterableDataset, num_workers: int, pin_memory: bool = False) -> DataLoader:
+    """The DataLoader of a dataset that yields whole batches (batch_size=None); its workers keep the
+    DataLoader's round-robin order and live and die with the rank (``loader_worker_init``)."""
+    return DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                      persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None,
+                      worker_init_fn=loader_worker_init)

@@ -42,6 +42,8 @@ from pipelines.distributed import (
     shutdown,
     world_from_env,
 )
+from pipelines.exact_reader import exact_loader, first_samples
+from pipelines.labels import Labels
 from pipelines.model import build_model
 from pipelines.monitor import (
     Meter,
@@ -55,13 +57,7 @@ from pipelines.monitor import (
 from pipelines.optim import lr_factor, make_optimizer, set_lr
 from pipelines.sigterm import StopRequest
 from pipelines.tracking import Tracker
-from pipelines.train_data import (
-    Labels,
-    epoch_steps,
-    exact_loader,
-    first_samples,
-    train_loader,
-)
+from pipelines.train_data import epoch_steps, train_loader
 from shard_format.builds import ShardSet
 from shard_format.errors import ShardError
 
@@ -272,15 +268,20 @@ def validate(run: Run) -> dict[str, Any]:
     module = acc.unwrap_model(run.model)
     module.eval()
     total, count, feats, labels = 0.0, 0, [], []
-    for batch in exact_loader(run.cfg, run.shard_set, split, acc.process_index, acc.num_processes):
-        if batch["image"] is None:
+    cfg = run.cfg
+    loader = exact_loader(run.shard_set, split, cfg.data.image_size, cfg.eval.batch_size, cfg.data.num_workers,
+                          acc.process_index, acc.num_processes)
+    for batch in loader:
+        for message in batch.errors:
+            log.warning("skipping sample: %s", message)
+        if batch.images is None:
             continue
-        out = module(run.to_input(batch["image"]))
-        n = batch["image"].shape[0]
+        out = module(run.to_input(batch.images))
+        n = batch.size
         total, count = total + float(out["kd"]) * n, count + n
-        if sum(len(f) for f in feats) < run.cfg.tracking.max_features:
+        if sum(len(f) for f in feats) < cfg.tracking.max_features:
             feats.append(out["global_features"].float().cpu().numpy())
-            labels.append(batch["label"].numpy())
+            labels.append(batch.classes.numpy())
     module.train()
     total, count = sum_over_ranks(acc, [total, count])
     loss = total / max(count, 1)

@@ -256,7 +256,7 @@ def test_two_ranks_with_two_workers_read_each_key_once(tmp_path: Path) -> None:
     per_rank = []
     for rank in range(2):
         loader = eval_loader(open_builds([build]), 16, batch_size=2, num_workers=2, rank=rank, world=2)
-        mine = [k for batch in loader for k in batch["keys"]]
+        mine = [k for batch in loader for k in batch.keys]
         per_rank.append(mine)
         keys += mine
     assert sorted(keys) == sorted(tar_keys(build)) and len(set(keys)) == 11

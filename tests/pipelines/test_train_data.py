@@ -13,7 +13,9 @@ import pytest
 
 from pipelines.class_batches import ClassBatcher, batch_layout
 from pipelines.data_plan import exact_segments, train_segments
-from pipelines.train_data import ExactSpec, ExactStream, StreamSpec, TrainStream, load_labels, make_loader, shard_list
+from pipelines.distributed import make_loader
+from pipelines.labels import load_labels
+from pipelines.train_data import StreamSpec, TrainStream
 from shard_format.builds import open_builds
 from shard_format.errors import ERROR_KEY, LostSamples, ShardError
 from shard_format.reader import iter_range
@@ -34,7 +36,7 @@ def _spec(build: Path, rank: int, world: int, workers: int, epoch: int = 0, batc
     labels = load_labels(shard_set, "raw")
     ranks = plan_ranks or world
     layout = tuple(batch_layout(batch, 4, ranks, labels.num_classes))
-    return StreamSpec(shard_list(shard_set, "train"), batch, layout, ranks, world, rank, workers, 0, epoch, 16,
+    return StreamSpec(shard_set.sizes("train"), batch, layout, ranks, world, rank, workers, 0, epoch, 16,
                       {}, labels, 8, skip, record_keys=True, **kw)
 
 
@@ -146,17 +148,6 @@ def test_corrupt_sample_and_truncated_shard_are_skipped_and_counted(tmp_path: Pa
     assert all(len(b["keys"]) == 4 for b in batches)
 
 
-def test_exact_stream_counts_the_samples_of_a_truncated_shard(tmp_path: Path) -> None:
-    build = write_build(tmp_path, "toy", ["a", "b"], [12, 12], size=16)
-    data = (build / "train-000000.tar").read_bytes()
-    (build / "train-000000.tar").write_bytes(data[: len(data) // 3])
-    shard_set = open_builds([build])
-    spec = ExactSpec(shard_list(shard_set, "train"), 1, 0, 1, 5, 16, dict(shard_set.class_index))
-    batches = list(make_loader(ExactStream(spec), 0))
-    read = sum(len(b["keys"]) for b in batches)
-    assert 12 <= read < 24 and read + sum(b["corrupt"] for b in batches) == 24
-
-
 def _corrupt_first_image(path: Path) -> None:
     with tarfile.open(path) as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
@@ -175,19 +166,10 @@ def test_pseudo_labels_come_from_the_sidecar(tmp_path: Path) -> None:
     (build / "pseudo_classes.json").write_text(json.dumps({"k": 2, "labels": {k: i % 2 for i, k in enumerate(keys)}}))
     labels = load_labels(open_builds([build]), "pseudo")
     assert labels.num_classes == 2
-    spec = StreamSpec(shard_list(open_builds([build]), "train"), 8, (4, 4), 1, 1, 0, 1, 0, 0, 16, {}, labels, 4)
+    spec = StreamSpec(open_builds([build]).sizes("train"), 8, (4, 4), 1, 1, 0, 1, 0, 0, 16, {}, labels, 4)
     for batch in _run_rank(spec, 0):
         expected = [keys.index(k) % 2 for k in batch["keys"]]
         assert batch["label"].tolist() == expected
-
-
-def test_exact_stream_reads_every_sample_once(build: Path) -> None:
-    shard_set = open_builds([build])
-    keys = []
-    for rank in range(2):
-        spec = ExactSpec(shard_list(shard_set, "train"), 2, rank, 2, 5, 16, dict(shard_set.class_index))
-        keys += [k for b in make_loader(ExactStream(spec), 2) for k in b["keys"]]
-    assert sorted(keys) == sorted(keys_of(build))
 
 
 def test_tar_reader_ranges_match_a_full_read(build: Path) -> None:
