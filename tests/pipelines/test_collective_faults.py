@@ -138,7 +138,7 @@ if __name__ == "__main__":
     import torch  # noqa: F401
 
     import pipelines.distributed  # noqa: F401
-    from tests.pipelines.test_evaluate_distributed import free_port
+    from pipelines.jobs import free_port
 
     PORT = free_port()
     {"timeout": _timeout_scenario, "sigterm": _sigterm_scenario}[sys.argv[1]]()
