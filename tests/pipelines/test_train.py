@@ -19,7 +19,6 @@ from tests.pipelines.train_fixtures import write_build
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
-ACCELERATE = str(Path(PY).parent / "accelerate")
 pytestmark = pytest.mark.slow
 
 
