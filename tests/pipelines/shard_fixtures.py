@@ -1,4 +1,4 @@
-"""Tiny test-split shard builds with masks (plain tarfile; the layout of ccl/data/schema.py).
+"""Tiny test-split shard builds with masks (plain tarfile; the layout of shard_format/schema.py).
 
     build = write_test_build(tmp / "mvtec", "mvtec", ["bottle", "cable"], shard_sizes=[5, 3, 2])
     keys = tar_keys(build, "test")   # read back independently of the evaluator
