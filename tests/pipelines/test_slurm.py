@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.jobs import free_port
 from pipelines.slurm import ROOT, SlurmError, launch_command, processes_per_node
-from tests.pipelines.test_train import _args, _debug, _env, _port
+from tests.pipelines.test_train import _args, _debug, _env
 from tests.pipelines.train_fixtures import toy_training_dir
 
 PY = sys.executable
@@ -69,7 +70,7 @@ def _node(data: Path, run: str, node: int, nodes: int, port: int, *extra: str) -
 
 @pytest.mark.slow
 def test_two_machines_on_one_host_train_together(data: Path) -> None:
-    port = _port()
+    port = free_port()
     nodes = [_node(data, "two", n, 2, port, "train.max_steps=3") for n in (0, 1)]
     outputs = [p.communicate(timeout=300) for p in nodes]
     for p, (out, err) in zip(nodes, outputs):
@@ -82,7 +83,7 @@ def test_two_machines_on_one_host_train_together(data: Path) -> None:
 @pytest.mark.slow
 def test_sigterm_reaches_the_ranks_and_the_checkpoint_is_written(data: Path) -> None:
     run = data / "preempted"
-    node = _node(data, "preempted", 0, 1, _port(), "train.epochs=100")
+    node = _node(data, "preempted", 0, 1, free_port(), "train.epochs=100")
     deadline = time.time() + 180
     while time.time() < deadline and not ((run / "log.jsonl").is_file() and (run / "log.jsonl").read_text().count("\n") >= 2):
         time.sleep(0.2)
