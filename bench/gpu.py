@@ -158,9 +158,11 @@ def section_breakdown(b: Bench, models: dict[str, RDCCL]) -> list[str]:
 # ---------------------------------------------------------------- 3. evaluation
 
 
-def eval_batches(b: Bench, n: int, batch: int) -> list[dict[str, Any]]:
-    """Batches in the evaluation loader's format (pipelines.eval_data.collate): half the images carry a mask."""
+def eval_batches(b: Bench, n: int, batch: int) -> list[Any]:
+    """Batches of the evaluation loader (pipelines.exact_reader.ExactBatch): half the images carry a mask."""
     import cv2
+
+    from pipelines.exact_reader import ExactBatch
 
     rng = np.random.default_rng(0)
     out = []
@@ -169,14 +171,17 @@ def eval_batches(b: Bench, n: int, batch: int) -> list[dict[str, Any]]:
         for j in range(0, batch, 2):
             cv2.circle(masks[j], (int(rng.integers(0, b.size)), int(rng.integers(0, b.size))), b.size // 12, 1, -1)
         keys = [f"bench/g{j % 4}/test/x/{i}_{j}" for j in range(batch)]
-        out.append({"errors": [], "keys": keys, "size": batch, "images": torch.randn(batch, 3, b.size, b.size),
-                    "masks": torch.from_numpy(masks.astype(bool)), "has_mask": torch.ones(batch, dtype=torch.bool),
-                    "labels": torch.from_numpy((masks.reshape(batch, -1).max(1) > 0).astype(np.int64)),
-                    "groups": [f"bench/g{j % 4}" for j in range(batch)]})
+        images = torch.from_numpy(rng.integers(0, 256, (batch, 3, b.size, b.size), dtype=np.uint8))
+        out.append(ExactBatch(images=images, masks=torch.from_numpy(masks.astype(bool)),
+                              has_mask=torch.ones(batch, dtype=torch.bool),
+                              labels=torch.from_numpy((masks.reshape(batch, -1).max(1) > 0).astype(np.int64)),
+                              classes=torch.zeros(batch, dtype=torch.long),
+                              groups=[f"bench/g{j % 4}" for j in range(batch)], keys=keys))
     return out
 
 
 def section_eval(b: Bench, model: RDCCL, batch: int, n: int) -> list[str]:
+    from ccl.data.transforms import normalize_batch
     from ccl.metrics import AnomalyMetrics
     from pipelines.config import EvalConfig
     from pipelines.evaluate import Extremes, score_shards
@@ -192,7 +197,7 @@ def section_eval(b: Bench, model: RDCCL, batch: int, n: int) -> list[str]:
         def inference_only() -> None:
             with torch.no_grad(), context():
                 for item in batches:
-                    model(item["images"].to(b.device))
+                    model(normalize_batch(item.images.to(b.device)))
             b.sync()
 
         def evaluator() -> None:
@@ -223,8 +228,9 @@ def section_eval(b: Bench, model: RDCCL, batch: int, n: int) -> list[str]:
 def section_loader(b: Bench, samples: int) -> list[str]:
     from bench.loader import write_build  # synthetic 16-class shards
     from pipelines.config import load_config
-    from pipelines.shards import open_builds
-    from pipelines.train_data import load_labels, train_loader
+    from pipelines.labels import load_labels
+    from pipelines.train_data import train_loader
+    from shard_format.builds import open_builds
 
     workers = 1 if b.dry else max(1, (os.cpu_count() or 2) - 1)
     with tempfile.TemporaryDirectory() as tmp:

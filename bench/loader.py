@@ -31,13 +31,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ccl.data.schema import make_key, shard_name  # noqa: E402
 from ccl.data.transforms import normalize_batch  # noqa: E402
 from pipelines.class_batches import batch_layout  # noqa: E402
 from pipelines.config import AugmentConfig  # noqa: E402
-from pipelines.shards import decode_record, open_builds  # noqa: E402
-from pipelines.tar_reader import iter_range  # noqa: E402
-from pipelines.train_data import StreamSpec, TrainStream, load_labels, shard_list  # noqa: E402
+from pipelines.labels import load_labels  # noqa: E402
+from pipelines.train_data import StreamSpec, TrainStream  # noqa: E402
+from shard_format.builds import open_builds  # noqa: E402
+from shard_format.reader import iter_range  # noqa: E402
+from shard_format.record import decode_record  # noqa: E402
+from shard_format.schema import make_key, shard_name  # noqa: E402
 
 CLASSES = [f"c{i:02d}" for i in range(16)]
 
@@ -75,7 +77,7 @@ def write_build(out: Path, size: int, samples: int, per_shard: int = 64) -> Path
 
 
 def raw_rate(build: Path) -> float:
-    shards = shard_list(open_builds([build]), "train")
+    shards = open_builds([build]).sizes("train")
     start, n = time.perf_counter(), 0
     for url, _ in shards:
         for sample in iter_range(url):
@@ -87,7 +89,7 @@ def raw_rate(build: Path) -> float:
 def full_rate(build: Path, normalize: bool) -> float:
     shard_set = open_builds([build])
     labels = load_labels(shard_set, "raw")
-    spec = StreamSpec(shard_list(shard_set, "train"), 16, tuple(batch_layout(16, 8, 1, labels.num_classes)), 1, 1, 0,
+    spec = StreamSpec(shard_set.sizes("train"), 16, tuple(batch_layout(16, 8, 1, labels.num_classes)), 1, 1, 0,
                       1, 0, 0, 256, asdict(AugmentConfig()), labels, shuffle_buffer=64)
     start, n = time.perf_counter(), 0
     for batch in TrainStream(spec):

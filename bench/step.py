@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from bench.timing import interleaved_parts, timed  # noqa: E402
+from pipelines.jobs import free_port  # noqa: E402
 
 if TYPE_CHECKING:
     from ccl.models import RDCCL
@@ -141,10 +141,7 @@ def _gather_worker(rank: int, world: int, port: int, teacher: str, batch: int, s
 def bench_gather(teacher: str, batch: int, size: int, steps: int, tmp: Path) -> None:
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_gather_worker, args=(2, port, teacher, batch, size, steps, str(tmp)), nprocs=2, join=True)
+    mp.spawn(_gather_worker, args=(2, free_port(), teacher, batch, size, steps, str(tmp)), nprocs=2, join=True)
     res = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(2)]
     for r, v in enumerate(res):
         work = v["step"] - v["wait"]

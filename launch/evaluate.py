@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from ccl.metrics import to_markdown  # noqa: E402
 from pipelines.config import ConfigError  # noqa: E402
 from pipelines.exits import run_entry  # noqa: E402
-from pipelines.shards import ShardError  # noqa: E402
+from shard_format.errors import ShardError  # noqa: E402
 
 EXPECTED = (ConfigError, ShardError, OSError, ValueError)  # one line, status 2 (see launch/train.py)
 

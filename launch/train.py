@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from pipelines.config import ConfigError, load_config  # noqa: E402
 from pipelines.exits import run_entry  # noqa: E402
-from pipelines.shards import ShardError  # noqa: E402
+from shard_format.errors import ShardError  # noqa: E402
 
 # One line and status 2; anything else prints its traceback (status 1). Either way a rank of a
 # multi-process run exits at once, without a collective, and the launcher ends the others.

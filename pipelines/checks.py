@@ -12,10 +12,11 @@ from ccl.models.offline_weights import OFFLINE
 from ccl.models.rdccl import MATCHES, REDUCTIONS
 from pipelines.config import Config, ConfigError
 from pipelines.distributed import collective_timeout
+from pipelines.labels import Labels, load_labels
 from pipelines.optim import SCHEDULES
-from pipelines.shards import ShardError, ShardSet, open_builds, shard_file_problems
 from pipelines.tracking import MODES
-from pipelines.train_data import Labels, load_labels
+from shard_format.builds import ShardSet, open_builds, shard_file_problems
+from shard_format.errors import ShardError
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ccl.metrics.report import percent
 from pipelines.compare import DEFAULT_MODELS, slug
@@ -66,7 +67,7 @@ def comparison_table(results: Mapping[str, Mapping[str, Any]]) -> str:
         return [percent(pick(results[n]).get(key)) for _, key in COLUMNS for n in names]
 
     for g in groups:
-        lines.append("| " + " | ".join([g] + cells(lambda r: r.get("per_group", {}).get(g, {}))) + " |")
+        lines.append("| " + " | ".join([g] + cells(lambda r, g=g: r.get("per_group", {}).get(g, {}))) + " |")
     lines.append("| **mean** | " + " | ".join(cells(lambda r: r.get("mean", {}))) + " |")
     return "\n".join(lines) + "\n"
 
@@ -76,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/demo", help="demo directory (shards, runs, comparison)")
     parser.add_argument("--processes", type=int, default=2, help="ranks per training/evaluation")
-    parser.add_argument("--port", type=int, default=29533, help="rendezvous port of the ranks")
+    parser.add_argument("--port", type=int, default=None, help="rendezvous port of the ranks (default: a free one)")
     parser.add_argument("--toy", action="store_true", help="a few steps on a few images (CI)")
     parser.add_argument("overrides", nargs="*", help="extra a.b=value config overrides for both models")
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""The Accelerator, cross-rank agreement, synchronised BatchNorm on CPU, and the two ways out.
+"""The Accelerator, synchronised BatchNorm on CPU, and the two ways out (reductions: ``pipelines.collectives``).
 
 DESIGN section 7: DeepSpeed on a CPU machine needs gloo via ``InitProcessGroupKwargs`` (and no
 ACCELERATE_USE_CPU); gloo aborts at interpreter exit unless the prepared objects are freed first,
@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 from torch import nn
+from torch.utils.data import DataLoader, IterableDataset
 
 from pipelines.config import Config, ConfigError
 from pipelines.exits import world_from_env  # noqa: F401 (the launcher's rank and world size, re-exported)
@@ -70,29 +71,6 @@ def configure_deepspeed(accelerator: Any, cfg: Config, local_batch: int) -> None
 
 def is_deepspeed(accelerator: Any) -> bool:
     return getattr(accelerator.state, "deepspeed_plugin", None) is not None
-
-
-def agree(accelerator: Any, values: list[float]) -> list[float]:
-    """Element-wise max over ranks: stop / skip decisions every rank takes together (one all-reduce)."""
-    t = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
-    if accelerator.num_processes > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.tolist()
-
-
-def mean_over_ranks(accelerator: Any, values: list[float]) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
-    if accelerator.num_processes > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        t /= accelerator.num_processes
-    return t.tolist()
-
-
-def sum_over_ranks(accelerator: Any, values: list[float]) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
-    if accelerator.num_processes > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.tolist()
 
 
 def param_checksum(model: nn.Module) -> str:
@@ -143,7 +121,8 @@ def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     for name, child in model.named_children():
         if type(child) is nn.BatchNorm2d and child.weight is not None and child.weight.requires_grad:
-            new = CpuSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            new = CpuSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                   child.track_running_stats)
             new.load_state_dict(child.state_dict())
             setattr(model, name, new)
         else:
@@ -189,3 +168,11 @@ def loader_worker_init(worker_id: int = 0) -> None:
     parent = multiprocessing.parent_process()
     if parent is not None and os.getppid() != parent.pid:  # the rank died before prctl took effect
         os._exit(1)
+
+
+def make_loader(dataset: IterableDataset, num_workers: int, pin_memory: bool = False) -> DataLoader:
+    """The DataLoader of a dataset that yields whole batches (batch_size=None); its workers keep the
+    DataLoader's round-robin order and live and die with the rank (``loader_worker_init``)."""
+    return DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                      persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None,
+                      worker_init_fn=loader_worker_init)

@@ -17,75 +17,47 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import heapq
 import json
 import logging
 import sys
-from itertools import count
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
-from ccl.data.schema import safe_name
-from ccl.data.transforms import denormalize
+from ccl.data.transforms import normalize_batch
 from ccl.metrics import AnomalyMetrics, merged_grids, to_csv_rows, to_markdown
 from ccl.metrics.report import METRICS, dataset_of, table_rows
 from pipelines import visualize
 from pipelines.checks import check_model
+from pipelines.collectives import all_gather_rows, gather_objects, sum_tensor
 from pipelines.config import Config, ConfigError, load_config
 from pipelines.distributed import make_accelerator, shutdown
-from pipelines.eval_data import class_test_count, eval_loader, eval_plan, iter_map_files, list_map_files
+from pipelines.eval_data import class_test_count, eval_loader, eval_plan
+from pipelines.exact_reader import ExactBatch
+from pipelines.extremes import Extremes, Payload, render_extremes
 from pipelines.html_report import write_report
-from pipelines.model import CONFIG_NAME, WEIGHTS_NAME, build_model, load_export, read_info, write_info
-from pipelines.shards import ShardError, ShardSet, open_builds, shard_file_problems
+from pipelines.map_files import iter_map_files, list_map_files
+from pipelines.model import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    build_model,
+    load_export,
+    read_info,
+    write_info,
+)
 from pipelines.tracking import Tracker
+from shard_format.builds import ShardSet, open_builds, shard_file_problems
+from shard_format.errors import ShardError
+from shard_format.schema import safe_name
 
 log = logging.getLogger(__name__)
 
-Payload = Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray | None]]
 
-
-# ---------------------------------------------------------------- collectives (identity on one process)
-
-
-def _world(acc: Any) -> int:
-    return 1 if acc is None else acc.num_processes
-
-
-def gather_objects(acc: Any, obj: Any) -> list[Any]:
-    """``obj`` of every rank, in rank order."""
-    if _world(acc) == 1:
-        return [obj]
-    out: list[Any] = [None] * acc.num_processes
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def all_reduce_sum(acc: Any, tensor: torch.Tensor) -> torch.Tensor:
-    if _world(acc) == 1:
-        return tensor
-    t = tensor.to(acc.device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.cpu()
-
-
-def all_gather_rows(acc: Any, rows: np.ndarray) -> np.ndarray:
-    """(k, n_rank) float64 arrays of every rank concatenated along axis 1 (padded to the longest)."""
-    if _world(acc) == 1:
-        return rows
-    t = torch.from_numpy(np.ascontiguousarray(rows, np.float64)).to(acc.device)
-    lengths = [torch.zeros(1, dtype=torch.int64, device=acc.device) for _ in range(acc.num_processes)]
-    dist.all_gather(lengths, torch.tensor([t.shape[1]], device=acc.device))
-    longest = max(int(n) for n in lengths)
-    padded = torch.zeros(t.shape[0], longest, dtype=t.dtype, device=t.device)
-    padded[:, : t.shape[1]] = t
-    parts = [torch.zeros_like(padded) for _ in lengths]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[:, : int(n)] for p, n in zip(parts, lengths)], dim=1).cpu().numpy()
+# ---------------------------------------------------------------- merging the ranks
 
 
 def sync_metrics(metrics: AnomalyMetrics, acc: Any) -> None:
@@ -93,100 +65,38 @@ def sync_metrics(metrics: AnomalyMetrics, acc: Any) -> None:
     grids = gather_objects(acc, metrics.grids())
     names = sorted({n for g in grids for n in g})
     metrics.align(names, {n: merged_grids([g[n] for g in grids if n in g], metrics.bins) for n in names})
-    metrics.load_state_tensors({k: all_reduce_sum(acc, v) for k, v in metrics.state_tensors().items()})
+    metrics.load_state_tensors({k: sum_tensor(acc, v) for k, v in metrics.state_tensors().items()})
     metrics.set_image_arrays(*all_gather_rows(acc, np.stack(metrics.image_arrays()).astype(np.float64)))
-
-
-# ---------------------------------------------------------------- heatmap candidates
-
-
-class Extremes:
-    """The ``n`` highest- and lowest-scoring samples per group, kept while streaming (bounded memory)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.heaps: dict[tuple[str, str], list] = {}
-        self._tick = count()
-
-    def offer(self, group: str, score: float, key: str, payload: Payload) -> None:
-        """Keep the sample if it is among the extremes so far; ``payload`` is only called then."""
-        if self.n <= 0:
-            return
-        for kind, rank_value in (("top", score), ("bottom", -score)):
-            heap = self.heaps.setdefault((group, kind), [])
-            if len(heap) < self.n or rank_value > heap[0][0]:
-                item = (rank_value, next(self._tick), key, score, payload())
-                (heapq.heappush if len(heap) < self.n else heapq.heapreplace)(heap, item)
-
-    def candidates(self) -> list[tuple[str, str, float, str]]:
-        """(group, kind, score, key) of everything kept."""
-        return [(g, kind, it[3], it[2]) for (g, kind), heap in self.heaps.items() for it in heap]
-
-    def payload(self, group: str, kind: str, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        return next(it[4] for it in self.heaps[(group, kind)] if it[2] == key)
-
-
-def select_extremes(candidates: list[tuple[str, str, float, str, int]], n: int) -> list[tuple[str, str, int, float, str, int]]:
-    """Global choice from every rank's candidates: (group, kind, position, score, key, rank)."""
-    chosen = []
-    for group, kind in sorted({(c[0], c[1]) for c in candidates}):
-        pool = [c for c in candidates if c[0] == group and c[1] == kind]
-        pool.sort(key=lambda c: (-c[2] if kind == "top" else c[2], c[3]))
-        chosen += [(group, kind, i, c[2], c[3], c[4]) for i, c in enumerate(pool[:n])]
-    return chosen
-
-
-def render_extremes(extremes: Extremes, acc: Any, rank: int) -> list[tuple[str, str, int, float, str, bytes]]:
-    """Every rank renders its chosen samples as PNG panels; the list of all of them, on every rank."""
-    candidates = [c + (r,) for r, cands in enumerate(gather_objects(acc, extremes.candidates())) for c in cands]
-    chosen = select_extremes(candidates, extremes.n)
-    ranges: dict[str, tuple[float, float]] = {}
-    mine = []
-    for group, kind, pos, score, key, owner in chosen:
-        if owner == rank:
-            image, amap, mask = extremes.payload(group, kind, key)
-            mine.append((group, kind, pos, score, key, image, amap.astype(np.float32), mask))
-    for group, lo, hi in [(m[0], float(m[6].min()), float(m[6].max())) for m in mine]:
-        old = ranges.get(group, (lo, hi))
-        ranges[group] = (min(old[0], lo), max(old[1], hi))
-    shared: dict[str, tuple[float, float]] = {}
-    for part in gather_objects(acc, ranges):  # one colour scale per group over all ranks
-        for g, (lo, hi) in part.items():
-            old = shared.get(g, (lo, hi))
-            shared[g] = (min(old[0], lo), max(old[1], hi))
-    rendered = [(g, kind, pos, score, key, visualize.encode_png(visualize.panel(image, amap, mask, *shared[g])))
-                for g, kind, pos, score, key, image, amap, mask in mine]
-    return [r for part in gather_objects(acc, rendered) for r in part]
 
 
 # ---------------------------------------------------------------- scoring
 
 
-def _payload(images: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor, has_mask: torch.Tensor, i: int) -> Payload:
-    return lambda: (denormalize(images[i]), maps[i].cpu().numpy().astype(np.float16),
-                    masks[i].numpy() if bool(has_mask[i]) else None)
+def _payload(batch: ExactBatch, maps: torch.Tensor, i: int) -> Payload:
+    return lambda: (batch.images[i].permute(1, 2, 0).numpy(), maps[i].cpu().numpy().astype(np.float16),
+                    batch.masks[i].numpy() if bool(batch.has_mask[i]) else None)
 
 
-def score_shards(model: torch.nn.Module, loader: Any, metrics: AnomalyMetrics, extremes: Extremes,
+def score_shards(model: torch.nn.Module, loader: Iterable[ExactBatch], metrics: AnomalyMetrics, extremes: Extremes,
                  device: torch.device, progress: tqdm | None) -> tuple[list[str], list[str]]:
     """Run the model over the loader; update metrics and extremes. Returns (scored keys, skipped messages)."""
     keys, skipped = [], []
     dtype = next(model.parameters()).dtype
     for batch in loader:
-        for message in batch["errors"]:
+        for message in batch.errors:
             print(f"warning: skipped {message}", file=sys.stderr, flush=True)
-        skipped += batch["errors"]
-        if batch["size"]:
-            images = batch["images"]
-            out = model(images.to(device=device, dtype=dtype))
+        skipped += batch.errors
+        if batch.size:
+            # contiguous NCHW, the layout the evaluator has always fed the model
+            out = model(normalize_batch(batch.images.to(device), dtype).contiguous())
             maps, scores = out["anomaly_map"].float().cpu(), out["score"].float().cpu()
-            masks = [m if h else None for m, h in zip(batch["masks"].numpy(), batch["has_mask"].tolist())]
-            metrics.update(maps, masks, batch["groups"], image_scores=scores, image_labels=batch["labels"])
-            for i, (group, key) in enumerate(zip(batch["groups"], batch["keys"])):
-                extremes.offer(group, float(scores[i]), key, _payload(images, maps, batch["masks"], batch["has_mask"], i))
-            keys += batch["keys"]
+            masks = [m if h else None for m, h in zip(batch.masks.numpy(), batch.has_mask.tolist(), strict=True)]
+            metrics.update(maps, masks, batch.groups, image_scores=scores, image_labels=batch.labels)
+            for i, (group, key) in enumerate(zip(batch.groups, batch.keys, strict=True)):
+                extremes.offer(group, float(scores[i]), key, _payload(batch, maps, i))
+            keys += batch.keys
         if progress is not None:
-            progress.update(batch["size"] + len(batch["errors"]))
+            progress.update(batch.size + len(batch.errors))
     return keys, skipped
 
 
@@ -308,14 +218,14 @@ def write_reports(result: dict[str, Any], metrics: AnomalyMetrics, out: Path, ke
     with open(out / "image_scores.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["key", "group", "label", "score", "rank"])
-        for (key, rank), s, lab, g in zip(flat_keys, scores, labels, groups):
+        for (key, rank), s, lab, g in zip(flat_keys, scores, labels, groups, strict=True):
             w.writerow([key, metrics.group_names[int(g)], int(lab), f"{s:.6g}", rank])
     by_dataset: dict[str, dict[str, Any]] = {}
     for name in metrics.group_names:
         by_dataset.setdefault(dataset_of(name) or "all", {})[name] = metrics.curves(name)
     for ds, curves in by_dataset.items():
         visualize.plot_curves(curves, ds, out / "curves" / f"{safe_name(ds)}.png", metrics.fpr_limit)
-    for group, kind, pos, score, key, png in panels:
+    for group, kind, pos, _score, key, png in panels:
         folder = out.joinpath("heatmaps", *(safe_name(part) for part in group.split("/")))
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{kind}{pos:02d}_{safe_name(key.split('/', 2)[-1])}.png").write_bytes(png)
@@ -358,7 +268,8 @@ def run_evaluation(checkpoint: str | Path | None, shards: Sequence[str | Path], 
     if export is not None:
         for name in (WEIGHTS_NAME, CONFIG_NAME):
             if not (export / name).is_file():
-                raise FileNotFoundError(f"{export} is not an export: {name} is missing (train first, or point at RUN/export)")
+                raise FileNotFoundError(f"{export} is not an export: {name} is missing "
+                                        "(train first, or point at RUN/export)")
         cfg = load_config(export / CONFIG_NAME, list(overrides))
     else:
         cfg = _checkpoint_config(config, overrides)
@@ -368,7 +279,8 @@ def run_evaluation(checkpoint: str | Path | None, shards: Sequence[str | Path], 
     for problem in resized:
         log.warning("%s", problem)
     if missing and not cfg.eval.allow_partial:
-        raise ShardError(f"{missing[0]} ({len(missing)} test shard(s) missing; eval.allow_partial=true scores the rest)")
+        raise ShardError(f"{missing[0]} ({len(missing)} test shard(s) missing; "
+                         "eval.allow_partial=true scores the rest)")
     # The model on the CPU first: a damaged export or checkpoint fails here too.
     model = load_export(export, list(overrides))[0] if export is not None else build_model(cfg).eval()
     out = Path(out_dir) if out_dir is not None else (export.parent if export else Path(cfg.run.dir)) / "eval"

@@ -24,8 +24,8 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from ccl.data.schema import safe_name
 from ccl.metrics.report import METRICS, dataset_of, percent, table_rows
+from shard_format.schema import safe_name
 
 REPORT_NAME = "report.html"
 JPEG_QUALITY = 90  # the panels as JPEG: a tenth of the PNG bytes, so a 15-class report stays ~10 MB

@@ -1,10 +1,11 @@
 """One train-then-evaluate job through the real CLIs, as the demo and the comparisons run it.
 
     job = Job(run_dir, config, overrides, builds)
-    metrics = run_job(job, processes=2, port=29533, env=job_env(2))   # {"per_group", "mean", ...}
+    metrics = run_job(job, processes=2, port=None, env=job_env(2))   # {"per_group", "mean", ...}
 
 Every step is a real ``accelerate launch`` call, so a job exercises what users run. A finished job
 (``RUN/eval/metrics.json`` present) is not run again; a trained one is only evaluated.
+``launcher``, ``job_env`` and ``free_port`` are also how the tests and benchmarks start several ranks.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,10 +43,23 @@ class Job:
         return self.eval_dir / "metrics.json"
 
 
-def launcher(processes: int, port: int) -> list[str]:
-    """``accelerate launch`` that really starts ``processes`` ranks (on CPU: gloo, DESIGN.md section 7)."""
+def free_port() -> int:
+    """A TCP port of this machine that is free now: the rendezvous of ranks started on one machine."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launcher(processes: int, port: int | None = None, config_file: str | None = None) -> list[str]:
+    """``accelerate launch`` that really starts ``processes`` ranks (on CPU: gloo, DESIGN.md section 7); the
+    script and its arguments follow. ``port`` None: a free one. ``config_file``: an accelerate config (e.g.
+    DeepSpeed's) decides the rest, instead of plain DDP with no mixed precision."""
     script = Path(sys.executable).with_name("accelerate")  # the venv's; else the module of this interpreter
     accelerate = [str(script), "launch"] if script.is_file() else [sys.executable, "-m", "accelerate.commands.launch"]
+    port = free_port() if port is None else port
+    if config_file is not None:
+        return [*accelerate, "--config_file", config_file, "--num_processes", str(processes),
+                "--main_process_port", str(port)]
     common = ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     if processes <= 1:
         return [*accelerate, "--num_processes", "1", *common]
@@ -87,7 +103,8 @@ def run(cmd: Sequence[str], env: Mapping[str, str], log: Path | None = None) -> 
         print(f"  ({time.time() - started:.0f} s)", flush=True)
 
 
-def run_job(job: Job, processes: int, port: int, env: Mapping[str, str], log: Path | None = None) -> dict[str, Any]:
+def run_job(job: Job, processes: int, port: int | None, env: Mapping[str, str],
+            log: Path | None = None) -> dict[str, Any]:
     """Train (unless exported) and evaluate (unless scored) one job; returns its metrics.json."""
     if not job.metrics_path.is_file():
         launch = launcher(processes, port)

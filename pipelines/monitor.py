@@ -1,5 +1,8 @@
-"""What the trainer shows besides scalars: class separation of the global features and heatmaps.
+"""What the trainer shows: the scalars of the training loop, class separation of the global features, heatmaps.
 
+- ``Meter`` / ``log_train``: running sums between two logs, averaged over ranks and logged on the main process
+  (losses, data statistics, throughput, learning rates); ``progress`` is the epoch's bar, ``write_debug`` the
+  per-rank parameter digests that tests compare.
 - ``class_separation``: V-measure of K-means clusters (K = number of classes) against the classes.
 - ``tsne_image``: the paper's Fig. 1b, a t-SNE scatter of the global features coloured by class.
 - ``heatmaps``: anomaly-map overlays of a fixed set of validation images.
@@ -7,12 +10,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import json
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from pipelines.collectives import mean_over_ranks
+from pipelines.distributed import param_checksum
+from pipelines.train_data import BATCH_COUNTS
 from pipelines.visualize import overlay
+
+if TYPE_CHECKING:  # the trainer's state; pipelines.train imports this module
+    from pipelines.train import Run
 
 
 def class_separation(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
@@ -63,4 +75,84 @@ def heatmaps(module: Any, images: torch.Tensor, keys: Sequence[str], to_input: A
     maps = out["anomaly_map"].float().cpu().numpy()
     scores = out["score"].float().cpu().numpy()
     pics = images.permute(0, 2, 3, 1).cpu().numpy()
-    return [(overlay(np.ascontiguousarray(p), m), f"{k} score={s:.3f}") for p, m, k, s in zip(pics, maps, keys, scores)]
+    return [(overlay(np.ascontiguousarray(p), m), f"{k} score={s:.3f}")
+            for p, m, k, s in zip(pics, maps, keys, scores, strict=True)]
+
+
+# ---------------------------------------------------------------- training scalars
+
+
+class Meter:
+    """Running sums between two logs: losses, samples, data-wait time, batch statistics."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.n, self.samples, self.waited, self.start = 0, 0, 0.0, time.perf_counter()
+
+    def wait(self, loader: Any) -> Any:
+        it = iter(loader)
+        while True:
+            t = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.waited += time.perf_counter() - t
+            yield batch
+
+    def add(self, losses: dict[str, float] | None, batch: dict[str, Any], global_batch: int) -> None:
+        self.samples += global_batch
+        for k in BATCH_COUNTS:
+            self.sums["data/" + k] = self.sums.get("data/" + k, 0.0) + batch["stats"].get(k, 0)
+        if losses is not None:
+            self.n += 1
+            for k, v in losses.items():
+                self.sums["train/" + k] = self.sums.get("train/" + k, 0.0) + v
+
+    def flush(self) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        out = {k: (v / max(self.n, 1) if k.startswith("train/") else v) for k, v in self.sums.items()}
+        out["perf/samples_per_s"] = self.samples / elapsed
+        out["perf/data_wait"] = self.waited / elapsed
+        self.reset()
+        return out
+
+
+def log_train(run: Run, local: dict[str, float], bar: Any) -> None:
+    """Average the interval's scalars over ranks (one all-reduce), then log on the main process."""
+    keys = sorted(local)
+    values = mean_over_ranks(run.accelerator, [local[k] for k in keys])
+    scalars = dict(zip(keys, values, strict=True))
+    for k in BATCH_COUNTS:  # counts: sum, not mean
+        scalars["data/" + k] *= run.accelerator.num_processes
+    scalars["perf/samples_per_s"] = local["perf/samples_per_s"]  # global batches per second: same everywhere
+    for g, group in enumerate(run.optimizer.param_groups):
+        scalars[f"lr/{group.get('name', g)}"] = group["lr"]
+    scalars["epoch"] = run.state.epoch + run.state.batch_in_epoch / max(1, run.steps_per_epoch)
+    run.tracker.log(scalars, run.state.step)
+    if bar is not None:
+        bar.n = run.state.batch_in_epoch
+        bar.set_postfix(loss=f"{scalars.get('train/loss', float('nan')):.4f}",
+                        sps=f"{scalars['perf/samples_per_s']:.1f}", refresh=True)
+
+
+def progress(run: Run) -> Any:
+    if not (run.accelerator.is_main_process and run.cfg.train.progress):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=run.steps_per_epoch, initial=run.state.batch_in_epoch, desc=f"epoch {run.state.epoch}",
+                dynamic_ncols=True, leave=False)
+
+
+def write_debug(run: Run, out: dict[str, Any], keys: list[str]) -> None:
+    """Per-rank parameter digest and local losses after each optimizer step (tests compare ranks)."""
+    path = run.run_dir / "debug" / f"rank{run.accelerator.process_index}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"step": run.state.step, "checksum": param_checksum(run.accelerator.unwrap_model(run.model)),
+              **{k: float(out[k].detach()) for k in ("loss", "kd", "lcl", "gcl")}, "keys": keys}
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")

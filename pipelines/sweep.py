@@ -39,10 +39,12 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from ccl.data.schema import MANIFEST_NAME
 from ccl.metrics.report import percent
 from pipelines.config import Config, ConfigError, load_config, parse_override, to_dict
-from pipelines.shards import ShardError, open_builds, read_manifest
+from shard_format.builds import open_builds
+from shard_format.errors import ShardError
+from shard_format.manifest import read_manifest
+from shard_format.schema import MANIFEST_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS_DIR = REPO / "configs" / "sweeps"

@@ -14,10 +14,8 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,18 +24,42 @@ import numpy as np
 import torch
 
 from ccl.data.transforms import normalize_batch
-from pipelines.checkpoint import TrainState, find_checkpoint, load_checkpoint, save_checkpoint, write_export
+from pipelines.checkpoint import (
+    TrainState,
+    find_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    write_export,
+)
 from pipelines.checks import check_inputs
+from pipelines.collectives import gather_objects, sum_over_ranks
 from pipelines.config import Config, save_config
-from pipelines.distributed import (agree, configure_deepspeed, convert_sync_batchnorm, is_deepspeed, make_accelerator,
-                                   mean_over_ranks, param_checksum, shutdown, sum_over_ranks, world_from_env)
+from pipelines.distributed import (
+    configure_deepspeed,
+    convert_sync_batchnorm,
+    is_deepspeed,
+    make_accelerator,
+    shutdown,
+    world_from_env,
+)
+from pipelines.exact_reader import exact_loader, first_samples
+from pipelines.labels import Labels
 from pipelines.model import build_model
-from pipelines.monitor import class_separation, heatmaps, tsne_image
+from pipelines.monitor import (
+    Meter,
+    class_separation,
+    heatmaps,
+    log_train,
+    progress,
+    tsne_image,
+    write_debug,
+)
 from pipelines.optim import lr_factor, make_optimizer, set_lr
-from pipelines.shards import ShardError, ShardSet
 from pipelines.sigterm import StopRequest
 from pipelines.tracking import Tracker
-from pipelines.train_data import BATCH_COUNTS, Labels, epoch_steps, exact_loader, first_samples, train_loader
+from pipelines.train_data import epoch_steps, train_loader
+from shard_format.builds import ShardSet
+from shard_format.errors import ShardError
 
 log = logging.getLogger("train")
 
@@ -246,15 +268,20 @@ def validate(run: Run) -> dict[str, Any]:
     module = acc.unwrap_model(run.model)
     module.eval()
     total, count, feats, labels = 0.0, 0, [], []
-    for batch in exact_loader(run.cfg, run.shard_set, split, acc.process_index, acc.num_processes):
-        if batch["image"] is None:
+    cfg = run.cfg
+    loader = exact_loader(run.shard_set, split, cfg.data.image_size, cfg.eval.batch_size, cfg.data.num_workers,
+                          acc.process_index, acc.num_processes)
+    for batch in loader:
+        for message in batch.errors:
+            log.warning("skipping sample: %s", message)
+        if batch.images is None:
             continue
-        out = module(run.to_input(batch["image"]))
-        n = batch["image"].shape[0]
+        out = module(run.to_input(batch.images))
+        n = batch.size
         total, count = total + float(out["kd"]) * n, count + n
-        if sum(len(f) for f in feats) < run.cfg.tracking.max_features:
+        if sum(len(f) for f in feats) < cfg.tracking.max_features:
             feats.append(out["global_features"].float().cpu().numpy())
-            labels.append(batch["label"].numpy())
+            labels.append(batch.classes.numpy())
     module.train()
     total, count = sum_over_ranks(acc, [total, count])
     loss = total / max(count, 1)
@@ -278,13 +305,12 @@ def early_stopping(run: Run, val: dict[str, Any]) -> bool:
 
 def show(run: Run) -> None:
     """Heatmaps of the fixed images, class separation and t-SNE of the last validation's features."""
-    from accelerate.utils import gather_object
-
     val = run.last_val
     if val is None:
         return
-    feats = gather_object([np.concatenate(val["features"]) if val["features"] else np.zeros((0, 1), np.float32)])
-    labels = gather_object([np.concatenate(val["labels"]) if val["labels"] else np.zeros(0, np.int64)])
+    acc = run.accelerator
+    feats = gather_objects(acc, np.concatenate(val["features"]) if val["features"] else np.zeros((0, 1), np.float32))
+    labels = gather_objects(acc, np.concatenate(val["labels"]) if val["labels"] else np.zeros(0, np.int64))
     if not run.accelerator.is_main_process:
         return
     step, names = run.state.step, list(run.shard_set.class_names)
@@ -312,8 +338,8 @@ def maybe_evaluate(run: Run) -> None:
         log.warning("train.eval_every is set but pipelines.evaluate is not available (%s)", err)
         return
     module = run.accelerator.unwrap_model(run.model)
-    evaluate_model(module, run.shard_set, run.cfg, run.accelerator, run.run_dir / "eval" / f"epoch{run.state.epoch:04d}",
-                   tracker=run.tracker, step=run.state.step)
+    out = run.run_dir / "eval" / f"epoch{run.state.epoch:04d}"
+    evaluate_model(module, run.shard_set, run.cfg, run.accelerator, out, tracker=run.tracker, step=run.state.step)
     module.train()
 
 
@@ -338,82 +364,3 @@ def summary(run: Run, interrupted: bool = False, stopped_early: bool = False) ->
     s = run.state
     return {"best_val": s.best_val, "step": s.step, "epoch": s.epoch, "export": str(run.run_dir / "export"),
             "interrupted": interrupted, "stopped_early": stopped_early}
-
-
-# ---------------------------------------------------------------- logging helpers
-
-
-class Meter:
-    """Running sums between two logs: losses, samples, data-wait time, batch statistics."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.n, self.samples, self.waited, self.start = 0, 0, 0.0, time.perf_counter()
-
-    def wait(self, loader: Any) -> Any:
-        it = iter(loader)
-        while True:
-            t = time.perf_counter()
-            try:
-                batch = next(it)
-            except StopIteration:
-                return
-            self.waited += time.perf_counter() - t
-            yield batch
-
-    def add(self, losses: dict[str, float] | None, batch: dict[str, Any], global_batch: int) -> None:
-        self.samples += global_batch
-        for k in BATCH_COUNTS:
-            self.sums["data/" + k] = self.sums.get("data/" + k, 0.0) + batch["stats"].get(k, 0)
-        if losses is not None:
-            self.n += 1
-            for k, v in losses.items():
-                self.sums["train/" + k] = self.sums.get("train/" + k, 0.0) + v
-
-    def flush(self) -> dict[str, float]:
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        out = {k: (v / max(self.n, 1) if k.startswith("train/") else v) for k, v in self.sums.items()}
-        out["perf/samples_per_s"] = self.samples / elapsed
-        out["perf/data_wait"] = self.waited / elapsed
-        self.reset()
-        return out
-
-
-def log_train(run: Run, local: dict[str, float], bar: Any) -> None:
-    """Average the interval's scalars over ranks (one all-reduce), then log on the main process."""
-    keys = sorted(local)
-    values = mean_over_ranks(run.accelerator, [local[k] for k in keys])
-    scalars = dict(zip(keys, values))
-    for k in BATCH_COUNTS:  # counts: sum, not mean
-        scalars["data/" + k] *= run.accelerator.num_processes
-    scalars["perf/samples_per_s"] = local["perf/samples_per_s"]  # global batches per second: same everywhere
-    for g, group in enumerate(run.optimizer.param_groups):
-        scalars[f"lr/{group.get('name', g)}"] = group["lr"]
-    scalars["epoch"] = run.state.epoch + run.state.batch_in_epoch / max(1, run.steps_per_epoch)
-    run.tracker.log(scalars, run.state.step)
-    if bar is not None:
-        bar.n = run.state.batch_in_epoch
-        bar.set_postfix(loss=f"{scalars.get('train/loss', float('nan')):.4f}",
-                        sps=f"{scalars['perf/samples_per_s']:.1f}", refresh=True)
-
-
-def progress(run: Run) -> Any:
-    if not (run.accelerator.is_main_process and run.cfg.train.progress):
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=run.steps_per_epoch, initial=run.state.batch_in_epoch, desc=f"epoch {run.state.epoch}",
-                dynamic_ncols=True, leave=False)
-
-
-def write_debug(run: Run, out: dict[str, Any], keys: list[str]) -> None:
-    """Per-rank parameter digest and local losses after each optimizer step (tests compare ranks)."""
-    path = run.run_dir / "debug" / f"rank{run.accelerator.process_index}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"step": run.state.step, "checksum": param_checksum(run.accelerator.unwrap_model(run.model)),
-              **{k: float(out[k].detach()) for k in ("loss", "kd", "lcl", "gcl")}, "keys": keys}
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")

@@ -6,7 +6,6 @@ Resume: after every finished shard the journal records it with the range of plan
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -14,17 +13,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ccl.data.schema import SPLITS, parse_shard_name, shard_name
+from shard_format.manifest import make_manifest, manifest_path
+from shard_format.schema import SPLITS, parse_shard_name, shard_name
+from shard_format.writer import ShardWriter, closed_size, file_sha256, member_bytes
 from shard_tools.errors import UserError, warn
-from shard_tools.items import Item, Skip, SourceOptions
-from shard_tools.manifest import (JOURNAL_NAME, make_manifest, manifest_path, read_json, write_json_atomic)
+from shard_tools.items import Skip, SourceOptions
+from shard_tools.journal import JOURNAL_NAME, read_json, write_json_atomic
 from shard_tools.parallel import ordered_map
 from shard_tools.plan import Plan, make_plan, plan_digest
 from shard_tools.process import Sample, process_batch
 from shard_tools.sources import get_source
-from shard_tools.tarwriter import ShardWriter, closed_size, file_sha256, member_bytes
-
-FAIL_AFTER_ENV = "SHARD_TOOLS_FAIL_AFTER_SHARDS"  # test hook: die like a killed build after N shards
 
 
 @dataclass(frozen=True)
@@ -86,8 +84,6 @@ class _BuildRun:
                             "plan": {s: plan_digest(plan.splits[s]) for s in SPLITS}}
         self.entries: list[dict] = []  # finished shards, in manifest order
         self.tail_skips: list[Skip] = []  # skips after the last finished shard of a split
-        self.fail_after = int(os.environ.get(FAIL_AFTER_ENV, "-1"))
-        self.finished_here = 0
 
     def run(self) -> dict:
         kept = self._resumable() if self.options.resume else {}
@@ -162,7 +158,7 @@ class _BuildRun:
             self._finish_shard(state, len(items))
         self.tail_skips.extend(state.skips)
 
-    def _add(self, state: "_ShardState", pos: int, samples: list[Sample]) -> None:
+    def _add(self, state: _ShardState, pos: int, samples: list[Sample]) -> None:
         size = sum(member_bytes([len(d) for _, d in s.members]) for s in samples)
         if state.writer is not None and state.writer.samples and \
                 closed_size(state.writer.offset + size) > self.options.max_shard_bytes:
@@ -172,10 +168,8 @@ class _BuildRun:
         for sample in samples:
             state.writer.add(sample.key, sample.members)
             state.counts[sample.meta.class_name][sample.meta.label] += 1
-        if 0 <= self.fail_after <= self.finished_here:
-            os._exit(75)  # simulated kill: a partial shard stays behind under its temporary name
 
-    def _finish_shard(self, state: "_ShardState", end: int) -> None:
+    def _finish_shard(self, state: _ShardState, end: int) -> None:
         info = state.writer.finish()
         entry = info.to_json() | {"start": state.start, "end": end,
                                   "counts": {c: list(v) for c, v in sorted(state.counts.items())},
@@ -183,7 +177,6 @@ class _BuildRun:
         self.entries.append(entry)
         self.entries.sort(key=lambda e: (SPLITS.index(e["split"]), e["name"]))  # resumed splits interleave
         self._save_journal()
-        self.finished_here += 1
         state.reset(end)
 
 

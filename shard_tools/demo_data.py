@@ -123,9 +123,11 @@ def write_demo(out: Path, seed: int = 0, spec: DemoSpec | None = None) -> list[s
         shutil.rmtree(class_dir, ignore_errors=True)
         photo = photos[name]
         for i in range(spec.per_class):
-            write_png(class_dir / "train" / "good" / f"{i:03d}.png", random_crop(photo, train_rows(photo), spec.size, rng))
+            write_png(class_dir / "train" / "good" / f"{i:03d}.png",
+                      random_crop(photo, train_rows(photo), spec.size, rng))
         for i in range(spec.test_good):
-            write_png(class_dir / "test" / "good" / f"{i:03d}.png", random_crop(photo, test_rows(photo), spec.size, rng))
+            write_png(class_dir / "test" / "good" / f"{i:03d}.png",
+                      random_crop(photo, test_rows(photo), spec.size, rng))
         kinds = [DEFECTS[(index + k) % len(DEFECTS)] for k in range(3)]
         for i in range(spec.test_defect):
             kind = kinds[i % len(kinds)]

@@ -1,4 +1,10 @@
-"""Image bytes: cheap format/size/truncation checks, decoding, resizing and lossless encoding."""
+"""Image bytes: cheap format/size/truncation checks, decoding, resizing and lossless encoding.
+
+Resizing (``--image-size``) follows the one rule of ``ccl.data.image_ops.interpolation``: area when
+shrinking, bilinear when enlarging, as training and evaluation resize. (Until the rule was shared,
+the builder used area interpolation also to enlarge: shards built with ``--image-size`` larger than a
+source image differ from the earlier ones; shrinking builds and builds without resize are unchanged.)
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,8 @@ import io
 import cv2
 import numpy as np
 from PIL import Image
+
+from ccl.data.image_ops import interpolation
 
 # Parallelism comes from worker processes; one OpenCV thread each keeps 1-vs-N scaling honest.
 cv2.setNumThreads(1)
@@ -90,16 +98,17 @@ def binary_mask(data: bytes) -> np.ndarray:
 
 
 def resize_image(array: np.ndarray, size: int) -> np.ndarray:
-    return cv2.resize(array, (size, size), interpolation=cv2.INTER_AREA)
+    """Any image array -> size x size, by the shared resize rule."""
+    return cv2.resize(array, (size, size), interpolation=interpolation(array.shape, size))
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """Area-resize the 0/1 mask and binarise at 0.5, so it matches the resized image.
+    """Resize the 0/1 mask as the image (the shared rule) and binarise at 0.5, so it matches the resized image.
 
     A defect that covers less than half of every resized pixel would vanish and leave an anomalous
     sample with an empty mask: the resized pixel it covers most is kept instead (dilated to one pixel).
     """
-    area = cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+    area = cv2.resize(mask.astype(np.float32), (size, size), interpolation=interpolation(mask.shape, size))
     out = area >= 0.5
     if mask.any() and not out.any():
         out.flat[int(np.argmax(area))] = True

@@ -29,8 +29,7 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from shard_tools.demo_data import (DemoSpec, load_photo, parse_spec, random_crop, test_rows,  # noqa: E402
-                                   train_rows, write_png)
+from shard_tools.demo_data import DemoSpec, load_photo, parse_spec, random_crop, test_rows, train_rows, write_png  # noqa: E402
 from shard_tools.errors import UserError  # noqa: E402
 
 PHOTOS = {"moon": "moon", "print": "page", "board": "text", "retina": "retina"}
@@ -178,7 +177,8 @@ def write_photos(out: Path, spec: InspectSpec) -> list[str]:
         class_dir = out / name
         shutil.rmtree(class_dir, ignore_errors=True)
         for i in range(spec.per_class):
-            write_png(class_dir / "train" / "good" / f"{i:03d}.png", random_crop(photo, train_rows(photo), spec.size, rng))
+            write_png(class_dir / "train" / "good" / f"{i:03d}.png",
+                      random_crop(photo, train_rows(photo), spec.size, rng))
         for i in range(spec.test_good):
             crop = random_crop(photo, test_rows(photo), spec.size, rng)
             write_png(class_dir / "test" / "good" / f"{i:03d}.png", relight(crop, rng))

@@ -8,7 +8,7 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from ccl.data.schema import SPLITS, class_key, make_key
+from shard_format.schema import SPLITS, class_key, make_key
 from shard_tools.items import Item, Scan, Skip
 
 

@@ -9,12 +9,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ccl.data.schema import (CLASS_EXTENSION, MASK_EXTENSION, META_EXTENSION, RecordMeta, make_key)
+from shard_format.schema import CLASS_EXTENSION, MASK_EXTENSION, META_EXTENSION, RecordMeta, make_key
 from shard_tools import images
 from shard_tools.errors import warn
 from shard_tools.images import ImageError
 from shard_tools.items import Item, Skip
-
 
 _META_FIELDS = tuple(f.name for f in dataclasses.fields(RecordMeta))
 

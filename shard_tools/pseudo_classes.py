@@ -31,10 +31,11 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,8 +46,11 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from ccl.data.transforms import normalize, resize_image  # noqa: E402
 from ccl.models import build_teacher  # noqa: E402
-from pipelines.shards import ShardError, ShardInfo, decode_record, open_builds  # noqa: E402
-from pipelines.tar_reader import iter_range  # noqa: E402
+from shard_format.builds import open_builds  # noqa: E402
+from shard_format.errors import ShardError  # noqa: E402
+from shard_format.manifest import ShardInfo  # noqa: E402
+from shard_format.reader import iter_range  # noqa: E402
+from shard_format.record import decode_record  # noqa: E402
 
 DEFAULT_NAME = "pseudo_classes.json"
 DEFAULT_ENCODER = "resnet18.tv_in1k"  # the paper's ImageNet ResNet-18 (torchvision's weights)
@@ -81,7 +85,7 @@ class Embedded:
 def iter_samples(shards: Sequence[ShardInfo]) -> Iterator[dict[str, Any]]:
     """Raw samples of ``shards`` in order, every one the manifest promises (a short shard is an error).
 
-    Through ``pipelines.tar_reader``: a manifest entry is a local file of its build, never a URL that
+    Through ``shard_format.reader``: a manifest entry is a local file of its build, never a URL that
     webdataset would run through a shell (``pipe:``).
     """
     for shard in shards:
@@ -114,7 +118,7 @@ def embed(shards: Sequence[ShardInfo], model: torch.nn.Module, image_size: int =
     bar.close()
     if not rows:
         raise ValueError(f"no samples in {len(shards)} shard(s)")
-    keys, classes, splits, builds = (list(col) for col in zip(*rows))
+    keys, classes, splits, builds = (list(col) for col in zip(*rows, strict=True))
     return Embedded(keys, classes, splits, builds, np.concatenate(feats))
 
 
@@ -163,10 +167,10 @@ def pseudo_classes(builds: Sequence[str | Path], k: int, teacher: str = DEFAULT_
     return {
         "k": k, "teacher": teacher, "pretrained": pretrained, "image_size": image_size, "seed": seed,
         "weights": model.weights, "layer": model.layers[0], "level": level, "feature_dim": model.channels[0],
-        "labels": {key: int(i) for key, i in zip(emb.keys, ids)},
+        "labels": {key: int(i) for key, i in zip(emb.keys, ids, strict=True)},
         **scores,
         "counts": {split: emb.splits.count(split) for split in SPLITS_EMBEDDED},
-        "build_of": dict(zip(emb.keys, emb.builds)),
+        "build_of": dict(zip(emb.keys, emb.builds, strict=True)),
     }
 
 

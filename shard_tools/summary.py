@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ccl.data.schema import SPLITS
+from shard_format.schema import SPLITS
 from shard_tools.units import human_bytes
 
 HEADER = ("dataset", "classes", *(f"{s} n/a" for s in SPLITS), "shards", "bytes", "skipped")
@@ -22,7 +22,7 @@ def summary_row(manifest: dict) -> tuple[str, ...]:
 def format_table(manifests: list[dict]) -> str:
     rows = [HEADER] + [summary_row(m) for m in manifests]
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
-    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths, strict=True)))
              for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

@@ -18,13 +18,23 @@ if __package__ in (None, ""):
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ccl.data.schema import (CLASS_EXTENSION, IMAGE_EXTENSIONS, MANIFEST_NAME, MASK_EXTENSION,  # noqa: E402
-                             META_EXTENSION, SchemaError, class_key, make_key, parse_shard_name, validate_manifest,
-                             validate_meta)
-from pipelines.shards import ERROR_KEY, ShardError  # noqa: E402
-from pipelines.tar_reader import iter_range  # noqa: E402
-from shard_tools.manifest import sum_counts  # noqa: E402
-from shard_tools.tarwriter import file_sha256  # noqa: E402
+from shard_format.errors import ERROR_KEY, ShardError  # noqa: E402
+from shard_format.manifest import sum_counts  # noqa: E402
+from shard_format.reader import iter_range  # noqa: E402
+from shard_format.schema import (  # noqa: E402
+    CLASS_EXTENSION,
+    IMAGE_EXTENSIONS,
+    MANIFEST_NAME,
+    MASK_EXTENSION,
+    META_EXTENSION,
+    SchemaError,
+    class_key,
+    make_key,
+    parse_shard_name,
+    validate_manifest,
+    validate_meta,
+)
+from shard_format.writer import file_sha256  # noqa: E402
 from shard_tools.sources.mvtec import MASK_OPTIONAL  # noqa: E402
 
 MAX_PROBLEMS_PER_SHARD = 20  # a broken shard should not drown the report

@@ -14,8 +14,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _interpolation(shape: tuple[int, ...], size: int) -> int:
-    """Area interpolation when shrinking (no aliasing), bilinear when enlarging."""
+def interpolation(shape: tuple[int, ...], size: int) -> int:
+    """The one resize rule of the project (training, evaluation, prediction, the shard builder): area
+    interpolation when shrinking either side (no aliasing), bilinear when enlarging both."""
     return cv2.INTER_AREA if shape[0] > size or shape[1] > size else cv2.INTER_LINEAR
 
 
@@ -23,14 +24,14 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     """(H, W, 3) uint8 -> (size, size, 3) uint8."""
     if image.shape[:2] == (size, size):
         return image
-    return cv2.resize(image, (size, size), interpolation=_interpolation(image.shape, size))
+    return cv2.resize(image, (size, size), interpolation=interpolation(image.shape, size))
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """(H, W) bool -> (size, size) bool: resized the way the image is, as a float image, binarised at 0.5."""
     if mask.shape == (size, size):
         return mask.astype(bool)
-    resized = cv2.resize(mask.astype(np.float32), (size, size), interpolation=_interpolation(mask.shape, size))
+    resized = cv2.resize(mask.astype(np.float32), (size, size), interpolation=interpolation(mask.shape, size))
     return resized >= 0.5
 
 

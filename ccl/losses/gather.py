@@ -54,7 +54,7 @@ def _gather(x: torch.Tensor, rank: int, world_size: int, with_grad: bool) -> tup
     else:
         parts = [torch.empty_like(padded) for _ in range(world_size)]
         dist.all_gather(parts, padded.detach().contiguous())
-    parts = [p[:n] for p, n in zip(parts, sizes)]
+    parts = [p[:n] for p, n in zip(parts, sizes, strict=True)]
     return torch.cat(parts, dim=0), sum(sizes[:rank])
 
 
@@ -74,15 +74,3 @@ def gather_no_grad(x: torch.Tensor, rank: int = 0, world_size: int = 1) -> tuple
         return x, 0
     return _gather(x, rank, world_size, with_grad=False)
 
-
-def gather_local_grad_only(x: torch.Tensor, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, int]:
-    """The common WRONG gather: other ranks' rows detached, own rows keep their graph.
-
-    Kept only so that tests can show that it breaks the gradient equality.
-    """
-    gathered, offset = gather_no_grad(x, rank, world_size)
-    if world_size == 1:
-        return x, 0
-    n = x.shape[0]
-    gathered = torch.cat([gathered[:offset], x, gathered[offset + n:]], dim=0)
-    return gathered, offset

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ccl.data.schema import NORMAL_DEFECT
+from shard_format.schema import NORMAL_DEFECT
 from shard_tools.items import Item, Scan, Skip, SourceOptions
 from shard_tools.sources.common import empty_layout, list_images, masks_by_stem, rel, require_root, subdirs
 

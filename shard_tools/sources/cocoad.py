@@ -12,7 +12,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from ccl.data.schema import NORMAL_DEFECT, key_part
+from shard_format.schema import NORMAL_DEFECT, key_part
 from shard_tools.errors import UserError
 from shard_tools.items import Item, Scan, Skip, SourceOptions
 from shard_tools.sources.common import empty_layout, require_root

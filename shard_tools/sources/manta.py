@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from ccl.data.schema import NORMAL_DEFECT
+from shard_format.schema import NORMAL_DEFECT
 from shard_tools.errors import warn
 from shard_tools.items import Item, Scan, Skip, SourceOptions
 from shard_tools.sources.common import empty_layout, list_images, masks_by_stem, rel, require_root, subdirs
@@ -49,7 +49,7 @@ def _scan_phase(phase_dir: Path, split: str, name: str, root: Path, dataset: str
             warn(f"{rel(phase_dir, root)}: defect folders in a training phase are ignored")
         return
     anomalous = [(d.name, p) for d in defect_dirs for p in list_images(d)]
-    for (defect, path), mask in zip(anomalous, _pair_masks(anomalous, phase_dir / MASK_DIR, root)):
+    for (defect, path), mask in zip(anomalous, _pair_masks(anomalous, phase_dir / MASK_DIR, root), strict=True):
         if mask is None:
             out.skipped.append(Skip(rel(path, root), f"mask missing: no {path.stem}.* in "
                                                      f"{rel(phase_dir / MASK_DIR, root)}"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ccl.data.schema import NORMAL_DEFECT
+from shard_format.schema import NORMAL_DEFECT
 from shard_tools.items import Item, Scan, Skip, SourceOptions
 from shard_tools.sources.common import empty_layout, list_images, masks_by_stem, rel, require_root, subdirs
 
@@ -26,7 +26,8 @@ MASK_OPTIONAL = ("folder", "inspect")
 
 
 def scan(root: Path, options: SourceOptions) -> Scan:
-    """MVTec AD; for ``folder`` (and the generated ``inspect``) anomalies without a mask stay in as image-level samples."""
+    """MVTec AD; for ``folder`` (and the generated ``inspect``) anomalies without a mask stay in as image-level
+    samples."""
     require_root(root, options.dataset)
     classes = class_dirs(root)
     if not classes:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from ccl.data.schema import NORMAL_DEFECT
+from shard_format.schema import NORMAL_DEFECT
 from shard_tools.errors import UserError
 from shard_tools.items import Item, Scan, Skip, SourceOptions
 from shard_tools.sources import mvtec

@@ -10,7 +10,6 @@ the loss is unchanged but the gradients are wrong, which the test asserts too.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ccl.losses import gather, global_contrastive_loss, local_contrastive_loss, supcon_loss
+from pipelines.jobs import free_port
 
 WORLD = 2
 N = 8
@@ -82,6 +82,14 @@ def _bounds(sizes: tuple[int, ...], rank: int) -> tuple[int, int]:
     return lo, lo + sizes[rank]
 
 
+def gather_local_grad_only(x: torch.Tensor, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, int]:
+    """The common WRONG gather: other ranks' rows detached, own rows keep their graph."""
+    gathered, offset = gather.gather_no_grad(x, rank, world_size)
+    if world_size == 1:
+        return x, 0
+    return torch.cat([gathered[:offset], x, gathered[offset + x.shape[0]:]], dim=0), offset
+
+
 def _worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -91,7 +99,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         for sizes in (EQUAL, UNEQUAL):
             for name in CASES:
                 results[(name, sizes, "grad")] = run_case(name, *_bounds(sizes, rank), rank, WORLD)
-        gather.gather_with_grad = gather.gather_local_grad_only  # the classic mistake
+        gather.gather_with_grad = gather_local_grad_only  # the classic mistake
         for name in CASES:
             results[(name, EQUAL, "nograd")] = run_case(name, *_bounds(EQUAL, rank), rank, WORLD)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
@@ -99,16 +107,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("gather")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(out)), nprocs=WORLD, join=True)
     return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
 
 

@@ -1,4 +1,4 @@
-"""Tiny test-split shard builds with masks (plain tarfile; the layout of ccl/data/schema.py).
+"""Tiny test-split shard builds with masks (plain tarfile; the layout of shard_format/schema.py).
 
     build = write_test_build(tmp / "mvtec", "mvtec", ["bottle", "cable"], shard_sizes=[5, 3, 2])
     keys = tar_keys(build, "test")   # read back independently of the evaluator
@@ -13,13 +13,13 @@ import hashlib
 import io
 import json
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
 
-from ccl.data.schema import make_key, shard_name
+from shard_format.schema import make_key, shard_name
 
 
 def sample_members(dataset: str, cls: str, class_id: int, split: str, n: int, size: int,
@@ -46,7 +46,8 @@ def sample_members(dataset: str, cls: str, class_id: int, split: str, n: int, si
 
 def write_test_build(out: str | Path, dataset: str, classes: Sequence[str], shard_sizes: Sequence[int],
                      size: int = 32, seed: int = 0, corrupt: Sequence[int] = (), split: str = "test") -> Path:
-    """A build of ``split`` shards with ``shard_sizes`` samples; sample numbers in ``corrupt`` get undecodable images."""
+    """A build of ``split`` shards with ``shard_sizes`` samples; sample numbers in ``corrupt`` get undecodable
+    images."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

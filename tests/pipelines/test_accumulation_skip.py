@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.pipelines.test_evaluate_distributed import free_port
+from pipelines.jobs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 POISONED = ("2", "3")

@@ -60,11 +60,12 @@ def _fork_rank(rank: int, port: int, body) -> int:
 
 
 def _accelerator(timeout: float):
+    from pipelines.collectives import sum_over_ranks
     from pipelines.config import load_config
-    from pipelines.distributed import agree, make_accelerator
+    from pipelines.distributed import make_accelerator
 
     acc = make_accelerator(load_config(None, [f"train.collective_timeout={timeout}"]))
-    agree(acc, [1.0])  # both ranks are up
+    sum_over_ranks(acc, [1.0])  # both ranks are up
     return acc
 
 
@@ -81,7 +82,7 @@ def _wait(pid: int, limit: float) -> tuple[int, float]:
 
 
 def _timeout_scenario() -> None:
-    from pipelines.distributed import agree
+    from pipelines.collectives import sum_over_ranks
     from pipelines.exits import run_entry
 
     ready_r, ready_w = os.pipe()
@@ -91,17 +92,18 @@ def _timeout_scenario() -> None:
         if rank == 1:
             time.sleep(60)  # alive but silent
         os.write(ready_w, b"x")
-        run_entry(lambda: int(agree(acc, [2.0])[0]), ())  # blocks on the silent peer, then the error path
+        run_entry(lambda: int(sum_over_ranks(acc, [2.0])[0]), ())  # blocks on the silent peer, then the error path
 
     pids = [_fork_rank(r, PORT, rank_body) for r in range(2)]
     os.read(ready_r, 1)
-    print("result rank0 %d %.2f" % _wait(pids[0], 60), flush=True)
+    code, seconds = _wait(pids[0], 60)
+    print(f"result rank0 {code} {seconds:.2f}", flush=True)
     os.kill(pids[1], signal.SIGKILL)
     os.waitpid(pids[1], 0)
 
 
 def _sigterm_scenario() -> None:
-    from pipelines.distributed import agree
+    from pipelines.collectives import sum_over_ranks
     from pipelines.sigterm import StopRequest
 
     ready_r, ready_w = os.pipe()
@@ -111,7 +113,7 @@ def _sigterm_scenario() -> None:
         stop = StopRequest(grace=2)
         if rank == 0:
             os.write(ready_w, b"0")
-            agree(acc, [2.0])  # rank 1 never joins: blocked in native code, the handler cannot run
+            sum_over_ranks(acc, [2.0])  # rank 1 never joins: blocked in native code, the handler cannot run
             return
         os.write(ready_w, b"1")
         deadline = time.monotonic() + 30
@@ -125,8 +127,9 @@ def _sigterm_scenario() -> None:
     time.sleep(1.0)  # rank 0 is inside the collective
     for pid in pids:
         os.kill(pid, signal.SIGTERM)
-    print("result blocked %d %.2f" % _wait(pids[0], 60), flush=True)
-    print("result responsive %d %.2f" % _wait(pids[1], 60), flush=True)
+    for name, pid in (("blocked", pids[0]), ("responsive", pids[1])):
+        code, seconds = _wait(pid, 60)
+        print(f"result {name} {code} {seconds:.2f}", flush=True)
 
 
 if __name__ == "__main__":
@@ -135,8 +138,7 @@ if __name__ == "__main__":
     import torch  # noqa: F401
 
     import pipelines.distributed  # noqa: F401
-
-    from tests.pipelines.test_evaluate_distributed import free_port
+    from pipelines.jobs import free_port
 
     PORT = free_port()
     {"timeout": _timeout_scenario, "sigterm": _sigterm_scenario}[sys.argv[1]]()

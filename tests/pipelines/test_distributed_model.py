@@ -7,7 +7,6 @@ rank-averaged gradients of every trainable parameter, with both contrastive term
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ import torch.multiprocessing as mp
 
 from ccl.models import RDCCL
 from pipelines.distributed import convert_sync_batchnorm
+from pipelines.jobs import free_port
 
 LABELS = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
 RANK_ROWS = (torch.tensor([0, 2, 4, 6]), torch.tensor([1, 3, 5, 7]))  # every rank holds all four classes
@@ -67,9 +67,7 @@ def test_two_ranks_equal_one_process_for_the_whole_model(switches: str) -> None:
     out["loss"].backward()
     expected = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_rank, args=(r, port, queue, switches)) for r in range(2)]

@@ -15,14 +15,15 @@ import numpy as np
 import pytest
 import torch
 
-from ccl.data.schema import SchemaError, safe_name
 from ccl.data.transforms import eval_view
 from ccl.metrics import METRICS
-from pipelines.eval_data import eval_loader, eval_plan
 from pipelines.config import replace
+from pipelines.eval_data import eval_loader, eval_plan
 from pipelines.evaluate import evaluate_maps, evaluate_model, run_evaluation
 from pipelines.model import load_export, read_info
-from pipelines.shards import ShardError, open_builds
+from shard_format.builds import open_builds
+from shard_format.errors import ShardError
+from shard_format.schema import SchemaError, safe_name
 from tests.ccl.test_metrics import exact_metrics
 from tests.pipelines.shard_fixtures import tar_keys, tiny_export, write_test_build
 
@@ -68,7 +69,8 @@ def read_test_samples(builds: list[Path]):
                 meta = json.loads(members[name])
                 image = cv2.cvtColor(cv2.imdecode(np.frombuffer(members[key + ".png"], np.uint8), 1), cv2.COLOR_BGR2RGB)
                 mask_bytes = members.get(key + ".mask.png")
-                mask = cv2.imdecode(np.frombuffer(mask_bytes, np.uint8), 0) >= 128 if mask_bytes else np.zeros(image.shape[:2], bool)
+                mask = (cv2.imdecode(np.frombuffer(mask_bytes, np.uint8), 0) >= 128 if mask_bytes
+                        else np.zeros(image.shape[:2], bool))
                 yield (key, meta, *eval_view(image, mask, SIZE))
 
 
@@ -111,10 +113,12 @@ def test_model_metrics_match_an_independent_exact_computation(setup: dict) -> No
     assert tracker.scalars["eval/I-AUROC"] == pytest.approx(result["mean"]["I-AUROC"]) and tracker.steps == {5}
     assert tracker.scalars["eval/visa/P-AUROC"] == pytest.approx(result["per_dataset"]["visa"]["P-AUROC"])
     assert [row[0] for row in tracker.tables["eval/metrics"]][:3] == ["mvtec/bottle", "mvtec/cable", "visa/pcb"]
-    assert sorted(tracker.images) == ["eval/heatmaps/mvtec/bottle", "eval/heatmaps/mvtec/cable", "eval/heatmaps/visa/pcb"]
+    assert sorted(tracker.images) == [
+        "eval/heatmaps/mvtec/bottle", "eval/heatmaps/mvtec/cable", "eval/heatmaps/visa/pcb"]
     assert all(len(v) == 4 and v[0][0].dtype == np.uint8 for v in tracker.images.values())
     top = max((r for r in rows if r["group"] == "mvtec/bottle"), key=lambda r: float(r["score"]))
-    assert next((out / "heatmaps" / "mvtec" / "bottle").glob("top00_*")).name.endswith(top["key"].split("/")[-1] + ".png")
+    top_file = next((out / "heatmaps" / "mvtec" / "bottle").glob("top00_*"))
+    assert top_file.name.endswith(top["key"].split("/")[-1] + ".png")
 
 
 def test_a_corrupt_sample_fails_the_evaluation_unless_partial_results_are_allowed(setup: dict) -> None:
@@ -126,7 +130,8 @@ def test_a_corrupt_sample_fails_the_evaluation_unless_partial_results_are_allowe
     assert not (out / "metrics.json").exists() and read_info(setup["export"]) == info  # nothing partial written
     result = run_evaluation(setup["export"], [build], out, vis=0, overrides=["eval.allow_partial=true"])
     assert (result["images"], result["expected"], result["missing"], result["complete"]) == (7, 8, 1, False)
-    assert len(result["skipped"]) == 1 and "img00005" in result["skipped"][0] and "test-000001.tar" in result["skipped"][0]
+    assert len(result["skipped"]) == 1
+    assert "img00005" in result["skipped"][0] and "test-000001.tar" in result["skipped"][0]
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["complete"] is False and saved["missing"] == 1 and saved["threshold"] is None
     assert read_info(setup["export"]) == info  # never a threshold from a partial set
@@ -154,7 +159,8 @@ def test_truncated_shard_counts_its_lost_samples(setup: dict) -> None:
     result = evaluate_model(setup["model"], [build], cfg, None, None, vis=0)
     assert result["images"] == 4 and result["missing"] == 4  # the intact shard; the lost ones are counted
     assert any("test-000000.tar" in m and "4 planned sample(s) lost" in m for m in result["skipped"])
-    with pytest.raises(ShardError, match=r"test-000000.tar listed in .*manifest.json does not exist \(1 test shard\(s\) missing"):
+    with pytest.raises(ShardError,
+                       match=r"test-000000.tar listed in .*manifest.json does not exist \(1 test shard\(s\) missing"):
         shard.unlink()
         run_evaluation(setup["export"], [build], setup["tmp"] / "trunc_eval", vis=0)
 
@@ -250,7 +256,7 @@ def test_two_ranks_with_two_workers_read_each_key_once(tmp_path: Path) -> None:
     per_rank = []
     for rank in range(2):
         loader = eval_loader(open_builds([build]), 16, batch_size=2, num_workers=2, rank=rank, world=2)
-        mine = [k for batch in loader for k in batch["keys"]]
+        mine = [k for batch in loader for k in batch.keys]
         per_rank.append(mine)
         keys += mine
     assert sorted(keys) == sorted(tar_keys(build)) and len(set(keys)) == 11
@@ -291,8 +297,8 @@ def test_an_official_rd4ad_checkpoint_is_evaluated_on_its_class_with_torchvision
         tmp_path: Path, offline_hub, capsys) -> None:
     """configs/rd4ad.yaml + model.checkpoint: the checkpoint's neck and decoder on the tv_in1k teacher, only the
     chosen class scored; the same checkpoint on the default config's teacher (timm's racm_in1k) is refused."""
-    from launch.evaluate import main
     from ccl.models import RDCCL
+    from launch.evaluate import main
 
     configs = Path(__file__).resolve().parents[2] / "configs"
     build = write_test_build(tmp_path / "mvtec", "mvtec", ["bottle", "cable"], [6, 4], size=40)
@@ -302,10 +308,12 @@ def test_an_official_rd4ad_checkpoint_is_evaluated_on_its_class_with_torchvision
     g = torch.Generator().manual_seed(3)
 
     def changed(state: dict) -> dict:  # other weights than the model's own, so loading them shows in the maps
-        return {k: v + 0.1 * torch.randn(v.shape, generator=g) if k.endswith(".weight") else v for k, v in state.items()}
+        return {k: v + 0.1 * torch.randn(v.shape, generator=g) if k.endswith(".weight") else v
+                for k, v in state.items()}
 
     with torch.no_grad():
-        before = {key: float(model(x[None])["score"]) for key, _, x, _ in read_test_samples([build]) if "/bottle/" in key}
+        before = {key: float(model(x[None])["score"]) for key, _, x, _ in read_test_samples([build])
+                  if "/bottle/" in key}
     ckpt = {"bn": changed(model.neck.state_dict()), "decoder": changed(model.decoder.state_dict())}
     ckpt["bn"]["memory.weight"] = torch.zeros(2)  # dropped, as RD4AD's test script does
     path = tmp_path / "wres50_bottle.pth"

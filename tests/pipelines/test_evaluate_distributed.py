@@ -6,9 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-import socket
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,17 +14,11 @@ import pytest
 
 from ccl.metrics import METRICS
 from pipelines.evaluate import evaluate_model
+from pipelines.jobs import launcher
 from pipelines.model import load_export, read_info
 from tests.pipelines.shard_fixtures import tar_keys, tiny_export, write_test_build
 
 REPO = Path(__file__).resolve().parents[2]
-ACCELERATE = Path(sys.executable).parent / "accelerate"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -37,9 +29,7 @@ def test_two_processes_equal_one_and_score_every_key_once(tmp_path: Path) -> Non
     overrides = ["eval.num_workers=2", "eval.batch_size=3"]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
-    cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-           str(REPO / "launch" / "evaluate.py"), "--checkpoint", str(export), "--shards", str(builds[0]),
+    cmd = [*launcher(2), str(REPO / "launch" / "evaluate.py"), "--checkpoint", str(export), "--shards", str(builds[0]),
            "--shards", str(builds[1]), "--out", str(tmp_path / "eval2"), "--vis", "1", *overrides]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

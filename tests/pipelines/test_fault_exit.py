@@ -16,21 +16,19 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
+from pipelines.jobs import launcher
 from pipelines.model import read_info
 from tests.pipelines.shard_fixtures import tiny_export, write_test_build
-from tests.pipelines.test_evaluate_distributed import free_port
 from tests.pipelines.test_train import _args, data  # noqa: F401 (data: test_train's shard fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRY = Path(__file__).with_name("fault_entry.py")
-ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 LIMIT = 60.0  # seconds from the fault to the launcher's exit
 pytestmark = pytest.mark.slow
 
@@ -44,9 +42,7 @@ class Job:
         base = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(
-                [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                 "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-                 str(ENTRY), kind, *args],
+                [*launcher(2), str(ENTRY), kind, *args],
                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                 env={**base, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
                      "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled", "FAULT_TEST_TAG": self.tag, **env})
@@ -109,13 +105,13 @@ def tree_digest(path: Path) -> dict[str, str]:
             for p in sorted(path.rglob("*")) if p.is_file()}
 
 
-def train_args(data: Path, run_dir: str, *extra: str) -> list[str]:
+def train_args(data: Path, run_dir: str, *extra: str) -> list[str]:  # noqa: F811
     """test_train's tiny run, with ``run_dir`` as given (relative stays relative)."""
     return [*_args(data, "unused", "train.debug_checksums=false"), f"run.dir={run_dir}", *extra]
 
 
 @pytest.fixture(scope="module")
-def base(data: Path) -> Path:
+def base(data: Path) -> Path:  # noqa: F811
     """test_train's shards, and a 2-rank run checkpointed after epoch 1 (step 4) in ``base``."""
     job = Job(data, "train", train_args(data, str(data / "base"), "train.epochs=1"))
     assert job.proc.wait(timeout=300) == 0, job.log[-4000:]

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.jobs import free_port
 from pipelines.slurm import ROOT, SlurmError, launch_command, processes_per_node
-from tests.pipelines.test_train import _args, _debug, _env, _port
+from tests.pipelines.test_train import _args, _debug, _env
 from tests.pipelines.train_fixtures import toy_training_dir
 
 PY = sys.executable
@@ -44,8 +45,8 @@ def test_processes_per_node_and_address_fallbacks() -> None:
     assert processes_per_node({"SLURM_GPUS_ON_NODE": "8"}, given=3) == 3
     env = {**JOB, "MAIN_PORT": "29555", "MAIN_ADDR": "", "SLURM_LAUNCH_NODE_IPADDR": "10.0.0.7"}
     cmd = launch_command(env, ["--config", "c.yaml", "--resume", "runs/x"], per_node=2)
-    assert cmd[cmd.index("--main_process_ip") + 1:cmd.index("--main_process_ip") + 4] == ["10.0.0.7",
-                                                                                           "--main_process_port", "29555"]
+    at = cmd.index("--main_process_ip")
+    assert cmd[at + 1:at + 4] == ["10.0.0.7", "--main_process_port", "29555"]
     assert cmd[-2:] == ["--resume", "runs/x"] and cmd[cmd.index("--num_processes") + 1] == "8"
     with pytest.raises(SlurmError, match="outside"):
         launch_command({**JOB, "SLURM_NODEID": "4"}, [])
@@ -69,10 +70,10 @@ def _node(data: Path, run: str, node: int, nodes: int, port: int, *extra: str) -
 
 @pytest.mark.slow
 def test_two_machines_on_one_host_train_together(data: Path) -> None:
-    port = _port()
+    port = free_port()
     nodes = [_node(data, "two", n, 2, port, "train.max_steps=3") for n in (0, 1)]
     outputs = [p.communicate(timeout=300) for p in nodes]
-    for p, (out, err) in zip(nodes, outputs):
+    for p, (out, err) in zip(nodes, outputs, strict=True):
         assert p.returncode == 0, out[-2000:] + err[-4000:]
     r0, r1 = _debug(data / "two", 0), _debug(data / "two", 1)
     assert len(r0) == len(r1) == 3 and [r["checksum"] for r in r0] == [r["checksum"] for r in r1]
@@ -82,9 +83,10 @@ def test_two_machines_on_one_host_train_together(data: Path) -> None:
 @pytest.mark.slow
 def test_sigterm_reaches_the_ranks_and_the_checkpoint_is_written(data: Path) -> None:
     run = data / "preempted"
-    node = _node(data, "preempted", 0, 1, _port(), "train.epochs=100")
+    node = _node(data, "preempted", 0, 1, free_port(), "train.epochs=100")
     deadline = time.time() + 180
-    while time.time() < deadline and not ((run / "log.jsonl").is_file() and (run / "log.jsonl").read_text().count("\n") >= 2):
+    log = run / "log.jsonl"
+    while time.time() < deadline and not (log.is_file() and log.read_text().count("\n") >= 2):
         time.sleep(0.2)
     node.send_signal(signal.SIGTERM)  # what srun passes on from the batch script, or SLURM at preemption
     out, err = node.communicate(timeout=180)

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.jobs import launcher
 from tests.pipelines.train_fixtures import write_build
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
-ACCELERATE = str(Path(PY).parent / "accelerate")
 pytestmark = pytest.mark.slow
 
 
@@ -44,12 +43,6 @@ def _env(**extra: str) -> dict[str, str]:
     return {**env, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **extra}
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run(cmd: list[str], env: dict[str, str], timeout: int = 240) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -65,13 +58,12 @@ def _one(data: Path, run: str, *extra: str, check: bool = True) -> subprocess.Co
 
 def _two(data: Path, run: str, *extra: str, deepspeed: bool = False) -> None:
     if deepspeed:  # gloo via InitProcessGroupKwargs, WITHOUT ACCELERATE_USE_CPU (DESIGN section 7)
-        launch = ["--config_file", "configs/accelerate/deepspeed_zero2.yaml", "--num_processes", "2"]
+        launch = launcher(2, config_file="configs/accelerate/deepspeed_zero2.yaml")
         env = _env()
     else:
-        launch = ["--multi_gpu", "--num_processes", "2"]
+        launch = launcher(2)
         env = _env(ACCELERATE_USE_CPU="1")
-    _run([ACCELERATE, "launch", *launch, "--main_process_port", str(_port()), "launch/train.py",
-          *_args(data, run, *extra)], env)
+    _run([*launch, "launch/train.py", *_args(data, run, *extra)], env)
 
 
 def _losses(run_dir: Path) -> dict[int, dict[str, float]]:
@@ -159,7 +151,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data: Path) -> None:
     proc = subprocess.Popen([PY, "launch/train.py", *_args(data, "sigterm", "train.epochs=100")], cwd=ROOT,
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not ((run / "log.jsonl").is_file() and (run / "log.jsonl").read_text().count("\n") >= 2):
+    log = run / "log.jsonl"
+    while time.time() < deadline and not (log.is_file() and log.read_text().count("\n") >= 2):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)

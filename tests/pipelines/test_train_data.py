@@ -13,10 +13,10 @@ import pytest
 
 from pipelines.class_batches import ClassBatcher, batch_layout
 from pipelines.data_plan import exact_segments, train_segments
-from pipelines.shards import ERROR_KEY, LostSamples, ShardError, decode_record, open_builds
-from pipelines.tar_reader import iter_range
-from pipelines.train_data import (ExactSpec, ExactStream, StreamSpec, TrainStream, load_labels, make_loader,
-                                  shard_list)
+from pipelines.distributed import make_loader
+from pipelines.labels import load_labels
+from pipelines.train_data import StreamSpec, TrainStream
+from shard_format.builds import open_builds
 from tests.pipelines.train_fixtures import keys_of, write_build
 
 UNEVEN = [23, 7, 41, 3, 30]  # 5 shards, 104 samples
@@ -33,7 +33,7 @@ def _spec(build: Path, rank: int, world: int, workers: int, epoch: int = 0, batc
     labels = load_labels(shard_set, "raw")
     ranks = plan_ranks or world
     layout = tuple(batch_layout(batch, 4, ranks, labels.num_classes))
-    return StreamSpec(shard_list(shard_set, "train"), batch, layout, ranks, world, rank, workers, 0, epoch, 16,
+    return StreamSpec(shard_set.sizes("train"), batch, layout, ranks, world, rank, workers, 0, epoch, 16,
                       {}, labels, 8, skip, record_keys=True, **kw)
 
 
@@ -123,7 +123,7 @@ def test_resume_skips_batches_without_changing_the_rest(build: Path) -> None:
     full = _run_rank(_spec(build, 0, 1, 2, epoch=3), 2)
     resumed = _run_rank(_spec(build, 0, 1, 2, epoch=3, skip=5), 2)
     assert len(resumed) == len(full) - 5
-    for a, b in zip(full[5:], resumed):
+    for a, b in zip(full[5:], resumed, strict=True):
         assert a["keys"] == b["keys"] and np.array_equal(a["augmented"].numpy(), b["augmented"].numpy())
 
 
@@ -145,17 +145,6 @@ def test_corrupt_sample_and_truncated_shard_are_skipped_and_counted(tmp_path: Pa
     assert all(len(b["keys"]) == 4 for b in batches)
 
 
-def test_exact_stream_counts_the_samples_of_a_truncated_shard(tmp_path: Path) -> None:
-    build = write_build(tmp_path, "toy", ["a", "b"], [12, 12], size=16)
-    data = (build / "train-000000.tar").read_bytes()
-    (build / "train-000000.tar").write_bytes(data[: len(data) // 3])
-    shard_set = open_builds([build])
-    spec = ExactSpec(shard_list(shard_set, "train"), 1, 0, 1, 5, 16, dict(shard_set.class_index))
-    batches = list(make_loader(ExactStream(spec), 0))
-    read = sum(len(b["keys"]) for b in batches)
-    assert 12 <= read < 24 and read + sum(b["corrupt"] for b in batches) == 24
-
-
 def _corrupt_first_image(path: Path) -> None:
     with tarfile.open(path) as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
@@ -174,65 +163,7 @@ def test_pseudo_labels_come_from_the_sidecar(tmp_path: Path) -> None:
     (build / "pseudo_classes.json").write_text(json.dumps({"k": 2, "labels": {k: i % 2 for i, k in enumerate(keys)}}))
     labels = load_labels(open_builds([build]), "pseudo")
     assert labels.num_classes == 2
-    spec = StreamSpec(shard_list(open_builds([build]), "train"), 8, (4, 4), 1, 1, 0, 1, 0, 0, 16, {}, labels, 4)
+    spec = StreamSpec(open_builds([build]).sizes("train"), 8, (4, 4), 1, 1, 0, 1, 0, 0, 16, {}, labels, 4)
     for batch in _run_rank(spec, 0):
         expected = [keys.index(k) % 2 for k in batch["keys"]]
         assert batch["label"].tolist() == expected
-
-
-def test_exact_stream_reads_every_sample_once(build: Path) -> None:
-    shard_set = open_builds([build])
-    keys = []
-    for rank in range(2):
-        spec = ExactSpec(shard_list(shard_set, "train"), 2, rank, 2, 5, 16, dict(shard_set.class_index))
-        keys += [k for b in make_loader(ExactStream(spec), 2) for k in b["keys"]]
-    assert sorted(keys) == sorted(keys_of(build))
-
-
-def test_tar_reader_ranges_match_a_full_read(build: Path) -> None:
-    url = str(build / "train-000002.tar")
-    full = [s["__key__"] for s in iter_range(url)]
-    assert [s["__key__"] for s in iter_range(url, 10, 17)] == full[10:17]
-
-
-def test_tar_reader_counts_what_a_short_or_missing_shard_loses(build: Path, tmp_path: Path) -> None:
-    short = tmp_path / "short.tar"
-    short.write_bytes((build / "train-000002.tar").read_bytes())
-    got = []
-    with pytest.raises(LostSamples) as err:  # the shard holds 41 samples, the plan reads 30..50
-        for sample in iter_range(str(short), 30, 50):
-            got.append(sample["__key__"])
-    assert len(got) == 11 and err.value.lost == 9
-    with pytest.raises(LostSamples, match="does not exist") as err:
-        list(iter_range(str(tmp_path / "gone.tar"), 5, 9))
-    assert err.value.lost == 4
-
-
-def test_tar_reader_never_runs_a_pipe_url(tmp_path: Path) -> None:
-    marker = tmp_path / "ran"
-    with pytest.raises(LostSamples, match="does not exist"):
-        list(iter_range(f"pipe:touch {marker}", 0, 1))
-    assert not marker.exists()
-
-
-def test_oversized_members_are_refused_unread(tmp_path: Path) -> None:
-    """A member that declares more than its kind's cap marks its sample; the reader never allocates it."""
-    path = tmp_path / "big.tar"
-    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
-        for name, size in (("x/a.json", 10), ("x/a.png", 10), ("y/b.json", (1 << 20) + 1), ("y/b.png", 10)):
-            info = tarfile.TarInfo(name)
-            info.size = size
-            tar.addfile(info, io.BytesIO(b"{" * size))
-    first, second = iter_range(str(path), 0, 2)
-    assert ERROR_KEY not in first and ERROR_KEY in second and "json" not in second
-    assert "over the 1048576-byte limit for .json members" in second[ERROR_KEY]
-    with pytest.raises(ShardError, match="over the 1048576-byte limit"):
-        decode_record(second)
-    # a header that declares 1 TiB in a 1.5 KB file: no MemoryError, the sample is counted as lost
-    header = tarfile.TarInfo("z/c.png")
-    header.size = 1 << 40
-    fake = tmp_path / "tib.tar"
-    fake.write_bytes(header.tobuf(format=tarfile.GNU_FORMAT) + bytes(1024))
-    with pytest.raises(LostSamples, match="corrupt or truncated") as err:
-        list(iter_range(str(fake), 0, 1))
-    assert err.value.lost == 1

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.shards import ShardError, open_builds
+from shard_format.builds import open_builds
+from shard_format.errors import ShardError
 from tests.pipelines.shard_fixtures import tiny_export, write_test_build
 from tests.pipelines.train_fixtures import write_build
 

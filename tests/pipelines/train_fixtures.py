@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
 
-from ccl.data.schema import make_key
+from shard_format.schema import make_key
 from tests.pipelines.shard_fixtures import tar_keys, write_manifest, write_shard
 
 

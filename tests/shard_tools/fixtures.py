@@ -268,7 +268,7 @@ def write_cocoad(root: Path) -> Expected:
             file_name = f"{i:012d}.jpg"
             write_image(root / folder / file_name, noise(h, w, 1000 + 10 * (split == "test") + i))
             images.append({"id": i + 1, "file_name": file_name, "height": h, "width": w})
-        src = lambda i: f"{folder}/{i:012d}.jpg"  # noqa: E731
+        src = lambda i, folder=folder: f"{folder}/{i:012d}.jpg"  # noqa: E731
         # image 1: two normal instances, the larger (id 21) names the class
         anns += [ann(1, 21, 50.0, poly(1, 1, 8, 8)), ann(1, 10, 20.0, poly(10, 10, 14, 14))]
         exp.samples[(src(0), "")] = Want("cat21", split, 0, "good", group="coco")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from ccl.data.schema import make_key, shard_name
+from shard_format.schema import make_key, shard_name
 from shard_tools import pseudo_classes as pc
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path
+
+from shard_format.manifest import ShardInfo
 
 TAR_FORMAT = tarfile.GNU_FORMAT  # long keys (Real-IAD) need GNU long names; no timestamps in headers
 UNAME = "ccl"
@@ -60,21 +61,6 @@ def closed_size(offset: int) -> int:
     return -(-(offset + 2 * _BLOCK) // _RECORD) * _RECORD
 
 
-@dataclass(frozen=True)
-class ShardInfo:
-    """A finished shard as the manifest lists it."""
-
-    name: str
-    split: str
-    samples: int
-    bytes: int
-    sha256: str
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "split": self.split, "samples": self.samples, "bytes": self.bytes,
-                "sha256": self.sha256}
-
-
 class ShardWriter:
     """One shard being written; ``finish`` renames it to its final name and reports it."""
 
@@ -104,7 +90,8 @@ class ShardWriter:
         # No fsync: a shard damaged by a power cut fails its journaled sha256 on --resume and is rebuilt.
         self._file.close()
         os.replace(self.tmp_path, self.directory / self.name)
-        return ShardInfo(self.name, self.split, self.samples, self.offset, self._sha256.hexdigest())
+        return ShardInfo(str(self.directory), self.name, self.split, self.samples, self.offset,
+                         self._sha256.hexdigest())
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:

@@ -7,7 +7,7 @@ first dot of the file name).
 
 A shard is data: the reader opens a local file and nothing else (no ``pipe:`` command, no URL),
 never extracts members to disk, and reads no member larger than its kind's cap
-(``ccl.data.schema.member_limit``; an oversized member marks its sample ``__error__``). Python's
+(``shard_format.schema.member_limit``; an oversized member marks its sample ``__error__``). Python's
 tarfile takes a cut header for the end of the archive, so a truncated shard would read as a short
 one: the reader compares the samples it delivered with the planned range and raises
 ``LostSamples`` with the count.
@@ -16,11 +16,12 @@ one: the reader compares the samples it delivered with the planned range and rai
 from __future__ import annotations
 
 import tarfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Protocol
 
-from ccl.data.schema import member_limit
-from pipelines.shards import ERROR_KEY, LostSamples
+from shard_format.errors import ERROR_KEY, LostSamples, ShardError
+from shard_format.schema import member_limit
 
 
 def split_member(name: str) -> tuple[str, str]:
@@ -75,6 +76,22 @@ def iter_range(path: str, start: int = 0, stop: int | None = None) -> Iterator[d
         if stop is not None and start + delivered < stop:
             raise lost(f"the tar ends after sample {index} but the plan reads up to sample {stop - 1} "
                        "(a truncated shard reads as a short one)")
+
+
+class Range(Protocol):
+    url: str
+    start: int
+    stop: int
+
+
+def read_ranges(ranges: Iterable[Range]) -> Iterator[dict[str, Any] | ShardError]:
+    """The samples of consecutive ranges; a broken shard yields its error in place of the samples it lost
+    (a ``LostSamples`` counts them) and reading goes on with the next range."""
+    for r in ranges:
+        try:
+            yield from iter_range(r.url, r.start, r.stop)
+        except ShardError as err:
+            yield err
 
 
 def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, ext: str, sample: dict[str, Any], path: str) -> None:

@@ -1,0 +1,73 @@
+"""The contrastive class of a training sample: the merged class index (raw) or a pseudo-label sidecar.
+
+``data.class_source=raw`` labels a sample with its class in the merged index of the builds;
+``data.class_source=pseudo`` with the id that ``shard_tools/pseudo_classes.py`` wrote for its key.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shard_format.builds import ShardSet
+from shard_format.errors import ERROR_KEY, ShardError
+from shard_format.schema import META_EXTENSION, class_key
+
+PSEUDO_DEFAULT = "pseudo_classes.json"
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Sample -> contrastive class: the merged class index (raw) or a pseudo-label sidecar."""
+
+    class_index: Mapping[str, int]
+    pseudo: Mapping[str, int] | None = None
+    num_classes: int = 0
+
+    def of(self, sample: Mapping[str, Any]) -> int:
+        if ERROR_KEY in sample:  # a member the reader refused
+            raise ShardError(sample[ERROR_KEY])
+        if self.pseudo is not None:
+            key = sample["__key__"]
+            if key not in self.pseudo:
+                raise ShardError(f"{sample.get('__url__')}:{key}: no pseudo label for this sample")
+            return self.pseudo[key]
+        try:
+            meta = json.loads(sample[META_EXTENSION])
+            return self.class_index[class_key(meta["dataset"], meta["class_name"])]
+        except (KeyError, ValueError, TypeError) as err:
+            raise ShardError(f"{sample.get('__url__')}:{sample.get('__key__')}: no class ({err!r})") from None
+
+
+def load_labels(shard_set: ShardSet, class_source: str, pseudo_file: str = "") -> Labels:
+    """Labels for ``data.class_source`` (raw | pseudo); pseudo files are ``{"k", "labels": {key: id}}``."""
+    if class_source == "raw":
+        return Labels(dict(shard_set.class_index), None, train_class_count(shard_set))
+    if class_source != "pseudo":
+        raise ValueError(f"data.class_source must be raw or pseudo, got {class_source!r}")
+    merged: dict[str, int] = {}
+    k = 0
+    for build in shard_set.builds:
+        name = pseudo_file or PSEUDO_DEFAULT
+        path = Path(name) if ("/" in name or Path(name).is_absolute()) else Path(build) / name
+        if not path.is_file():
+            raise ShardError(f"data.class_source=pseudo but {path} does not exist "
+                             "(make it with shard_tools/pseudo_classes.py)")
+        try:
+            doc = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ShardError(f"{path}: pseudo-class file is not valid JSON ({err})") from None
+        if not isinstance(doc, dict) or "k" not in doc or "labels" not in doc:
+            raise ShardError(f"{path}: expected {{'k': K, 'labels': {{key: id}}}}")
+        k = max(k, int(doc["k"]))
+        merged.update({str(key): int(v) for key, v in doc["labels"].items()})
+    return Labels(dict(shard_set.class_index), merged, k)
+
+
+def train_class_count(shard_set: ShardSet) -> int:
+    """Classes with training samples (manifest counts), else the size of the class index."""
+    names = {(m["dataset"], c) for m in shard_set.manifests for c in m.get("counts", {}).get("train", {})}
+    return len(names) or shard_set.num_classes

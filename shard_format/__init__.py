@@ -1,0 +1,22 @@
+"""The shard format: everything that writes or reads a shard build, for the builder and the runtime alike.
+
+    schema      the record contract (DESIGN.md section 4): keys, members, ``RecordMeta``, manifest checks
+    errors      ``ShardError`` (a missing, empty or corrupt build or record) and ``LostSamples``
+    writer      deterministic tar shards, written under a temporary name and renamed when complete
+    reader      a range of samples of one local tar shard, and the count of what a range lost
+    record      one raw sample -> ``Record`` (decoded image, mask, metadata)
+    manifest    ``manifest.json``: made by the builder, read and checked by everyone else
+    builds      one or several builds seen as one data set (``ShardSet``: merged class index, shard list)
+
+``shard_tools`` (the builder) and ``pipelines`` (the runtime) both import this package; it imports
+neither of them, nor ``ccl``: only the standard library, numpy and OpenCV.
+
+WebDataset is not a runtime dependency of the format: shards are WebDataset-compatible tars
+(``<key>.<ext>`` members grouped by key), but they are written and read with the standard library's
+``tarfile``. The writer needs byte-identical output (fixed member metadata, a patched prebuilt header
+per member) and the reader must start and stop inside a shard (the data plan cuts at sample level),
+open only a local file (a ``pipe:`` URL would run a shell command from a manifest) and refuse
+oversized members before reading them; webdataset's pipeline offers none of the three. Tests still
+read builds with webdataset, as the independent check that the shards stay WebDataset tars, so it
+belongs with the test dependencies only.
+"""

@@ -1,0 +1,62 @@
+"""One raw sample of a shard (``__key__`` plus member bytes, as ``shard_format.reader`` yields it) decoded."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from shard_format.errors import ERROR_KEY, ShardError
+from shard_format.schema import IMAGE_EXTENSIONS, MASK_EXTENSION, META_EXTENSION, RecordMeta, SchemaError, validate_meta
+
+
+@dataclass(frozen=True)
+class Record:
+    key: str
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    mask: np.ndarray | None  # (H, W) bool; None when the sample has no pixel ground truth
+    meta: RecordMeta
+
+
+def decode_image(data: bytes, where: str) -> np.ndarray:
+    """Encoded bytes -> (H, W, 3) uint8 RGB."""
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if array is None:
+        raise ShardError(f"{where}: image does not decode")
+    return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+
+
+def decode_mask(data: bytes, where: str) -> np.ndarray:
+    """0/255 PNG -> (H, W) bool."""
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if array is None:
+        raise ShardError(f"{where}: mask does not decode")
+    return array >= 128
+
+
+def decode_record(sample: Mapping[str, Any]) -> Record:
+    """A raw sample (``__key__`` plus member bytes) -> ``Record``; ShardError when broken."""
+    key = sample.get("__key__", "?")
+    where = f"{sample.get('__url__', 'shard')}:{key}"
+    if ERROR_KEY in sample:
+        raise ShardError(sample[ERROR_KEY])
+    if META_EXTENSION not in sample:
+        raise ShardError(f"{where}: sample has no {META_EXTENSION} member")
+    try:
+        meta = validate_meta(json.loads(sample[META_EXTENSION]), where)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ShardError(f"{where}: json member does not parse ({err})") from None
+    except SchemaError as err:
+        raise ShardError(str(err)) from None
+    ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+    if ext is None:
+        raise ShardError(f"{where}: sample has no image member ({'/'.join(IMAGE_EXTENSIONS)})")
+    image = decode_image(sample[ext], where)
+    mask = decode_mask(sample[MASK_EXTENSION], where) if MASK_EXTENSION in sample else None
+    if mask is not None and mask.shape != image.shape[:2]:
+        raise ShardError(f"{where}: mask {mask.shape} and image {image.shape[:2]} differ in size")
+    return Record(key, image, mask, meta)
