@@ -24,17 +24,12 @@ import numpy as np
 
 from pipelines.config import Config, to_dict
 
-MODES = ("online", "offline", "disabled")
-
-
 class Tracker:
     def __init__(self, cfg: Config, run_dir: str | Path, is_main: bool) -> None:
         self.run_dir = Path(run_dir)
         self.is_main = is_main
         self.wandb: Any = None
-        mode = cfg.tracking.wandb.mode
-        if mode not in MODES:
-            raise ValueError(f"tracking.wandb.mode must be one of {MODES}, got {mode!r}")
+        mode = cfg.tracking.wandb.mode  # one of config.WandbMode, checked when the config loaded
         if not is_main:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)

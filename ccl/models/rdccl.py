@@ -29,6 +29,7 @@ from ccl.models.teacher import build_teacher
 
 TEACHER_PREFIX = "teacher."
 MATCHES = ("projected", "teacher")  # what picks a local positive's position (Eq. 2-3)
+KD_MODES = ("flat", "pixel")  # ccl.losses.kd: one cosine per sample (RD4AD) or per pixel
 REDUCTIONS = ("mean", "sum")  # over the anchors of the contrastive terms (Eq. 4-5 sum; DESIGN takes the mean)
 RD4AD_TEACHER_WEIGHTS = "wide_resnet50_2.tv_in1k"  # torchvision's weights, which RD4AD's encoder loads
 
@@ -100,18 +101,17 @@ class RDCCL(nn.Module):
         self.projector = build_projector(channels, projector, projector_residual)
         self.neck = build_neck(channels, reductions, width_mult)
         self.decoder = build_decoder(channels, reductions, self.neck.out_channels, width_mult, self.teacher.signed())
-        if global_loss not in global_losses:
-            raise ValueError(f"unknown global_loss {global_loss!r}; choose one of {sorted(global_losses)}")
-        bad = [s for s in local_scales if not 0 <= s < len(channels)]
-        if bad or not local_scales:
-            raise ValueError(f"local_scales {tuple(local_scales)} must index the {len(channels)} teacher scales")
-        if kd_mode not in ("flat", "pixel"):
-            raise ValueError(f"kd_mode must be 'flat' or 'pixel', got {kd_mode!r}")
-        for name, value, allowed in (("local_positives", local_positives, POSITIVES),
+        # pipelines' config refuses these when it loads; a model built directly (tests, bench, notebooks) fails
+        # here, at construction, rather than at its first training step
+        for name, value, allowed in (("global_loss", global_loss, tuple(global_losses)), ("kd_mode", kd_mode, KD_MODES),
+                                     ("local_positives", local_positives, POSITIVES),
                                      ("local_negatives", local_negatives, NEGATIVES),
                                      ("local_match", local_match, MATCHES), ("reduction", reduction, REDUCTIONS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        bad = [s for s in local_scales if not 0 <= s < len(channels)]
+        if bad or not local_scales:
+            raise ValueError(f"local_scales {tuple(local_scales)} must index the {len(channels)} teacher scales")
         if not 0.0 <= noise_prob <= 1.0 or noise_std < 0:
             raise ValueError(f"noise_prob must be in [0, 1] and noise_std >= 0, got {noise_prob} / {noise_std}")
         self.local_positives, self.local_negatives, self.local_match = local_positives, local_negatives, local_match
