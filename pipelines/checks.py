@@ -20,6 +20,7 @@ def check_inputs(cfg: Config, world: int) -> tuple[ShardSet, Labels]:
     shard set and labels. The fixed-choice fields were checked when the config loaded."""
     check_batch(cfg, world)
     check_model(cfg)
+    check_loss(cfg)
     t = cfg.train
     check_compile(cfg)
     shard_set = open_builds(list(cfg.data.shards))
@@ -68,6 +69,20 @@ def check_batch(cfg: Config, world: int) -> None:
     if d.batch_size // ranks < d.batch_size // p:
         raise ConfigError(f"a rank's batch ({d.batch_size // ranks}) is smaller than K = batch_size / "
                           f"classes_per_batch = {d.batch_size // p}: raise data.batch_size or classes_per_batch")
+
+
+def check_loss(cfg: Config) -> None:
+    """The values RDCCL would refuse only at its construction or first step (a ValueError there is a bug)."""
+    loss, m = cfg.loss, cfg.model
+    w = loss.local_window
+    if w != "full" and not (isinstance(w, int) and w >= 1 and w % 2 == 1):
+        raise ConfigError(f"loss.local_window={w!r} must be a positive odd integer or 'full'")
+    scales = len(m.out_indices)
+    if not loss.local_scales or any(not 0 <= s < scales for s in loss.local_scales):
+        raise ConfigError(f"loss.local_scales={list(loss.local_scales)} must index the {scales} teacher scales "
+                          f"(model.out_indices={list(m.out_indices)})")
+    if not 0.0 <= m.noise_prob <= 1.0 or m.noise_std < 0:
+        raise ConfigError(f"model.noise_prob={m.noise_prob} must be in [0, 1] and model.noise_std={m.noise_std} >= 0")
 
 
 def check_model(cfg: Config) -> None:

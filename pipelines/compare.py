@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from pipelines.exits import InputError
 from pipelines.jobs import Job, job_env, run_job
 
 # The two models of every comparison unless others are given: name -> overrides.
@@ -87,9 +88,9 @@ def parse_named(items: Sequence[str], what: str) -> dict[str, tuple[str, ...]]:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
-            raise ValueError(f"{what} {item!r} is not of the form NAME=VALUE")
+            raise InputError(f"{what} {item!r} is not of the form NAME=VALUE")
         if name.strip() in out:
-            raise ValueError(f"{what} {name.strip()!r} is given twice")
+            raise InputError(f"{what} {name.strip()!r} is given twice")
         out[name.strip()] = tuple(shlex.split(value))
     return out
 

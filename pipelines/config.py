@@ -18,6 +18,8 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from pipelines.exits import InputError
+
 # The fixed choices of string fields: a value outside them is refused when the config loads, with the list.
 # The library's own registries (ccl.models.projector.PROJECTORS, ccl.losses.global_variants.global_losses, ...)
 # must hold the same values: tests/pipelines/test_config.py compares them.
@@ -36,7 +38,7 @@ CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotun
 WandbMode = Literal["online", "offline", "disabled"]
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config file or override that does not fit the tree."""
 
 

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from ccl.data.image_ops import resize_image
+from pipelines.exits import InputError
 from pipelines.visualize import overlay, save_png
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -56,11 +57,11 @@ def resolve_threshold(threshold: str | float | None, info_dir: str | Path, hint:
         try:
             return float(threshold)
         except ValueError:
-            raise ValueError(f"--threshold must be 'auto' or a number, got {threshold!r}") from None
+            raise InputError(f"--threshold must be 'auto' or a number, got {threshold!r}") from None
     info = Path(info_dir) / "info.json"
     value = json.loads(info.read_text()).get("image_threshold") if info.is_file() else None
     if value is None:
-        raise ValueError(f"{info} holds no image_threshold: "
+        raise InputError(f"{info} holds no image_threshold: "
                          f"{hint or 'evaluate this export first (launch/evaluate.py --checkpoint ... --shards ...)'}"
                          " or pass --threshold VALUE")
     return float(value)

@@ -28,11 +28,13 @@ import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from pipelines.exits import InputError
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = "configs/accelerate/ddp.yaml"
 
 
-class SlurmError(ValueError):
+class SlurmError(InputError):
     """The environment does not describe a SLURM job step this script can launch from."""
 
 
