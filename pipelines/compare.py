@@ -23,10 +23,11 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from pipelines.exits import InputError
 from pipelines.jobs import Job, job_env, run_job
@@ -197,8 +198,8 @@ def comparison_markdown(grid: Grid, records: Sequence[Mapping[str, Any]]) -> str
              f"to {ref} per seed, mean ± std (seeds where it is positive / seeds).", ""]
     for bench in grid.benches:
         for budget in grid.budgets:
-            lines += [f"## {bench}, {budget} epochs", "",
-                      "| model | seeds | " + " | ".join(TABLE_METRICS) + " |", "|---|---|" + "---|" * len(TABLE_METRICS)]
+            lines += [f"## {bench}, {budget} epochs", "", "| model | seeds | " + " | ".join(TABLE_METRICS) + " |",
+                      "|---|---|" + "---|" * len(TABLE_METRICS)]
             for model in models:
                 key = (bench, model, budget)
                 n = len(by_metric["I-AUROC"].get(key, {}))

@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Union
 
 import yaml
 
@@ -56,18 +56,18 @@ class AugmentConfig:
     first-release | official | geometric) whose fields may be overridden one by one (None: the preset's value)."""
 
     preset: AugmentPreset = "paper"
-    crop_scale: Optional[tuple[float, float]] = None  # area fraction of the random crop
-    hflip: Optional[float] = None
-    vflip: Optional[float] = None
-    rotation: Optional[float] = None  # degrees, +-
-    brightness: Optional[float] = None
-    contrast: Optional[float] = None
-    saturation: Optional[float] = None
-    hue: Optional[float] = None
-    jitter_p: Optional[float] = None
-    grayscale: Optional[float] = None
-    blur_p: Optional[float] = None
-    blur_sigma: Optional[tuple[float, float]] = None
+    crop_scale: tuple[float, float] | None = None  # area fraction of the random crop
+    hflip: float | None = None
+    vflip: float | None = None
+    rotation: float | None = None  # degrees, +-
+    brightness: float | None = None
+    contrast: float | None = None
+    saturation: float | None = None
+    hue: float | None = None
+    jitter_p: float | None = None
+    grayscale: float | None = None
+    blur_p: float | None = None
+    blur_sigma: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ class LossConfig:
     lambda_local: float = 1.0
     lambda_global: float = 1.0
     temperature: float = 0.1
-    local_window: Union[int, Literal["full"]] = 1  # odd k or "full"
+    local_window: int | Literal["full"] = 1  # odd k or "full"
     local_scales: tuple[int, ...] = (0, 1, 2)  # indices into the teacher's scales
     local_chunk: int = 4096  # anchors per block for windows > 1
     global_loss: GlobalLoss = "supcon"

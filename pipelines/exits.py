@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 
 class InputError(ValueError):

@@ -32,8 +32,15 @@ from pipelines.checkpoint import replace_dir
 from pipelines.config import Config, to_dict
 from pipelines.exits import InputError
 from pipelines.model import INFO_NAME, load_export, read_info
-from pipelines.runtime import (DEPLOY_VERSION, FORMATS, INPUT_NAME, JIT_DEPRECATION, OUTPUT_NAMES, DeployError,
-                               load_deployed)
+from pipelines.runtime import (
+    DEPLOY_VERSION,
+    FORMATS,
+    INPUT_NAME,
+    JIT_DEPRECATION,
+    OUTPUT_NAMES,
+    DeployError,
+    load_deployed,
+)
 
 PARITY_TOLERANCE = 1e-4  # largest map difference allowed, relative to the map range
 
@@ -68,7 +75,8 @@ def example_input(input_kind: str, n: int, size: int, seed: int = 0) -> torch.Te
 # ---------------------------------------------------------------- writers: graph -> files in a directory
 
 
-def _write_onnx(graph: InferenceGraph, example: torch.Tensor, out: Path, dynamic: bool, name: str = "model.onnx") -> Path:
+def _write_onnx(graph: InferenceGraph, example: torch.Tensor, out: Path, dynamic: bool,
+                name: str = "model.onnx") -> Path:
     path = out / name
     shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic else None
     with warnings.catch_warnings():
@@ -179,8 +187,10 @@ def deploy_info(cfg: Config, trained: dict[str, Any], fmt: str, size: int, batch
         "model_file": FORMATS[fmt],
         "image_size": size,
         "batch": "dynamic" if batch is None else batch,
-        "input": {"name": INPUT_NAME, "kind": input_kind, "layout": layout, "dtype": input_kind.replace("float", "float32"),
-                  "shape": ["batch" if batch is None else batch] + ([size, size, 3] if layout == "NHWC" else [3, size, size])},
+        "input": {"name": INPUT_NAME, "kind": input_kind, "layout": layout,
+                  "dtype": input_kind.replace("float", "float32"),
+                  "shape": ["batch" if batch is None else batch]
+                  + ([size, size, 3] if layout == "NHWC" else [3, size, size])},
         "outputs": {"anomaly_map": ["batch", size, size], "score": ["batch"]},
         "preprocessing": {
             "color": "RGB",

@@ -107,7 +107,8 @@ def load_export(export_dir: str | Path, overrides: list[str] | tuple[str, ...] =
 
 
 def check_safetensors(path: str | Path) -> None:
-    """InputError naming ``path`` when it is not a complete safetensors file (header and data checked, nothing loaded)."""
+    """InputError naming ``path`` when it is not a complete safetensors file (header and data checked, nothing
+    loaded)."""
     try:
         with safe_open(str(path), "pt"):
             pass

@@ -15,6 +15,7 @@ import torch
 
 from pipelines.config import Config, TrainConfig
 
+
 def scaled_lrs(cfg: Config) -> tuple[float, float]:
     """(projector lr, rest lr) after the linear batch-size scaling."""
     t = cfg.train

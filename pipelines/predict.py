@@ -20,8 +20,9 @@ import glob
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -108,7 +109,8 @@ def predict(score: Score, image_size: int, spec: str | Path, out_dir: str | Path
             decision = "" if threshold is None else ("yes" if value >= threshold else "no")
             rows.append((str(path), value, decision))
             if vis:
-                save_png(heatmap_path(out, path.relative_to(root)), overlay(image, amap, None, 0.0 if vmax else None, vmax))
+                heatmap = overlay(image, amap, None, 0.0 if vmax else None, vmax)
+                save_png(heatmap_path(out, path.relative_to(root)), heatmap)
     write_csv(out / "scores.csv", ["path", "score", "anomalous"], [(p, f"{s:.6g}", d) for p, s, d in rows])
     if skipped:
         write_csv(out / "skipped.csv", ["path", "reason"], skipped)

@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import warnings
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

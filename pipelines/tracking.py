@@ -17,12 +17,14 @@ import math
 import os
 import secrets
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from pipelines.config import Config, to_dict
+
 
 class Tracker:
     def __init__(self, cfg: Config, run_dir: str | Path, is_main: bool) -> None:
@@ -73,7 +75,8 @@ class Tracker:
         out = self.run_dir / "images"
         out.mkdir(exist_ok=True)
         for i, (image, _) in enumerate(images):
-            cv2.imwrite(str(out / f"{name.replace('/', '_')}_{step:07d}_{i:02d}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            path = out / f"{name.replace('/', '_')}_{step:07d}_{i:02d}.png"
+            cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         if self.wandb is not None:
             import wandb
 

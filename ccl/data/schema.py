@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = ("png", "jpg")

@@ -10,9 +10,10 @@ statistics, as only clean images are seen at inference); only the anchor view is
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -81,7 +82,7 @@ class RDCCL(nn.Module):
         lambda_local: float = 1.0,
         lambda_global: float = 1.0,
         temperature: float = 0.1,
-        local_window: Union[int, str] = 1,
+        local_window: int | str = 1,
         local_scales: Sequence[int] = (0, 1, 2),
         local_chunk: int = 4096,
         global_loss: str = "supcon",
@@ -230,7 +231,8 @@ class RDCCL(nn.Module):
     def param_groups(self, lr_projector: float, lr_rest: float) -> list[dict[str, Any]]:
         """Optimizer groups of the trainable parameters (projector / neck + decoder); empty groups omitted."""
         groups = [
-            {"name": "projector", "params": [p for p in self.projector.parameters() if p.requires_grad], "lr": lr_projector},
+            {"name": "projector", "params": [p for p in self.projector.parameters() if p.requires_grad],
+             "lr": lr_projector},
             {
                 "name": "rest",
                 "params": [p for m in (self.neck, self.decoder) for p in m.parameters() if p.requires_grad],
@@ -251,9 +253,10 @@ class RDCCL(nn.Module):
         result = self.load_state_dict(state_dict, strict=False)
         missing = [k for k in result.missing_keys if not k.startswith(TEACHER_PREFIX)]
         if strict and (missing or result.unexpected_keys):
-            raise RuntimeError(f"trainable state mismatch: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+            raise RuntimeError(f"trainable state mismatch: missing {missing[:5]}, "
+                               f"unexpected {result.unexpected_keys[:5]}")
 
-    def load_rd4ad_checkpoint(self, path_or_dict: Union[str, Path, dict]) -> None:
+    def load_rd4ad_checkpoint(self, path_or_dict: str | Path | dict) -> None:
         """Load an official RD4AD checkpoint {"bn": neck state, "decoder": decoder state} (strict).
 
         As RD4AD's test script does, ``bn`` keys containing "memory" are dropped first. The checkpoint

@@ -13,9 +13,11 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from ccl.losses import kd_loss  # noqa: E402
-from ccl.models import RDCCL, build_teacher  # noqa: E402
-from ccl.models import offline_weights  # noqa: E402
-
+from ccl.models import (  # noqa: E402
+    RDCCL,
+    build_teacher,
+    offline_weights,  # noqa: E402
+)
 
 # ----- the RD4AD reference: key -> shape of an official {"bn", "decoder"} checkpoint for wide_resnet50_2 -----
 
@@ -60,7 +62,8 @@ def rd4ad_decoder_keys() -> dict[str, tuple]:
 
 def _random_state(spec: dict[str, tuple], seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {k: (torch.tensor(7) if k.endswith("num_batches_tracked") else torch.randn(s, generator=g)) for k, s in spec.items()}
+    return {k: (torch.tensor(7) if k.endswith("num_batches_tracked") else torch.randn(s, generator=g))
+            for k, s in spec.items()}
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +106,8 @@ def test_rd4ad_checkpoint_loads_strictly_on_torchvision_weights(offline_hub, rd4
     assert model.teacher.weights == "wide_resnet50_2.tv_in1k"
     ckpt, path = rd4ad_checkpoint
     model.load_rd4ad_checkpoint(str(path))  # memory* keys dropped, conv4 / bn4 ignored, the rest strict
-    torch.testing.assert_close(model.neck.bn_layer[0].downsample[0].weight, ckpt["bn"]["bn_layer.0.downsample.0.weight"])
+    torch.testing.assert_close(model.neck.bn_layer[0].downsample[0].weight,
+                               ckpt["bn"]["bn_layer.0.downsample.0.weight"])
     torch.testing.assert_close(model.decoder.layer3[5].conv3.weight, ckpt["decoder"]["layer3.5.conv3.weight"])
     # Strictness is real: a stray key that is not a memory key fails.
     bad = {"bn": dict(ckpt["bn"], extra=torch.zeros(1)), "decoder": ckpt["decoder"]}
@@ -150,7 +154,8 @@ def test_rd4ad_checkpoint_on_a_local_teacher_file_needs_torchvisions_file(tmp_pa
     weights = tmp_path / "wrn50.pth"
     torch.save({}, weights)  # the refusal comes before any use of the file's tensors
     real = teacher_module._create  # random tensors instead of the (empty) file's; the name still comes from the file
-    monkeypatch.setattr(teacher_module, "_create", lambda name, out_indices, pretrained: real(name, out_indices, "none"))
+    monkeypatch.setattr(teacher_module, "_create",
+                        lambda name, out_indices, pretrained: real(name, out_indices, "none"))
     model = RDCCL(teacher="wide_resnet50_2", pretrained=str(weights), projector="none")
     with pytest.raises(ValueError, match=r"wide_resnet50_2-95faca4d\.pth"):
         model.load_rd4ad_checkpoint(str(rd4ad_checkpoint[1]))
@@ -214,7 +219,8 @@ def test_training_losses_compose(small):
     for k in ("loss", "kd", "lcl", "gcl"):
         assert out[k].dim() == 0 and torch.isfinite(out[k]), k
     assert out["lcl"] > 0 and out["gcl"] > 0
-    torch.testing.assert_close(out["loss"], out["kd"] + small.lambda_local * out["lcl"] + small.lambda_global * out["gcl"])
+    torch.testing.assert_close(out["loss"],
+                               out["kd"] + small.lambda_local * out["lcl"] + small.lambda_global * out["gcl"])
     g = out["global_features"]
     assert g.shape == (4, small.neck.out_channels) and not g.requires_grad
     torch.testing.assert_close(g.norm(dim=1), torch.ones(4))
@@ -299,7 +305,8 @@ def test_offline_mobilenet_matches_torchvision():
     teacher = build_teacher("mobilenetv2_100", pretrained="offline")
     assert teacher.channels == [24, 32, 96] and teacher.reductions == [4, 8, 16]
     tv = torchvision.models.mobilenet_v2()
-    tv.load_state_dict(torch.load(offline_weights.offline_weights_path("mobilenetv2_100"), map_location="cpu", weights_only=True))
+    path = offline_weights.offline_weights_path("mobilenetv2_100")
+    tv.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     tv.eval()
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

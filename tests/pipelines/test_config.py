@@ -22,7 +22,8 @@ def test_documented_keys_exist_and_override() -> None:
         "loss.lambda_global=0", "loss.temperature=0.2", "tracking.wandb.mode=disabled", "data.plan_ranks=4",
         "train.sync_bn=false", "train.debug_checksums=true", "tracking.vis_every=0"])
     assert (cfg.run.dir, cfg.data.shards, cfg.data.batch_size, cfg.data.num_workers) == ("/tmp/x", ("a", "b"), 32, 0)
-    assert (cfg.train.epochs, cfg.train.max_steps, cfg.model.teacher, cfg.model.pretrained) == (50, 7, "resnet18", "none")
+    assert (cfg.train.epochs, cfg.train.max_steps, cfg.model.teacher, cfg.model.pretrained) == (
+        50, 7, "resnet18", "none")
     assert (cfg.loss.lambda_local, cfg.loss.lambda_global, cfg.loss.temperature) == (0.5, 0.0, 0.2)
     assert (cfg.tracking.wandb.mode, cfg.data.plan_ranks, cfg.train.sync_bn) == ("disabled", 4, False)
 
@@ -92,10 +93,11 @@ def test_every_fixed_choice_is_refused_at_load_with_the_allowed_values(tmp_path:
         section, name = key.rsplit(".", 1)
         for value in allowed:  # each allowed value loads (quoted: YAML reads a bare `no` as false)
             assert _get(load_config(None, [f"{key}='{value}'"]), key) == value
-        (tmp_path / "bad.yaml").write_text(yaml.safe_dump(_nested(key, "bogus")))
-        for make in (lambda: load_config(None, [f"{key}=bogus"]), lambda: load_config(tmp_path / "bad.yaml")):
+        bad_file = tmp_path / "bad.yaml"
+        bad_file.write_text(yaml.safe_dump(_nested(key, "bogus")))
+        for path, overrides in ((None, [f"{key}=bogus"]), (bad_file, [])):  # an override, a file
             with pytest.raises(ConfigError) as err:
-                make()
+                load_config(path, overrides)
             assert f"{key}='bogus' is not one of {list(allowed)}" in str(err.value)
     with pytest.raises(ConfigError, match=r"loss.local_window: 'half' is none of \['int', \"'full'\"\]"):
         load_config(None, ["loss.local_window=half"])

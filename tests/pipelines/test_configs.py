@@ -95,7 +95,7 @@ def test_every_sweep_row_applies_on_top_of_base(path: Path) -> None:
             assert (list(got) if isinstance(got, (list, tuple)) else got) == value, (row.name, item)
 
 
-def _resolved(table: int | str, by: str = "name") -> dict[str, "object"]:
+def _resolved(table: int | str, by: str = "name") -> dict[str, object]:
     """Row name (or slug) -> the row's resolved config, planned as ``launch/sweep.py --table N`` plans it
     (on the sweep's own experiment config)."""
     plans = plan_sweep(load_sweep(table), out_dir="/nonexistent/sweep")
@@ -197,8 +197,10 @@ def test_rd4ad_config_takes_torchvisions_teacher_and_the_default_refuses_a_check
     ckpt = tmp_path / "wres50_bottle.pth"
     ckpt.write_bytes(b"not read by the check")
     rd4ad = load_config(CONFIGS / "rd4ad.yaml", [f"model.checkpoint={ckpt}"])
-    assert (rd4ad.model.teacher, rd4ad.model.pretrained, rd4ad.model.projector) == ("wide_resnet50_2.tv_in1k", "hub", "none")
-    assert (rd4ad.loss.lambda_local, rd4ad.loss.lambda_global, rd4ad.data.image_size, rd4ad.eval.sigma) == (0, 0, 256, 4)
+    assert (rd4ad.model.teacher, rd4ad.model.pretrained, rd4ad.model.projector) == (
+        "wide_resnet50_2.tv_in1k", "hub", "none")
+    assert (rd4ad.loss.lambda_local, rd4ad.loss.lambda_global, rd4ad.data.image_size, rd4ad.eval.sigma) == (
+        0, 0, 256, 4)
     check_model(rd4ad)
     for config, holds in (("mvtec.yaml", "wide_resnet50_2.racm_in1k"), ("base.yaml", "wide_resnet50_2.racm_in1k")):
         with pytest.raises(ConfigError, match=f"holds '{holds}'"):
@@ -210,10 +212,11 @@ def test_rd4ad_config_takes_torchvisions_teacher_and_the_default_refuses_a_check
 def test_readings_sweep_changes_one_switch_per_row_from_the_papers_reading() -> None:
     rows = _resolved("readings", by="slug")
     base = rows["local-negatives-window-default"]
-    l, m, d = base.loss, base.model, base.data
-    assert (l.local_negatives, l.local_positives, l.local_match, l.reduction) == ("window", "class", "projected", "mean")
-    assert (d.augment.preset, m.noise_prob, l.temperature, m.projector_residual) == ("paper", 0.0, 0.1, False)
-    assert l.lambda_local == 1.0 and l.lambda_global == 1.0 and m.projector == "4-cblocks"
+    loss, m, d = base.loss, base.model, base.data
+    assert (loss.local_negatives, loss.local_positives, loss.local_match, loss.reduction) == (
+        "window", "class", "projected", "mean")
+    assert (d.augment.preset, m.noise_prob, loss.temperature, m.projector_residual) == ("paper", 0.0, 0.1, False)
+    assert loss.lambda_local == 1.0 and loss.lambda_global == 1.0 and m.projector == "4-cblocks"
     changed = {slug: {k for k in ("loss", "model", "data") if getattr(cfg, k) != getattr(base, k)}
                for slug, cfg in rows.items()}
     assert rows["local-negatives-all-positions"].loss.local_negatives == "all"

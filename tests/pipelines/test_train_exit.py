@@ -66,7 +66,7 @@ def _zygote(runs: int) -> int:
     torch.optim.Adam(torch.nn.Linear(1, 1).parameters())  # its first use imports torch._dynamo (seconds)
     gc.freeze()  # the children's collections skip the imported modules' objects
     failed = 0
-    for run in range(runs):
+    for _ in range(runs):
         port, pids = _free_port(), []
         for rank in range(2):
             pid = os.fork()
