@@ -49,6 +49,7 @@ def model() -> RDCCL:
     return RDCCL(teacher="resnet18", projector="2-cblocks").train()
 
 
+@pytest.mark.slow
 def test_bf16_autocast_runs_the_convolutions_in_bf16_and_the_losses_in_float32(model, monkeypatch) -> None:
     x, aug, labels = _batch()
     with torch.no_grad():

@@ -22,6 +22,7 @@ from tests.pipelines.deploy_fixtures import SIZE, DeployRuns
 
 pytest.importorskip("onnxruntime", reason="the deploy tests need the extra: pip install -e '.[deploy]'")
 pytest.importorskip("openvino", reason="the deploy tests need the extra: pip install -e '.[deploy]'")
+pytestmark = pytest.mark.slow  # end to end: evaluated exports through the three exporters and runtimes
 
 # (model, format, extra export arguments): each format for both models; a fixed batch (padded by the
 # runtime: 30 images in chunks of 4) and a graph taking normalised float input ride along.

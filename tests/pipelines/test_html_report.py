@@ -35,6 +35,7 @@ def expected_marks(eval_dir: Path, threshold: float, n: int = 2) -> dict[str, st
     return marks
 
 
+@pytest.mark.slow
 def test_report_as_a_person_sees_it_in_chromium(deploy_runs: DeployRuns, tmp_path: Path) -> None:
     binary = find_chromium()
     if binary is None:

@@ -15,6 +15,7 @@ from launch.predict import main
 from pipelines.model import load_export, read_info, write_info
 from tests.pipelines.shard_fixtures import tiny_export
 
+pytestmark = pytest.mark.slow  # end to end: launch/predict.py on a training export
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -19,6 +19,7 @@ from tests.pipelines.deploy_fixtures import DeployRuns
 
 pytest.importorskip("onnxruntime", reason="the deploy tests need the extra: pip install -e '.[deploy]'")
 pytest.importorskip("openvino", reason="the deploy tests need the extra: pip install -e '.[deploy]'")
+pytestmark = pytest.mark.slow  # end to end: export, then launch/predict.py in fresh processes
 
 REPO = Path(__file__).resolve().parents[2]
 BLOCK_TORCH = '''
