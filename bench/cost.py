@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from contextlib import contextmanager, nullcontext
-from typing import Callable, ContextManager, Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 from torch import nn
 
 import ccl.models.rdccl as rdccl
-from bench.timing import interleaved_parts, timed
+from bench.timing import interleaved_parts
 from ccl.models import RDCCL
 
 SETTINGS = {
@@ -134,7 +134,7 @@ class StepClock:
             return out
         return wrapper
 
-    def __enter__(self) -> "StepClock":
+    def __enter__(self) -> StepClock:
         for kind in ("teacher", "projector", "neck", "decoder"):
             self._hook(kind, getattr(self.model, kind))
         # rdccl calls local_contrastive_views (older code: local_contrastive_loss), once per scale.
@@ -212,7 +212,7 @@ def n_params(model: nn.Module) -> int:
 
 def train_step_times(models: dict[str, RDCCL], batch: tuple[torch.Tensor, ...], repeats: int, warmup: int,
                      sync: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.process_time,
-                     context: Callable[[], ContextManager] = nullcontext,
+                     context: Callable[[], AbstractContextManager] = nullcontext,
                      extra: dict[str, Callable[[], dict[str, float]]] | None = None) -> dict[str, dict[str, float]]:
     """Parts of a training step (StepClock) of Joint RD and of every LADDER row of the RD + CCL model, the
     candidates interleaved (plus ``extra`` candidates); ``context`` wraps each forward (e.g. autocast)."""
@@ -256,7 +256,8 @@ def ms(seconds: float) -> str:
 def parts_table(rd: dict[str, float], ccl_times: dict[str, float]) -> list[str]:
     """Markdown rows: every part of the RD + CCL step beside Joint RD's, the extra, its share."""
     extra = ccl_times["total"] - rd["total"]
-    lines = [row(["part of the step (ms)", "Joint RD", "RD+CCL", "extra", "share of the extra"]), row(["---"] + ["---:"] * 4)]
+    lines = [row(["part of the step (ms)", "Joint RD", "RD+CCL", "extra", "share of the extra"]),
+             row(["---"] + ["---:"] * 4)]
     for part in [p for p in ccl_times if p != "total"] + ["total"]:
         a, b = rd.get(part, 0.0), ccl_times[part]
         share = f"{(b - a) / extra:.0%}" if extra > 0 and part != "total" else ""
@@ -269,11 +270,13 @@ def ladder_table(times: dict[str, dict[str, float]], macs: dict[str, float] | No
     Joint RD, and the conv-MAC ratio (when ``macs`` is given)."""
     base = times["Joint RD"]["total"]
     head = ["variant (ms)", "forward", "backward", "optimizer", "step", "x Joint RD"]
-    lines = [row(head + (["conv MACs x Joint RD"] if macs else [])), row(["---"] + ["---:"] * (len(head) - (0 if macs else 1)))]
+    lines = [row(head + (["conv MACs x Joint RD"] if macs else [])),
+             row(["---"] + ["---:"] * (len(head) - (0 if macs else 1)))]
     for name in ["Joint RD"] + [r[0] for r in LADDER]:
         t = times[name]
         fwd = t["total"] - t["backward"] - t["optimizer"]
         goal = " (goal <= 1.8x)" if name == "RD+CCL" else ""
-        cells = [name, ms(fwd), ms(t["backward"]), ms(t["optimizer"]), ms(t["total"]), f"{t['total'] / base:.2f}x{goal}"]
+        cells = [name, ms(fwd), ms(t["backward"]), ms(t["optimizer"]), ms(t["total"]),
+                 f"{t['total'] / base:.2f}x{goal}"]
         lines.append(row(cells + ([f"{macs[name] / macs['Joint RD']:.2f}x"] if macs else [])))
     return lines

@@ -15,7 +15,6 @@ import json
 import subprocess
 import sys
 import time
-import tracemalloc
 from pathlib import Path
 
 import cv2
@@ -38,7 +37,8 @@ def synthetic(index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
             r = int(rng.choice([1, 3, 8, 20, 40]))
             cv2.circle(mask, (int(rng.integers(0, size)), int(rng.integers(0, size))), r, 1, -1)
     noise = cv2.GaussianBlur(rng.random((size, size), dtype=np.float32), (0, 0), 4)
-    amap = 0.2 + noise + 0.08 * cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 3) + 0.01 * rng.random((size, size), dtype=np.float32)
+    blurred_mask = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 3)
+    amap = 0.2 + noise + 0.08 * blurred_mask + 0.01 * rng.random((size, size), dtype=np.float32)
     return amap, mask.astype(bool)
 
 
@@ -46,7 +46,8 @@ def batches(n: int, size: int, groups: int):
     for start in range(0, n, BATCH):
         idx = range(start, min(n, start + BATCH))
         items = [synthetic(i, size) for i in idx]
-        yield np.stack([a for a, _ in items]), np.stack([m for _, m in items]), [f"bench/g{(i // 2) % groups}" for i in idx]
+        groups_of = [f"bench/g{(i // 2) % groups}" for i in idx]
+        yield np.stack([a for a, _ in items]), np.stack([m for _, m in items]), groups_of
 
 
 def streaming(n: int, size: int, groups: int) -> tuple[dict, float]:
@@ -102,7 +103,8 @@ def exact(n: int, size: int, groups: int) -> tuple[dict, float]:
         mp, mk = maps[sel], masks[sel]
         img_scores, img_labels = mp.reshape(len(mp), -1).max(1), mk.reshape(len(mk), -1).any(1)
         px, lab = mp.ravel(), mk.ravel()
-        out[g] = {"I-AUROC": roc_auc_score(img_labels, img_scores), "I-AP": average_precision_score(img_labels, img_scores),
+        out[g] = {"I-AUROC": roc_auc_score(img_labels, img_scores),
+                  "I-AP": average_precision_score(img_labels, img_scores),
                   "I-F1max": f1max(img_labels, img_scores), "P-AUROC": roc_auc_score(lab, px),
                   "P-AP": average_precision_score(lab, px), "P-F1max": f1max(lab, px), "AUPRO": exact_pro(mp, mk)}
     return out, time.perf_counter() - t

@@ -20,8 +20,8 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -65,7 +65,8 @@ def bench_model(name: str, repeats: int, work: Path) -> None:
     ratios: dict[int, dict[str, float]] = {}
     for batch in BATCHES:
         images = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
-        seconds = interleaved({k: (lambda run=run: run(images)) for k, run in runners.items()}, repeats, warmup=1)
+        calls = {k: (lambda run=run, images=images: run(images)) for k, run in runners.items()}
+        seconds = interleaved(calls, repeats, warmup=1)
         ratios[batch] = {r: seconds["torch eager"] / seconds[r] for r in RUNTIMES}
         cells = [f"{batch / seconds[r]:8.2f} img/s {ratios[batch][r]:5.2f}x" for r in RUNTIMES]
         print(f"  {batch:5d} " + " ".join(f"{c:>22s}" for c in cells))

@@ -28,9 +28,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -43,6 +44,7 @@ from ccl.models import RDCCL  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")
 DRY = dict(teacher="resnet18", size=64, batches=(4,), steps=1, warmup=1, eval_batches=2, loader_samples=64)
+DRY_NOTE = "DRY RUN on the CPU: the numbers check the script, they measure nothing"
 
 
 class Bench:
@@ -145,7 +147,7 @@ def section_train(b: Bench, models: dict[str, RDCCL], compile_too: bool) -> list
 
 
 def section_breakdown(b: Bench, models: dict[str, RDCCL]) -> list[str]:
-    lines = ["## 2. Parts of a training step (batch %d, synchronised after each part)" % b.batches[0], ""]
+    lines = [f"## 2. Parts of a training step (batch {b.batches[0]}, synchronised after each part)", ""]
     data = cost.make_batch(b.batches[0], b.size, b.device)
     for precision in PRECISIONS:
         repeats = 1 if b.dry else max(3, b.steps // 4)
@@ -194,13 +196,13 @@ def section_eval(b: Bench, model: RDCCL, batch: int, n: int) -> list[str]:
     for precision in PRECISIONS:
         context = b.autocast(precision)
 
-        def inference_only() -> None:
+        def inference_only(context=context) -> None:
             with torch.no_grad(), context():
                 for item in batches:
                     model(normalize_batch(item.images.to(b.device)))
             b.sync()
 
-        def evaluator() -> None:
+        def evaluator(context=context) -> None:
             metrics = AnomalyMetrics(bins=EvalConfig().bins)
             with torch.no_grad(), context():
                 score_shards(model, batches, metrics, Extremes(EvalConfig().vis), b.device, None)
@@ -271,7 +273,7 @@ def main() -> None:
     t0 = time.perf_counter()
     lines = [f"# RD + CCL on {name}", "",
              f"{b.teacher}, {b.size} px, pretrained none, torch {torch.__version__}, "
-             f"{'DRY RUN on the CPU: the numbers check the script, they measure nothing' if b.dry else 'wall time'}.", ""]
+             f"{DRY_NOTE if b.dry else 'wall time'}.", ""]
     if "train" not in skip:
         lines += section_train(b, models, args.compile) + [""]
     if "breakdown" not in skip:

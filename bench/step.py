@@ -81,7 +81,8 @@ def bench_inference(teacher: str, batch: int, size: int, repeats: int, warmup: i
         macs = cost.conv_macs(models["RD+CCL"], lambda: models["RD+CCL"](x[:1]))
     share = macs["projector"] / macs["forward"]
     ratio = times["RD+CCL"]["total"] / times["RD"]["total"]
-    print(f"[2] inference (forward + anomaly map), batch {batch} x {size} px, process CPU time, median of {repeats * 2}: "
+    print(f"[2] inference (forward + anomaly map), batch {batch} x {size} px, process CPU time, "
+          f"median of {repeats * 2}: "
           f"RD {cost.ms(times['RD']['total'])} ms, RD+CCL {cost.ms(times['RD+CCL']['total'])} ms = {ratio:.2f}x "
           f"(goal <= 1 + projector share = {1 + share:.2f}x; projector {share:.1%} of the conv MACs, "
           f"{cost.n_params(models['RD+CCL']) / 1e6:.1f} M parameters vs RD {cost.n_params(models['RD']) / 1e6:.1f} M)")
@@ -198,11 +199,13 @@ def bench_memory(batch: int, channels: int, side: int) -> None:
     # A fixed mmap threshold stops glibc from keeping freed blocks in the heap, so peak RSS tracks live tensors.
     for label, chunk in (("unchunked", rows * 2), ("chunked", 512)):
         cmd = [sys.executable, __file__, "--memory-child", str(chunk), str(batch), str(channels), str(side)]
-        res = subprocess.run(cmd, capture_output=True, text=True, check=True, env=dict(os.environ, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="1048576"))
+        env = dict(os.environ, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="1048576")
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
         out[label] = json.loads(res.stdout.strip().splitlines()[-1])
     u, c = out["unchunked"], out["chunked"]
     print(f"[4] local CL window 'full', B={batch}, C={channels}, {side}x{side} ({rows} anchor rows), fwd+bwd, "
-          f"peak RSS growth: unchunked {u['peak_mib']:.0f} MiB ({u['seconds']:.2f} s) | chunk=512 (<= 512x512 similarities a block) "
+          f"peak RSS growth: unchunked {u['peak_mib']:.0f} MiB ({u['seconds']:.2f} s) | "
+          f"chunk=512 (<= 512x512 similarities a block) "
           f"{c['peak_mib']:.0f} MiB ({c['seconds']:.2f} s) | {u['peak_mib'] / max(c['peak_mib'], 1e-3):.1f}x less")
 
 

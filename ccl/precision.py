@@ -11,7 +11,8 @@ full-precision results are bit-identical with or without it.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 

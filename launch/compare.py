@@ -17,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.compare import DEFAULT_MODELS, Grid, main_grid, parse_named  # noqa: E402
+from pipelines.exits import InputError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         benches = {name: tuple(Path(d) for v in dirs for d in v.split(",") if d)
                    for name, dirs in parse_named(a.bench, "--bench").items()}
         models = parse_named(a.model, "--model") if a.model else dict(DEFAULT_MODELS)
-    except ValueError as err:
+    except InputError as err:
         p.error(str(err))
     missing = [str(d) for dirs in benches.values() for d in dirs if not (d / "manifest.json").is_file()]
     if missing:

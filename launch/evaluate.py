@@ -17,11 +17,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
 
 from ccl.metrics import to_markdown  # noqa: E402
-from pipelines.config import ConfigError  # noqa: E402
-from pipelines.exits import run_entry  # noqa: E402
+from pipelines.exits import USER_ERRORS, run_entry  # noqa: E402
 from shard_format.errors import ShardError  # noqa: E402
 
-EXPECTED = (ConfigError, ShardError, OSError, ValueError)  # one line, status 2 (see launch/train.py)
+EXPECTED = USER_ERRORS + (ShardError,)  # one line, status 2; anything else is a bug: its traceback, status 1
 
 
 def main(argv: list[str] | None = None) -> int:

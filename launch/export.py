@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
 
-from pipelines.config import ConfigError  # noqa: E402
+from pipelines.exits import USER_ERRORS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as err:
         print(f"error: {err}; install the deploy extra: pip install -e '.[deploy]'", file=sys.stderr)
         return 2
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except USER_ERRORS as err:  # anything else is a bug: its traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
     parity = info["parity"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
 
-from pipelines.exits import run_entry  # noqa: E402
+from pipelines.exits import USER_ERRORS, InputError, run_entry  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  skipped {path}: {reason}")
         return 0
 
-    return run_entry(body, (OSError, ValueError))  # ConfigError and DeployError are ValueErrors
+    return run_entry(body, USER_ERRORS)  # ConfigError and DeployError are InputErrors
 
 
 def _exported(args: argparse.Namespace):  # numpy, OpenCV and the model's runtime only: no torch
@@ -53,7 +53,7 @@ def _exported(args: argparse.Namespace):  # numpy, OpenCV and the model's runtim
     from pipelines.runtime import load_deployed
 
     if args.overrides:
-        raise ValueError(f"config overrides {args.overrides} apply to --checkpoint only; an exported graph is fixed")
+        raise InputError(f"config overrides {args.overrides} apply to --checkpoint only; an exported graph is fixed")
     model = load_deployed(args.model, args.threads)
     threshold = resolve_threshold(args.threshold, model.path.parent,
                                   "evaluate the training export, then export it again")

@@ -14,13 +14,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
 
-from pipelines.config import ConfigError, load_config  # noqa: E402
-from pipelines.exits import run_entry  # noqa: E402
+from pipelines.config import load_config  # noqa: E402
+from pipelines.exits import USER_ERRORS, run_entry  # noqa: E402
 from shard_format.errors import ShardError  # noqa: E402
 
-# One line and status 2; anything else prints its traceback (status 1). Either way a rank of a
-# multi-process run exits at once, without a collective, and the launcher ends the others.
-EXPECTED = (ConfigError, ShardError, OSError, FloatingPointError, ValueError)
+# One line and status 2: bad input (config, shards, files) and a training that diverged (non-finite losses).
+# Anything else is a bug and prints its traceback (status 1). Either way a rank of a multi-process run exits
+# at once, without a collective, and the launcher ends the others.
+EXPECTED = USER_ERRORS + (ShardError, FloatingPointError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines.exits import InputError
+
 STATE_NAME = "train_state.json"
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ def save_checkpoint(accelerator: Any, run_dir: str | Path, state: TrainState, na
 def load_checkpoint(accelerator: Any, path: str | Path, deterministic: bool = False) -> TrainState:
     """Restore model, optimizer and RNG of every rank; returns the loop state.
 
-    A damaged checkpoint is a ValueError naming the file; a missing or unreadable random state of
+    A damaged checkpoint is an InputError naming the file; a missing or unreadable random state of
     this rank is a warning (an error with ``run.deterministic``), never silent.
     """
     from pipelines.model import check_safetensors
@@ -70,7 +72,7 @@ def load_checkpoint(accelerator: Any, path: str | Path, deterministic: bool = Fa
     try:
         accelerator.load_state(str(path))
     except Exception as err:  # accelerate / DeepSpeed / torch.load name neither the file nor the cause well
-        raise ValueError(f"{path}: the checkpoint does not load ({type(err).__name__}: {err}); "
+        raise InputError(f"{path}: the checkpoint does not load ({type(err).__name__}: {err}); "
                          "resume from an intact copy or start a new run") from None
     return state
 
@@ -79,7 +81,7 @@ def read_state(path: Path) -> TrainState:
     try:
         return TrainState(**json.loads(path.read_text()))
     except (ValueError, TypeError) as err:
-        raise ValueError(f"{path}: not a training state written by this trainer ({err})") from None
+        raise InputError(f"{path}: not a training state written by this trainer ({err})") from None
 
 
 def check_random_state(checkpoint: Path, rank: int, deterministic: bool) -> None:
@@ -103,7 +105,7 @@ def check_random_state(checkpoint: Path, rank: int, deterministic: bool) -> None
     message = (f"{path} {problem}: rank {rank} resumes with a fresh random state, so augmentations differ from "
                "an uninterrupted run")
     if deterministic:
-        raise ValueError(message + " (run.deterministic=true makes this an error)")
+        raise InputError(message + " (run.deterministic=true makes this an error)")
     log.warning(message)
 
 

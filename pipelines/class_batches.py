@@ -10,8 +10,9 @@ emitted items if corrupt samples left the worker short. Items left over are drop
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Any, Hashable
+from typing import Any
 
 
 @dataclass

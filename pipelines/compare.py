@@ -23,11 +23,13 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
+from pipelines.exits import InputError
 from pipelines.jobs import Job, job_env, run_job
 
 # The two models of every comparison unless others are given: name -> overrides.
@@ -87,9 +89,9 @@ def parse_named(items: Sequence[str], what: str) -> dict[str, tuple[str, ...]]:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
-            raise ValueError(f"{what} {item!r} is not of the form NAME=VALUE")
+            raise InputError(f"{what} {item!r} is not of the form NAME=VALUE")
         if name.strip() in out:
-            raise ValueError(f"{what} {name.strip()!r} is given twice")
+            raise InputError(f"{what} {name.strip()!r} is given twice")
         out[name.strip()] = tuple(shlex.split(value))
     return out
 
@@ -196,8 +198,8 @@ def comparison_markdown(grid: Grid, records: Sequence[Mapping[str, Any]]) -> str
              f"to {ref} per seed, mean ± std (seeds where it is positive / seeds).", ""]
     for bench in grid.benches:
         for budget in grid.budgets:
-            lines += [f"## {bench}, {budget} epochs", "",
-                      "| model | seeds | " + " | ".join(TABLE_METRICS) + " |", "|---|---|" + "---|" * len(TABLE_METRICS)]
+            lines += [f"## {bench}, {budget} epochs", "", "| model | seeds | " + " | ".join(TABLE_METRICS) + " |",
+                      "|---|---|" + "---|" * len(TABLE_METRICS)]
             for model in models:
                 key = (bench, model, budget)
                 n = len(by_metric["I-AUROC"].get(key, {}))

@@ -14,12 +14,31 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Union
 
 import yaml
 
+from pipelines.exits import InputError
 
-class ConfigError(ValueError):
+# The fixed choices of string fields: a value outside them is refused when the config loads, with the list.
+# The library's own registries (ccl.models.projector.PROJECTORS, ccl.losses.global_variants.global_losses, ...)
+# must hold the same values: tests/pipelines/test_config.py compares them.
+Projector = Literal["4-cblocks", "2-cblocks", "2-mlp", "none"]
+GlobalLoss = Literal["supcon", "triplet", "npairs", "infonce"]
+KdMode = Literal["flat", "pixel"]  # flat (RD4AD) | pixel
+LocalPositives = Literal["class", "view"]
+LocalNegatives = Literal["window", "all"]
+LocalMatch = Literal["projected", "teacher"]
+Reduction = Literal["mean", "sum"]
+AugmentPreset = Literal["paper", "first-release", "official", "geometric"]
+ClassSource = Literal["raw", "pseudo"]
+Schedule = Literal["constant", "cosine"]
+Precision = Literal["no", "bf16", "fp16"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+WandbMode = Literal["online", "offline", "disabled"]
+
+
+class ConfigError(InputError):
     """A config file or override that does not fit the tree."""
 
 
@@ -36,19 +55,19 @@ class AugmentConfig:
     """The augmented view of the contrastive losses: a preset (ccl.data.transforms.AUGMENT_PRESETS: paper |
     first-release | official | geometric) whose fields may be overridden one by one (None: the preset's value)."""
 
-    preset: str = "paper"
-    crop_scale: Optional[tuple[float, float]] = None  # area fraction of the random crop
-    hflip: Optional[float] = None
-    vflip: Optional[float] = None
-    rotation: Optional[float] = None  # degrees, +-
-    brightness: Optional[float] = None
-    contrast: Optional[float] = None
-    saturation: Optional[float] = None
-    hue: Optional[float] = None
-    jitter_p: Optional[float] = None
-    grayscale: Optional[float] = None
-    blur_p: Optional[float] = None
-    blur_sigma: Optional[tuple[float, float]] = None
+    preset: AugmentPreset = "paper"
+    crop_scale: tuple[float, float] | None = None  # area fraction of the random crop
+    hflip: float | None = None
+    vflip: float | None = None
+    rotation: float | None = None  # degrees, +-
+    brightness: float | None = None
+    contrast: float | None = None
+    saturation: float | None = None
+    hue: float | None = None
+    jitter_p: float | None = None
+    grayscale: float | None = None
+    blur_p: float | None = None
+    blur_sigma: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -59,7 +78,7 @@ class DataConfig:
     num_workers: int = 2
     image_size: int = 256
     shuffle_buffer: int = 512
-    class_source: str = "raw"  # raw | pseudo
+    class_source: ClassSource = "raw"
     pseudo_file: str = ""  # sidecar name (beside the shards) or path; "" = pseudo_classes.json
     max_corrupt: int = 100  # abort after this many unreadable or lost samples in one epoch
     plan_ranks: int = 0  # ranks the data plan is cut for (0 = world size); a multiple of the world size
@@ -72,7 +91,7 @@ class ModelConfig:
     teacher: str = "wide_resnet50_2"  # any timm model with features_only
     pretrained: str = "hub"  # hub | none | offline | PATH (.pth / .safetensors)
     out_indices: tuple[int, ...] = (1, 2, 3)
-    projector: str = "4-cblocks"  # 4-cblocks | 2-cblocks | 2-mlp | none
+    projector: Projector = "4-cblocks"
     projector_residual: bool = False  # teacher + gain * projector(teacher), gain from 0 (starts as Joint RD)
     checkpoint: str = ""  # optional official RD4AD checkpoint (bn.*, decoder.*) to start from
     # The official CCL code's perturbation (not in the paper): with probability noise_prob per training step,
@@ -86,18 +105,18 @@ class LossConfig:
     lambda_local: float = 1.0
     lambda_global: float = 1.0
     temperature: float = 0.1
-    local_window: Union[int, str] = 1  # odd k or "full"
+    local_window: int | Literal["full"] = 1  # odd k or "full"
     local_scales: tuple[int, ...] = (0, 1, 2)  # indices into the teacher's scales
     local_chunk: int = 4096  # anchors per block for windows > 1
-    global_loss: str = "supcon"  # supcon | triplet | npairs | infonce
-    kd_mode: str = "flat"  # flat (RD4AD) | pixel
+    global_loss: GlobalLoss = "supcon"
+    kd_mode: KdMode = "flat"
     # Readings of Eq. 2-4 the paper leaves open (ccl/losses/local.py): positives from every same-class view
     # (class) or the sample's other view only (view, the official code); negatives in the window or at every
     # position (all); the positive's position chosen by the projected features or the frozen teacher's.
-    local_positives: str = "class"  # class | view
-    local_negatives: str = "window"  # window | all
-    local_match: str = "projected"  # projected | teacher
-    reduction: str = "mean"  # mean | sum over the anchors of the contrastive terms (Eq. 4-5 sum)
+    local_positives: LocalPositives = "class"
+    local_negatives: LocalNegatives = "window"
+    local_match: LocalMatch = "projected"
+    reduction: Reduction = "mean"  # over the anchors of the contrastive terms (Eq. 4-5 sum)
     contrastive_warmup: int = 0  # optimizer steps over which lambda1 and lambda2 ramp up from 0
 
 
@@ -110,14 +129,14 @@ class TrainConfig:
     lr_reference_batch: int = 16  # lrs are scaled by batch_size / this; 0 = no scaling
     betas: tuple[float, float] = (0.5, 0.999)
     weight_decay: float = 0.0
-    schedule: str = "constant"  # constant | cosine
+    schedule: Schedule = "constant"
     warmup_steps: int = 0
     grad_clip: float = 0.0  # max grad norm; 0 = off
     grad_accum: int = 1
-    precision: str = "no"  # no | bf16 | fp16 (DDP: autocast; DeepSpeed: its own casting; losses in float32)
+    precision: Precision = "no"  # (DDP: autocast; DeepSpeed: its own casting; losses in float32)
     compile: bool = False  # torch.compile the student path (projector, neck, decoder)
     compile_backend: str = "inductor"  # any of torch.compiler.list_backends()
-    compile_mode: str = "default"  # inductor: default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
+    compile_mode: CompileMode = "default"  # inductor's modes
     patience: int = 10  # early stopping: validations without improvement; 0 = off
     val_every: int = 1  # epochs
     eval_every: int = 0  # epochs between test-set evaluations; 0 = never during training
@@ -150,7 +169,7 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class WandbConfig:
-    mode: str = "disabled"  # online | offline | disabled
+    mode: WandbMode = "disabled"
     project: str = "ccl"
     entity: str = ""
     tags: tuple[str, ...] = ()
@@ -306,7 +325,12 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
                 return _coerce(value, option, where)
             except ConfigError:
                 continue
-        raise ConfigError(f"{where}: {value!r} is none of {[getattr(a, '__name__', a) for a in args]}")
+        raise ConfigError(f"{where}: {value!r} is none of {[_type_name(a) for a in args]}")
+    if origin is Literal:
+        if isinstance(value, str) and value in args:
+            return value
+        hint = " (YAML reads an unquoted no/yes/off/on as true/false: quote it)" if isinstance(value, bool) else ""
+        raise ConfigError(f"{where}={value!r} is not one of {list(args)}{hint}")
     if origin is tuple:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool) and args[-1] is Ellipsis:
             value = [value]  # a scalar where a list is expected: a one-element list
@@ -338,3 +362,9 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
             return str(value)
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     raise ConfigError(f"{where}: unsupported type {typ}")
+
+
+def _type_name(typ: Any) -> str:
+    if typing.get_origin(typ) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(typ))
+    return getattr(typ, "__name__", str(typ))

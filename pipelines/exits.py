@@ -5,6 +5,11 @@ the interpreter's finalisation (torch waits for loader workers there, and gloo m
 its loader workers and ends with ``os._exit``; the launcher sees the status and ends the other ranks.
 This module imports no torch (``launch/predict.py --model`` runs without it): a process group can only
 exist when torch.distributed was imported.
+
+Which errors are the user's: ``InputError`` (the base of ConfigError, DeployError, SlurmError and of every
+refusal of a file, path or value the user gave) and OSError (its text names the file). Entry points pass
+``USER_ERRORS`` plus their own (ShardError, a training that diverged) to ``run_entry``; every other
+exception, a ValueError from inside the library included, is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +20,17 @@ import signal
 import sys
 import threading
 import traceback
-from typing import Callable
+from collections.abc import Callable
+
+
+class InputError(ValueError):
+    """Bad input (a config, a path, a file's contents, an option) named in the message: one line, status 2.
+
+    A ValueError, so code that catches ValueError around the project's checks keeps working."""
+
+
+# OSError: a missing, unreadable or unwritable file; its message names the path.
+USER_ERRORS: tuple[type[BaseException], ...] = (InputError, OSError)
 
 
 def run_entry(body: Callable[[], int], expected: tuple[type[BaseException], ...]) -> int:

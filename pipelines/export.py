@@ -30,9 +30,17 @@ from ccl.data.image_ops import IMAGENET_MEAN, IMAGENET_STD
 from ccl.models.inference_graph import INPUT_KINDS, InferenceGraph
 from pipelines.checkpoint import replace_dir
 from pipelines.config import Config, to_dict
+from pipelines.exits import InputError
 from pipelines.model import INFO_NAME, load_export, read_info
-from pipelines.runtime import (DEPLOY_VERSION, FORMATS, INPUT_NAME, JIT_DEPRECATION, OUTPUT_NAMES, DeployError,
-                               load_deployed)
+from pipelines.runtime import (
+    DEPLOY_VERSION,
+    FORMATS,
+    INPUT_NAME,
+    JIT_DEPRECATION,
+    OUTPUT_NAMES,
+    DeployError,
+    load_deployed,
+)
 
 PARITY_TOLERANCE = 1e-4  # largest map difference allowed, relative to the map range
 
@@ -51,7 +59,7 @@ def parse_batch(batch: str | int) -> int | None:
     except ValueError:
         n = 0
     if n < 1:
-        raise ValueError(f"--batch must be 'dynamic' or a positive integer, got {batch!r}")
+        raise InputError(f"--batch must be 'dynamic' or a positive integer, got {batch!r}")
     return n
 
 
@@ -67,7 +75,8 @@ def example_input(input_kind: str, n: int, size: int, seed: int = 0) -> torch.Te
 # ---------------------------------------------------------------- writers: graph -> files in a directory
 
 
-def _write_onnx(graph: InferenceGraph, example: torch.Tensor, out: Path, dynamic: bool, name: str = "model.onnx") -> Path:
+def _write_onnx(graph: InferenceGraph, example: torch.Tensor, out: Path, dynamic: bool,
+                name: str = "model.onnx") -> Path:
     path = out / name
     shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic else None
     with warnings.catch_warnings():
@@ -108,16 +117,16 @@ def export_model(checkpoint: str | Path, fmt: str, out_dir: str | Path, image_si
                  batch: str | int = "dynamic", input_kind: str = "uint8") -> dict[str, Any]:
     """Write ``out_dir/model.{onnx,xml,pt}`` and ``out_dir/info.json``; returns the info."""
     if fmt not in WRITERS:
-        raise ValueError(f"--format must be one of {sorted(WRITERS)}, got {fmt!r}")
+        raise InputError(f"--format must be one of {sorted(WRITERS)}, got {fmt!r}")
     if input_kind not in INPUT_KINDS:
-        raise ValueError(f"--input must be one of {INPUT_KINDS}, got {input_kind!r}")
+        raise InputError(f"--input must be one of {INPUT_KINDS}, got {input_kind!r}")
     fixed = parse_batch(batch)
     out = Path(out_dir)
     _check_replaceable(out, Path(checkpoint))
     try:
         model, cfg = load_export(checkpoint)
     except RuntimeError as err:  # weights that do not fit the config: another version of the model code
-        raise ValueError(f"{Path(checkpoint)}: the weights do not fit its config.yaml ({err})") from None
+        raise InputError(f"{Path(checkpoint)}: the weights do not fit its config.yaml ({err})") from None
     size = int(image_size or cfg.data.image_size)
     graph = InferenceGraph(model, input_kind)
     _check_size(graph, size)
@@ -147,20 +156,20 @@ def _check_size(graph: InferenceGraph, size: int) -> None:
             InferenceGraph(graph.model, "uint8")(example_input("uint8", 1, size))
     except RuntimeError as err:
         step = 2 * max(graph.model.teacher.reductions)
-        raise ValueError(f"--image-size {size}: the model does not run at this size (use a multiple of {step}): "
+        raise InputError(f"--image-size {size}: the model does not run at this size (use a multiple of {step}): "
                          f"{str(err).splitlines()[0]}") from None
 
 
 def _check_replaceable(out: Path, checkpoint: Path) -> None:
     """Only an earlier deploy export (or nothing) may be replaced: never a training export or other files."""
     if out.resolve() == checkpoint.resolve():
-        raise ValueError(f"--out {out} is the checkpoint itself; choose another directory")
+        raise InputError(f"--out {out} is the checkpoint itself; choose another directory")
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; choose a directory")
+        raise InputError(f"--out {out} is a file; choose a directory")
     if out.exists() and any(out.iterdir()):
         previous = read_info(out) if (out / INFO_NAME).is_file() else {}
         if "deploy_version" not in previous:
-            raise ValueError(f"--out {out} exists and is not an export of launch/export.py; "
+            raise InputError(f"--out {out} exists and is not an export of launch/export.py; "
                              f"refusing to replace it (choose an empty or new directory)")
 
 
@@ -178,8 +187,10 @@ def deploy_info(cfg: Config, trained: dict[str, Any], fmt: str, size: int, batch
         "model_file": FORMATS[fmt],
         "image_size": size,
         "batch": "dynamic" if batch is None else batch,
-        "input": {"name": INPUT_NAME, "kind": input_kind, "layout": layout, "dtype": input_kind.replace("float", "float32"),
-                  "shape": ["batch" if batch is None else batch] + ([size, size, 3] if layout == "NHWC" else [3, size, size])},
+        "input": {"name": INPUT_NAME, "kind": input_kind, "layout": layout,
+                  "dtype": input_kind.replace("float", "float32"),
+                  "shape": ["batch" if batch is None else batch]
+                  + ([size, size, 3] if layout == "NHWC" else [3, size, size])},
         "outputs": {"anomaly_map": ["batch", size, size], "score": ["batch"]},
         "preprocessing": {
             "color": "RGB",

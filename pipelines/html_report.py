@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -122,7 +123,8 @@ def _curves(out: Path, result: dict[str, Any]) -> str:
         path = out / "curves" / f"{safe_name(ds)}.png"  # where write_reports put it
         if path.is_file():
             figures.append(f"<figure class='curves'><img alt='pixel ROC and PRO curves of {html.escape(ds)}' "
-                           f"src='{_data_uri(path.read_bytes(), 'image/png')}'><figcaption>{html.escape(ds)}: pixel ROC "
+                           f"src='{_data_uri(path.read_bytes(), 'image/png')}'>"
+                           f"<figcaption>{html.escape(ds)}: pixel ROC "
                            f"(left), PRO up to FPR {result.get('fpr_limit', 0.3)} (right)</figcaption></figure>")
     return "<h2>Curves</h2>\n" + ("".join(figures) or "<p>No pixel curves (no masks).</p>")
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines.config import ClassSource
 from shard_format.builds import ShardSet
 from shard_format.errors import ERROR_KEY, ShardError
 from shard_format.schema import META_EXTENSION, class_key
@@ -42,12 +43,11 @@ class Labels:
             raise ShardError(f"{sample.get('__url__')}:{sample.get('__key__')}: no class ({err!r})") from None
 
 
-def load_labels(shard_set: ShardSet, class_source: str, pseudo_file: str = "") -> Labels:
-    """Labels for ``data.class_source`` (raw | pseudo); pseudo files are ``{"k", "labels": {key: id}}``."""
+def load_labels(shard_set: ShardSet, class_source: ClassSource, pseudo_file: str = "") -> Labels:
+    """Labels for ``data.class_source`` (raw | pseudo, checked when the config loads); pseudo files are
+    ``{"k", "labels": {key: id}}``."""
     if class_source == "raw":
         return Labels(dict(shard_set.class_index), None, train_class_count(shard_set))
-    if class_source != "pseudo":
-        raise ValueError(f"data.class_source must be raw or pseudo, got {class_source!r}")
     merged: dict[str, int] = {}
     k = 0
     for build in shard_set.builds:

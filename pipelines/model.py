@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from ccl.models import RDCCL
 from pipelines.config import Config, load_config, save_config
+from pipelines.exits import InputError
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.yaml"
@@ -106,15 +107,16 @@ def load_export(export_dir: str | Path, overrides: list[str] | tuple[str, ...] =
 
 
 def check_safetensors(path: str | Path) -> None:
-    """ValueError naming ``path`` when it is not a complete safetensors file (header and data checked, nothing loaded)."""
+    """InputError naming ``path`` when it is not a complete safetensors file (header and data checked, nothing
+    loaded)."""
     try:
         with safe_open(str(path), "pt"):
             pass
     except (SafetensorError, OSError) as err:
-        raise ValueError(f"{path}: not a readable safetensors file, truncated or corrupt ({err})") from None
+        raise InputError(f"{path}: not a readable safetensors file, truncated or corrupt ({err})") from None
 
 
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file; ValueError naming it when it is truncated or corrupt."""
+    """The tensors of a safetensors file; InputError naming it when it is truncated or corrupt."""
     check_safetensors(path)
     return load_file(str(path))

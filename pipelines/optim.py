@@ -15,8 +15,6 @@ import torch
 
 from pipelines.config import Config, TrainConfig
 
-SCHEDULES = ("constant", "cosine")
-
 
 def scaled_lrs(cfg: Config) -> tuple[float, float]:
     """(projector lr, rest lr) after the linear batch-size scaling."""

@@ -20,13 +20,15 @@ import glob
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
 
 from ccl.data.image_ops import resize_image
+from pipelines.exits import InputError
 from pipelines.visualize import overlay, save_png
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -56,11 +58,11 @@ def resolve_threshold(threshold: str | float | None, info_dir: str | Path, hint:
         try:
             return float(threshold)
         except ValueError:
-            raise ValueError(f"--threshold must be 'auto' or a number, got {threshold!r}") from None
+            raise InputError(f"--threshold must be 'auto' or a number, got {threshold!r}") from None
     info = Path(info_dir) / "info.json"
     value = json.loads(info.read_text()).get("image_threshold") if info.is_file() else None
     if value is None:
-        raise ValueError(f"{info} holds no image_threshold: "
+        raise InputError(f"{info} holds no image_threshold: "
                          f"{hint or 'evaluate this export first (launch/evaluate.py --checkpoint ... --shards ...)'}"
                          " or pass --threshold VALUE")
     return float(value)
@@ -107,7 +109,8 @@ def predict(score: Score, image_size: int, spec: str | Path, out_dir: str | Path
             decision = "" if threshold is None else ("yes" if value >= threshold else "no")
             rows.append((str(path), value, decision))
             if vis:
-                save_png(heatmap_path(out, path.relative_to(root)), overlay(image, amap, None, 0.0 if vmax else None, vmax))
+                heatmap = overlay(image, amap, None, 0.0 if vmax else None, vmax)
+                save_png(heatmap_path(out, path.relative_to(root)), heatmap)
     write_csv(out / "scores.csv", ["path", "score", "anomalous"], [(p, f"{s:.6g}", d) for p, s, d in rows])
     if skipped:
         write_csv(out / "skipped.csv", ["path", "reason"], skipped)

@@ -18,12 +18,14 @@ from __future__ import annotations
 import json
 import warnings
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ccl.data.image_ops import normalize_array
+from pipelines.exits import InputError
 
 DEPLOY_VERSION = 1  # bumped when the layout of an export directory or its graph's interface changes
 INFO_NAME = "info.json"
@@ -35,7 +37,7 @@ JIT_DEPRECATION = r".*torch\.jit.* is deprecated"
 Run = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-class DeployError(ValueError):
+class DeployError(InputError):
     """An export directory or model file that cannot be used, or input the model does not take."""
 
 

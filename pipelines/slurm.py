@@ -25,14 +25,16 @@ import shlex
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
+
+from pipelines.exits import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = "configs/accelerate/ddp.yaml"
 
 
-class SlurmError(ValueError):
+class SlurmError(InputError):
     """The environment does not describe a SLURM job step this script can launch from."""
 
 

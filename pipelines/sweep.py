@@ -33,9 +33,10 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -326,7 +327,8 @@ def training_classes(builds: Sequence[str]) -> int | None:
             return None
         counts = manifest.get("counts", {})
         for split in ("train", "val"):
-            names |= {f"{manifest['dataset']}/{c}" for c, n in counts.get(split, {}).items() if n["normal"] + n["anomalous"]}
+            names |= {f"{manifest['dataset']}/{c}" for c, n in counts.get(split, {}).items()
+                      if n["normal"] + n["anomalous"]}
     return len(names)
 
 

@@ -17,14 +17,13 @@ import math
 import os
 import secrets
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from pipelines.config import Config, to_dict
-
-MODES = ("online", "offline", "disabled")
 
 
 class Tracker:
@@ -32,9 +31,7 @@ class Tracker:
         self.run_dir = Path(run_dir)
         self.is_main = is_main
         self.wandb: Any = None
-        mode = cfg.tracking.wandb.mode
-        if mode not in MODES:
-            raise ValueError(f"tracking.wandb.mode must be one of {MODES}, got {mode!r}")
+        mode = cfg.tracking.wandb.mode  # one of config.WandbMode, checked when the config loaded
         if not is_main:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -78,7 +75,8 @@ class Tracker:
         out = self.run_dir / "images"
         out.mkdir(exist_ok=True)
         for i, (image, _) in enumerate(images):
-            cv2.imwrite(str(out / f"{name.replace('/', '_')}_{step:07d}_{i:02d}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            path = out / f"{name.replace('/', '_')}_{step:07d}_{i:02d}.png"
+            cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         if self.wandb is not None:
             import wandb
 

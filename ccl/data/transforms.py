@@ -66,7 +66,8 @@ def augment_params(preset: str, **overrides: Any) -> dict[str, Any]:
     return {**AUGMENT_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
 
 
-def train_views(image: np.ndarray, size: int, rng: np.random.Generator, **augment: object) -> tuple[np.ndarray, np.ndarray]:
+def train_views(image: np.ndarray, size: int, rng: np.random.Generator,
+                **augment: object) -> tuple[np.ndarray, np.ndarray]:
     """(anchor, augmented) uint8 (size, size, 3) views of one training image.
 
     The anchor is the evaluation resize; the augmented view is cut from the resized image (cheap

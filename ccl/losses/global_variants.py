@@ -7,7 +7,7 @@ and takes the mean over this rank's 2B view-anchors against the global batch.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -40,7 +40,6 @@ exists. Window 1 at usual batch sizes fits in one block and runs without recompu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -48,7 +47,7 @@ from torch.utils.checkpoint import checkpoint
 from ccl.losses import gather
 from ccl.precision import float32_math
 
-Window = Union[int, str]
+Window = int | str
 POSITIVES = ("class", "view")
 NEGATIVES = ("window", "all")
 EPS = 1e-12  # F.normalize's floor of a norm: a zero feature has cosine 0 with everything
@@ -243,7 +242,8 @@ def local_contrastive_loss(
         raise ValueError(f"views differ in shape: {tuple(anchor.shape)} vs {tuple(augmented.shape)}")
     _check_switches(positives, negatives)
     if match is not None:
-        if match[0].shape[0] != anchor.shape[0] or match[0].shape[2:] != anchor.shape[2:] or match[0].shape != match[1].shape:
+        if (match[0].shape[0] != anchor.shape[0] or match[0].shape[2:] != anchor.shape[2:]
+                or match[0].shape != match[1].shape):
             raise ValueError(f"match maps {tuple(match[0].shape)} / {tuple(match[1].shape)} do not fit "
                              f"the projected maps {tuple(anchor.shape)}")
         match = torch.cat([match[0], match[1]])

@@ -9,8 +9,8 @@ as a separable conv on the tensor. Image score = max of the map.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -23,7 +23,8 @@ gather ``grids()``, ``align``, one all-reduce (sum) of ``state_tensors()``, an a
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -146,7 +147,10 @@ class AnomalyMetrics:
         """
         maps = list(anomaly_maps) if isinstance(anomaly_maps, (list, tuple)) else _numpy(anomaly_maps)
         n = len(maps)
-        mask_list = [None] * n if masks is None else (list(masks) if isinstance(masks, (list, tuple)) else _numpy(masks))
+        if masks is None:
+            mask_list = [None] * n
+        else:
+            mask_list = list(masks) if isinstance(masks, (list, tuple)) else _numpy(masks)
         if len(mask_list) != n:
             raise ValueError(f"{n} maps but {len(mask_list)} masks")
         groups = self._group_array(group_ids, n)
@@ -230,7 +234,7 @@ class AnomalyMetrics:
 
     # ------------------------------------------------------------ merging
 
-    def merge(self, other: "AnomalyMetrics") -> "AnomalyMetrics":
+    def merge(self, other: AnomalyMetrics) -> AnomalyMetrics:
         """Add ``other``'s state into this one (in place; groups matched by name; ``other`` is re-binned
         onto the common grids, which leaves its results unchanged)."""
         if (self.linear, self.bins) != (other.linear, other.bins):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 IMAGE_METRICS = ("I-AUROC", "I-AP", "I-F1max")
 PIXEL_METRICS = ("P-AUROC", "P-AP", "P-F1max", "AUPRO")

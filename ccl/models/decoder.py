@@ -8,7 +8,7 @@ layer3 -> 256 @64, with ConvTranspose2d k2 s2 up-sampling.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -44,7 +44,8 @@ class ReverseDecoder(nn.Module):
             # The first layer undoes the neck's stride 2, the others the teacher's scale steps.
             stride = 2 if k == 1 else reductions[scale + 1] // reductions[scale]
             layers = [ReverseBottleneck(c_in, planes, planes * width_mult, stride)]
-            layers += [ReverseBottleneck(planes * EXPANSION, planes, planes * width_mult) for _ in range(blocks[k - 1] - 1)]
+            layers += [ReverseBottleneck(planes * EXPANSION, planes, planes * width_mult)
+                       for _ in range(blocks[k - 1] - 1)]
             layers[-1].final_relu = not signed[scale]  # the scale's output matches the teacher's sign range
             setattr(self, f"layer{k}", nn.Sequential(*layers))
             c_in = planes * EXPANSION

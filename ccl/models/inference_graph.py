@@ -39,7 +39,7 @@ class InferenceGraph(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1), persistent=False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "InferenceGraph":
+    def train(self, mode: bool = True) -> InferenceGraph:
         return super().train(False)  # BatchNorm running statistics only: a deployed graph never trains
 
     def normalized(self, images: torch.Tensor) -> torch.Tensor:

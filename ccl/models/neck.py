@@ -11,7 +11,7 @@ bn_layer 3072 -> 2048 at 8x8 for 256 px inputs.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -49,7 +49,8 @@ class Projector(nn.Module):
         self.kind = kind
         self.residual = residual and kind != "none"
         self.stacks = nn.ModuleList([_stack(kind, c) for c in channels])
-        self.gains = nn.ParameterList([nn.Parameter(torch.zeros(1, c, 1, 1)) for c in channels] if self.residual else [])
+        gains = [nn.Parameter(torch.zeros(1, c, 1, 1)) for c in channels] if self.residual else []
+        self.gains = nn.ParameterList(gains)
 
     def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         if not self.residual:

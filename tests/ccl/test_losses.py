@@ -146,7 +146,7 @@ def test_npairs_and_triplet_match_loops():
     lab, n = labels + labels, 8
     npairs_ref, triplet_ref = 0.0, 0.0
     for i in range(n):
-        s = lambda j: float(f[i] @ f[j])  # noqa: E731
+        s = lambda j, i=i: float(f[i] @ f[j])  # noqa: E731
         other_view = (i + 4) % n
         negatives = [j for j in range(n) if lab[j] != lab[i]]
         npairs_ref += math.log(1 + sum(math.exp((s(j) - s(other_view)) / TAU) for j in negatives))
@@ -207,13 +207,15 @@ def test_local_rejects_bad_window():
 
 def test_kd_flat_and_pixel_match_formulas():
     g = torch.Generator().manual_seed(7)
-    t = [torch.randn(3, 4, 5, 5, generator=g, dtype=torch.float64), torch.randn(3, 8, 2, 2, generator=g, dtype=torch.float64)]
+    t = [torch.randn(3, 4, 5, 5, generator=g, dtype=torch.float64),
+         torch.randn(3, 8, 2, 2, generator=g, dtype=torch.float64)]
     s = [x + 0.7 * torch.randn(x.shape, generator=g, dtype=torch.float64) for x in t]
     flat_ref, pixel_ref = 0.0, 0.0
     for ti, si in zip(t, s):
         flat_ref += sum(1 - float(_unit(ti[n].flatten()) @ _unit(si[n].flatten())) for n in range(3)) / 3
         b, _, h, w = ti.shape
-        pix = [1 - float(_unit(ti[n, :, y, x]) @ _unit(si[n, :, y, x])) for n in range(b) for y in range(h) for x in range(w)]
+        pix = [1 - float(_unit(ti[n, :, y, x]) @ _unit(si[n, :, y, x]))
+               for n in range(b) for y in range(h) for x in range(w)]
         pixel_ref += sum(pix) / len(pix)
     assert kd_loss(t, s, "flat").item() == pytest.approx(flat_ref, rel=1e-10)
     assert kd_loss(t, s, "pixel").item() == pytest.approx(pixel_ref, rel=1e-10)

@@ -13,9 +13,11 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from ccl.losses import kd_loss  # noqa: E402
-from ccl.models import RDCCL, build_teacher  # noqa: E402
-from ccl.models import offline_weights  # noqa: E402
-
+from ccl.models import (  # noqa: E402
+    RDCCL,
+    build_teacher,
+    offline_weights,  # noqa: E402
+)
 
 # ----- the RD4AD reference: key -> shape of an official {"bn", "decoder"} checkpoint for wide_resnet50_2 -----
 
@@ -60,7 +62,8 @@ def rd4ad_decoder_keys() -> dict[str, tuple]:
 
 def _random_state(spec: dict[str, tuple], seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {k: (torch.tensor(7) if k.endswith("num_batches_tracked") else torch.randn(s, generator=g)) for k, s in spec.items()}
+    return {k: (torch.tensor(7) if k.endswith("num_batches_tracked") else torch.randn(s, generator=g))
+            for k, s in spec.items()}
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +71,7 @@ def wrn():
     return RDCCL(teacher="wide_resnet50_2", pretrained="none", projector="none")
 
 
+@pytest.mark.slow
 def test_wide_resnet50_shapes_match_rd4ad(wrn):
     x = torch.randn(1, 3, 256, 256)
     with torch.no_grad():
@@ -91,6 +95,7 @@ def rd4ad_checkpoint(tmp_path_factory):
     return ckpt, path
 
 
+@pytest.mark.slow
 def test_rd4ad_key_layout_matches_the_official_checkpoint(wrn):
     ours_neck = {k: tuple(v.shape) for k, v in wrn.neck.state_dict().items()}
     ours_dec = {k: tuple(v.shape) for k, v in wrn.decoder.state_dict().items()}
@@ -98,12 +103,14 @@ def test_rd4ad_key_layout_matches_the_official_checkpoint(wrn):
     assert ours_dec == rd4ad_decoder_keys()
 
 
+@pytest.mark.slow
 def test_rd4ad_checkpoint_loads_strictly_on_torchvision_weights(offline_hub, rd4ad_checkpoint):
     model = RDCCL(teacher="wide_resnet50_2.tv_in1k", pretrained="hub", projector="none")
     assert model.teacher.weights == "wide_resnet50_2.tv_in1k"
     ckpt, path = rd4ad_checkpoint
     model.load_rd4ad_checkpoint(str(path))  # memory* keys dropped, conv4 / bn4 ignored, the rest strict
-    torch.testing.assert_close(model.neck.bn_layer[0].downsample[0].weight, ckpt["bn"]["bn_layer.0.downsample.0.weight"])
+    torch.testing.assert_close(model.neck.bn_layer[0].downsample[0].weight,
+                               ckpt["bn"]["bn_layer.0.downsample.0.weight"])
     torch.testing.assert_close(model.decoder.layer3[5].conv3.weight, ckpt["decoder"]["layer3.5.conv3.weight"])
     # Strictness is real: a stray key that is not a memory key fails.
     bad = {"bn": dict(ckpt["bn"], extra=torch.zeros(1)), "decoder": ckpt["decoder"]}
@@ -115,6 +122,7 @@ def test_rd4ad_checkpoint_loads_strictly_on_torchvision_weights(offline_hub, rd4
     ("wide_resnet50_2", "hub", "wide_resnet50_2.racm_in1k"),  # the default teacher: timm's own weights
     ("wide_resnet50_2", "none", "random"),
 ])
+@pytest.mark.slow
 def test_rd4ad_checkpoint_on_other_teacher_weights_is_refused(offline_hub, rd4ad_checkpoint, teacher, pretrained,
                                                               holds):
     model = RDCCL(teacher=teacher, pretrained=pretrained, projector="none")
@@ -144,13 +152,15 @@ def test_a_local_weights_file_is_named_by_its_digest(tmp_path, monkeypatch):
     assert build_teacher("resnet18", str(weights)).weights == "resnet18.tv_in1k"
 
 
+@pytest.mark.slow
 def test_rd4ad_checkpoint_on_a_local_teacher_file_needs_torchvisions_file(tmp_path, monkeypatch, rd4ad_checkpoint):
     from ccl.models import teacher as teacher_module
 
     weights = tmp_path / "wrn50.pth"
     torch.save({}, weights)  # the refusal comes before any use of the file's tensors
     real = teacher_module._create  # random tensors instead of the (empty) file's; the name still comes from the file
-    monkeypatch.setattr(teacher_module, "_create", lambda name, out_indices, pretrained: real(name, out_indices, "none"))
+    monkeypatch.setattr(teacher_module, "_create",
+                        lambda name, out_indices, pretrained: real(name, out_indices, "none"))
     model = RDCCL(teacher="wide_resnet50_2", pretrained=str(weights), projector="none")
     with pytest.raises(ValueError, match=r"wide_resnet50_2-95faca4d\.pth"):
         model.load_rd4ad_checkpoint(str(rd4ad_checkpoint[1]))
@@ -168,6 +178,7 @@ def _batch(b: int = 4, size: int = 64, seed: int = 0):
     return x, x + 0.1 * torch.randn(x.shape, generator=g), torch.tensor([0, 1, 0, 1][:b])
 
 
+@pytest.mark.slow
 def test_teacher_frozen_and_eval_through_an_optimizer_step(small):
     x, aug, labels = _batch()
     before = {k: v.clone() for k, v in small.teacher.state_dict().items()}
@@ -214,7 +225,8 @@ def test_training_losses_compose(small):
     for k in ("loss", "kd", "lcl", "gcl"):
         assert out[k].dim() == 0 and torch.isfinite(out[k]), k
     assert out["lcl"] > 0 and out["gcl"] > 0
-    torch.testing.assert_close(out["loss"], out["kd"] + small.lambda_local * out["lcl"] + small.lambda_global * out["gcl"])
+    torch.testing.assert_close(out["loss"],
+                               out["kd"] + small.lambda_local * out["lcl"] + small.lambda_global * out["gcl"])
     g = out["global_features"]
     assert g.shape == (4, small.neck.out_channels) and not g.requires_grad
     torch.testing.assert_close(g.norm(dim=1), torch.ones(4))
@@ -231,6 +243,7 @@ def _teacher_batch_sizes(model: RDCCL, *args) -> list[int]:
     return seen, out
 
 
+@pytest.mark.slow
 def test_zero_lambdas_skip_their_terms():
     x, aug, labels = _batch()
     torch.manual_seed(0)
@@ -246,6 +259,7 @@ def test_zero_lambdas_skip_their_terms():
     assert seen == [8, ("neck", 4), ("neck", 4)] and out["lcl"].item() == 0 and out["gcl"] > 0
 
 
+@pytest.mark.slow
 def test_only_the_anchor_view_moves_the_neck_running_statistics():
     """Inference sees clean images: the augmented view must not leak into the BN running statistics."""
     x, aug, labels = _batch()
@@ -292,6 +306,7 @@ def test_projector_variants_keep_shapes(kind):
     assert (n_params == 0) == (kind == "none")
 
 
+@pytest.mark.slow
 def test_offline_mobilenet_matches_torchvision():
     torchvision = pytest.importorskip("torchvision")
     import timm
@@ -299,7 +314,8 @@ def test_offline_mobilenet_matches_torchvision():
     teacher = build_teacher("mobilenetv2_100", pretrained="offline")
     assert teacher.channels == [24, 32, 96] and teacher.reductions == [4, 8, 16]
     tv = torchvision.models.mobilenet_v2()
-    tv.load_state_dict(torch.load(offline_weights.offline_weights_path("mobilenetv2_100"), map_location="cpu", weights_only=True))
+    path = offline_weights.offline_weights_path("mobilenetv2_100")
+    tv.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     tv.eval()
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -354,6 +370,7 @@ def test_local_weights_file_and_bad_path(tmp_path):
         build_teacher("resnet18", pretrained=str(tmp_path / "nope.pth"))
 
 
+@pytest.mark.slow
 def test_decoder_output_sign_follows_the_teacher():
     """ResNet features are post-ReLU, MobileNetV2's linear bottlenecks are signed: the decoder must match."""
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
@@ -374,6 +391,7 @@ def _double_batch():
     return tuple(t.double() if t.is_floating_point() else t for t in _batch())
 
 
+@pytest.mark.slow
 def test_sum_reduction_scales_both_terms_by_the_anchor_count():
     """Eq. 4-5 sum over the batch: 2B anchor views, so "sum" = "mean" x 2B at world size 1."""
     x, aug, labels = _double_batch()
@@ -383,12 +401,14 @@ def test_sum_reduction_scales_both_terms_by_the_anchor_count():
     torch.testing.assert_close(total["kd"], mean["kd"])
 
 
+@pytest.mark.slow
 def test_contrastive_weight_scales_the_lambdas():
     x, aug, labels = _double_batch()
     out = _fresh(lambda_local=0.5, lambda_global=2.0)(x, aug, labels, contrastive_weight=0.25)
     torch.testing.assert_close(out["loss"], out["kd"] + 0.25 * (0.5 * out["lcl"] + 2.0 * out["gcl"]))
 
 
+@pytest.mark.slow
 def test_teacher_match_changes_only_which_positive_is_taken():
     """Class positives at window "full": matching by the teacher picks other positions than the projected
     arg-max, so the loss can only grow (the projected arg-max is the largest positive logit)."""
@@ -399,6 +419,7 @@ def test_teacher_match_changes_only_which_positive_is_taken():
     torch.testing.assert_close(teacher["kd"], projected["kd"])
 
 
+@pytest.mark.slow
 def test_feature_noise_perturbs_only_the_training_neck_input():
     x, aug, labels = _double_batch()
     clean = _fresh()
@@ -418,6 +439,7 @@ def test_feature_noise_perturbs_only_the_training_neck_input():
     assert torch.equal(_fresh(noise_prob=0.0)(x, aug, labels)["kd"], clean_out["kd"])
 
 
+@pytest.mark.slow
 def test_feature_noise_covers_about_half_of_the_positions():
     model = _fresh(noise_prob=1.0, noise_std=1.0)
     feats = [torch.zeros(4, 8, 16, 16, dtype=torch.float64)]
@@ -437,6 +459,7 @@ def test_bad_switches_are_refused(kw, match):
         RDCCL(teacher="resnet18", pretrained="none", **kw)
 
 
+@pytest.mark.slow
 def test_residual_projector_starts_as_the_teacher_and_learns_its_gain():
     x, aug, labels = _double_batch()
     model = _fresh(projector_residual=True)

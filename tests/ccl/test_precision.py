@@ -49,6 +49,7 @@ def model() -> RDCCL:
     return RDCCL(teacher="resnet18", projector="2-cblocks").train()
 
 
+@pytest.mark.slow
 def test_bf16_autocast_runs_the_convolutions_in_bf16_and_the_losses_in_float32(model, monkeypatch) -> None:
     x, aug, labels = _batch()
     with torch.no_grad():
@@ -57,7 +58,8 @@ def test_bf16_autocast_runs_the_convolutions_in_bf16_and_the_losses_in_float32(m
     hooks = [m.register_forward_hook(lambda m, i, o: dtypes["conv"].add(o.dtype))
              for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     reduce, rows = local_module._reduce, supcon_module.contrast_rows
-    monkeypatch.setattr(local_module, "_reduce", lambda sims, *a: dtypes["local sims"].add(sims.dtype) or reduce(sims, *a))
+    monkeypatch.setattr(local_module, "_reduce",
+                        lambda sims, *a: dtypes["local sims"].add(sims.dtype) or reduce(sims, *a))
     monkeypatch.setattr(supcon_module, "contrast_rows",
                         lambda f, *a: dtypes["global rows"].add(f.dtype) or rows(f, *a))
     try:

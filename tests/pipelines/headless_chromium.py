@@ -57,7 +57,7 @@ class Browser:
         self._next_id = 0
         self.events: list[dict[str, Any]] = []
 
-    def __enter__(self) -> "Browser":
+    def __enter__(self) -> Browser:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -117,7 +117,7 @@ class Browser:
                     raise RuntimeError("Chromium closed the pipe: " + self.proc.stderr.read().decode()[-2000:])
                 self._buffer += chunk
 
-    def open(self, url: str, width: int = 1280, height: int = 1600) -> "Page":
+    def open(self, url: str, width: int = 1280, height: int = 1600) -> Page:
         target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Page", "Runtime", "Log", "Network"):

@@ -20,7 +20,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # two forked gloo ranks per scenario
 
 
 def _scenario(name: str) -> dict[str, tuple[int, float]]:

@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _record(model: str, seed: int, mean: float, groups: dict[str, float]) -> dict:
     per_group = {g: {"I-AUROC": v, "P-AUROC": 0.5} for g, v in groups.items()}
-    return {"cell": Cell("b", model, 4, seed), "metrics": {"mean": {"I-AUROC": mean, "P-AUROC": 0.5}, "per_group": per_group}}
+    metrics = {"mean": {"I-AUROC": mean, "P-AUROC": 0.5}, "per_group": per_group}
+    return {"cell": Cell("b", model, 4, seed), "metrics": metrics}
 
 
 def test_statistics_by_hand() -> None:

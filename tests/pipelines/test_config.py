@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
-from pipelines.config import ConfigError, load_config, save_config
+from pipelines.config import Config, ConfigError, load_config, save_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,16 +22,25 @@ def test_documented_keys_exist_and_override() -> None:
         "loss.lambda_global=0", "loss.temperature=0.2", "tracking.wandb.mode=disabled", "data.plan_ranks=4",
         "train.sync_bn=false", "train.debug_checksums=true", "tracking.vis_every=0"])
     assert (cfg.run.dir, cfg.data.shards, cfg.data.batch_size, cfg.data.num_workers) == ("/tmp/x", ("a", "b"), 32, 0)
-    assert (cfg.train.epochs, cfg.train.max_steps, cfg.model.teacher, cfg.model.pretrained) == (50, 7, "resnet18", "none")
+    assert (cfg.train.epochs, cfg.train.max_steps, cfg.model.teacher, cfg.model.pretrained) == (
+        50, 7, "resnet18", "none")
     assert (cfg.loss.lambda_local, cfg.loss.lambda_global, cfg.loss.temperature) == (0.5, 0.0, 0.2)
     assert (cfg.tracking.wandb.mode, cfg.data.plan_ranks, cfg.train.sync_bn) == ("disabled", 4, False)
 
 
-def test_demo_config_is_cheap_and_offline() -> None:
+def test_demo_config_runs_offline_on_the_demo_build() -> None:
+    """`make demo` on a fresh machine: its teacher's weights come with the venv, nothing is uploaded."""
+    from ccl.models.offline_weights import OFFLINE
+    from pipelines.checks import check_batch, check_loss, check_model
+
     cfg = load_config(ROOT / "configs" / "demo.yaml")
-    assert cfg.data.shards == ("runs/demo/shards/demo",)
-    assert (cfg.model.teacher, cfg.model.pretrained) == ("mobilenetv2_100", "offline")
-    assert cfg.data.image_size <= 128 and cfg.train.epochs <= 16 and cfg.tracking.wandb.mode != "online"
+    assert cfg.data.shards == ("runs/demo/shards/demo",)  # where pipelines/demo.py builds the demo shards
+    assert cfg.model.pretrained == "offline" and cfg.model.teacher in OFFLINE
+    assert cfg.tracking.wandb.mode != "online"
+    for world in (1, 2):  # the demo trains on 2 processes; one works too
+        check_batch(cfg, world)
+    check_model(cfg)
+    check_loss(cfg)
 
 
 def test_unknown_keys_and_wrong_types_are_rejected() -> None:
@@ -58,3 +71,67 @@ def test_augment_preset_and_field_overrides_round_trip(tmp_path: Path) -> None:
     assert load_config(tmp_path / "c.yaml") == cfg
     with pytest.raises(ConfigError, match="data.augment.hue"):
         load_config(None, ["data.augment.hue=[1]"])
+
+
+def _choice_fields(cls: type = Config, prefix: str = "") -> dict[str, tuple[str, ...]]:
+    """Every config key typed as a fixed set of strings, with its values (found from the types, not listed here)."""
+    found = {}
+    for f in dataclasses.fields(cls):
+        typ = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(typ):
+            found.update(_choice_fields(typ, f"{prefix}{f.name}."))
+        elif typing.get_origin(typ) is typing.Literal:
+            found[prefix + f.name] = typing.get_args(typ)
+    return found
+
+
+def test_every_fixed_choice_is_refused_at_load_with_the_allowed_values(tmp_path: Path) -> None:
+    choices = _choice_fields()
+    assert {"model.projector", "loss.global_loss", "loss.kd_mode", "train.schedule", "train.precision",
+            "tracking.wandb.mode", "data.class_source", "data.augment.preset", "train.compile_mode"} <= set(choices)
+    for key, allowed in choices.items():
+        section, name = key.rsplit(".", 1)
+        for value in allowed:  # each allowed value loads (quoted: YAML reads a bare `no` as false)
+            assert _get(load_config(None, [f"{key}='{value}'"]), key) == value
+        bad_file = tmp_path / "bad.yaml"
+        bad_file.write_text(yaml.safe_dump(_nested(key, "bogus")))
+        for path, overrides in ((None, [f"{key}=bogus"]), (bad_file, [])):  # an override, a file
+            with pytest.raises(ConfigError) as err:
+                load_config(path, overrides)
+            assert f"{key}='bogus' is not one of {list(allowed)}" in str(err.value)
+    with pytest.raises(ConfigError, match=r"loss.local_window: 'half' is none of \['int', \"'full'\"\]"):
+        load_config(None, ["loss.local_window=half"])
+    assert load_config(None, ["loss.local_window=full"]).loss.local_window == "full"
+    with pytest.raises(ConfigError, match="quote it"):
+        load_config(None, ["train.precision=no"])
+
+
+def _get(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _nested(key: str, value: Any) -> dict[str, Any]:
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def test_config_choices_are_the_library_choices() -> None:
+    """The config's allowed values and the registries of the code that acts on them are the same sets."""
+    from ccl.data.transforms import AUGMENT_PRESETS
+    from ccl.losses.global_variants import global_losses
+    from ccl.losses.local import NEGATIVES, POSITIVES
+    from ccl.models.projector import PROJECTORS
+    from ccl.models.rdccl import KD_MODES, MATCHES, REDUCTIONS
+
+    choices = _choice_fields()
+    assert set(choices["model.projector"]) == set(PROJECTORS)
+    assert set(choices["loss.global_loss"]) == set(global_losses)
+    assert set(choices["loss.kd_mode"]) == set(KD_MODES)
+    assert set(choices["loss.local_positives"]) == set(POSITIVES)
+    assert set(choices["loss.local_negatives"]) == set(NEGATIVES)
+    assert set(choices["loss.local_match"]) == set(MATCHES)
+    assert set(choices["loss.reduction"]) == set(REDUCTIONS)
+    assert set(choices["data.augment.preset"]) == set(AUGMENT_PRESETS)

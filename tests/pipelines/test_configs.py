@@ -22,9 +22,17 @@ def _get(tree: dict, dotted: str):
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
-def test_every_config_file_loads(path: Path) -> None:
+def test_every_config_file_passes_the_entry_points_config_checks(path: Path) -> None:
+    """What launch/train.py checks before it reads any shard: batch arithmetic on one process and on the
+    processes the data plan is cut for, the loss settings, the teacher and its weights."""
+    from pipelines.checks import check_batch, check_compile, check_loss, check_model
+
     cfg = load_config(path)
-    assert cfg.data.batch_size // cfg.data.classes_per_batch >= 2  # SupCon needs a same-class partner
+    for world in {1, cfg.data.plan_ranks or 1}:
+        check_batch(cfg, world)
+    check_loss(cfg)
+    check_model(cfg)
+    check_compile(cfg)
 
 
 def test_base_holds_the_papers_settings() -> None:
@@ -37,14 +45,23 @@ def test_base_holds_the_papers_settings() -> None:
     assert (cfg.loss.local_window, cfg.loss.local_scales, cfg.loss.global_loss) == (1, (0, 1, 2), "supcon")
 
 
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+    return out
+
+
 @pytest.mark.parametrize("name", DATASETS)
-def test_dataset_configs_include_base_and_point_at_their_build(name: str) -> None:
-    assert "include: base.yaml" in (CONFIGS / f"{name}.yaml").read_text()
+def test_dataset_configs_are_base_pointed_at_their_build(name: str) -> None:
+    """A dataset's config is the paper's setting (base.yaml) with its build, its run directory and at most
+    the epochs and classes per batch changed (a dataset with few classes, or many images)."""
+    base = _flat(to_dict(load_config(CONFIGS / "base.yaml")))
     cfg = load_config(CONFIGS / f"{name}.yaml")
-    assert cfg.data.shards == (f"data/shards/{name}",)
-    assert cfg.run.dir == f"runs/{name}"
-    assert cfg.loss.temperature == 0.1 and cfg.model.teacher == "wide_resnet50_2"
-    assert 0 < cfg.train.epochs <= 200
+    changed = {k for k, v in _flat(to_dict(cfg)).items() if v != base[k]}
+    assert {"data.shards", "run.dir"} <= changed <= {"data.shards", "run.dir", "run.name", "train.epochs",
+                                                     "data.classes_per_batch"}, changed
+    assert (cfg.data.shards, cfg.run.dir) == ((f"data/shards/{name}",), f"runs/{name}")
 
 
 def test_all_in_all_trains_on_the_four_benchmarks() -> None:
@@ -78,7 +95,7 @@ def test_every_sweep_row_applies_on_top_of_base(path: Path) -> None:
             assert (list(got) if isinstance(got, (list, tuple)) else got) == value, (row.name, item)
 
 
-def _resolved(table: int | str, by: str = "name") -> dict[str, "object"]:
+def _resolved(table: int | str, by: str = "name") -> dict[str, object]:
     """Row name (or slug) -> the row's resolved config, planned as ``launch/sweep.py --table N`` plans it
     (on the sweep's own experiment config)."""
     plans = plan_sweep(load_sweep(table), out_dir="/nonexistent/sweep")
@@ -180,8 +197,10 @@ def test_rd4ad_config_takes_torchvisions_teacher_and_the_default_refuses_a_check
     ckpt = tmp_path / "wres50_bottle.pth"
     ckpt.write_bytes(b"not read by the check")
     rd4ad = load_config(CONFIGS / "rd4ad.yaml", [f"model.checkpoint={ckpt}"])
-    assert (rd4ad.model.teacher, rd4ad.model.pretrained, rd4ad.model.projector) == ("wide_resnet50_2.tv_in1k", "hub", "none")
-    assert (rd4ad.loss.lambda_local, rd4ad.loss.lambda_global, rd4ad.data.image_size, rd4ad.eval.sigma) == (0, 0, 256, 4)
+    assert (rd4ad.model.teacher, rd4ad.model.pretrained, rd4ad.model.projector) == (
+        "wide_resnet50_2.tv_in1k", "hub", "none")
+    assert (rd4ad.loss.lambda_local, rd4ad.loss.lambda_global, rd4ad.data.image_size, rd4ad.eval.sigma) == (
+        0, 0, 256, 4)
     check_model(rd4ad)
     for config, holds in (("mvtec.yaml", "wide_resnet50_2.racm_in1k"), ("base.yaml", "wide_resnet50_2.racm_in1k")):
         with pytest.raises(ConfigError, match=f"holds '{holds}'"):
@@ -193,10 +212,11 @@ def test_rd4ad_config_takes_torchvisions_teacher_and_the_default_refuses_a_check
 def test_readings_sweep_changes_one_switch_per_row_from_the_papers_reading() -> None:
     rows = _resolved("readings", by="slug")
     base = rows["local-negatives-window-default"]
-    l, m, d = base.loss, base.model, base.data
-    assert (l.local_negatives, l.local_positives, l.local_match, l.reduction) == ("window", "class", "projected", "mean")
-    assert (d.augment.preset, m.noise_prob, l.temperature, m.projector_residual) == ("paper", 0.0, 0.1, False)
-    assert l.lambda_local == 1.0 and l.lambda_global == 1.0 and m.projector == "4-cblocks"
+    loss, m, d = base.loss, base.model, base.data
+    assert (loss.local_negatives, loss.local_positives, loss.local_match, loss.reduction) == (
+        "window", "class", "projected", "mean")
+    assert (d.augment.preset, m.noise_prob, loss.temperature, m.projector_residual) == ("paper", 0.0, 0.1, False)
+    assert loss.lambda_local == 1.0 and loss.lambda_global == 1.0 and m.projector == "4-cblocks"
     changed = {slug: {k for k in ("loss", "model", "data") if getattr(cfg, k) != getattr(base, k)}
                for slug, cfg in rows.items()}
     assert rows["local-negatives-all-positions"].loss.local_negatives == "all"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+from sklearn.metrics import roc_auc_score
 
 from pipelines.demo import comparison_table
 
@@ -21,6 +25,20 @@ def test_comparison_table_by_hand():
     assert lines[3].startswith("| **mean** | 50.0 | 87.5 | - | - |")
 
 
+def _auroc_by_class(scores_csv: Path) -> dict[str, float]:
+    """I-AUROC per class from the written image scores, labelled by the keys' defect field (scikit-learn)."""
+    with open(scores_csv) as f:
+        rows = list(csv.DictReader(f))
+    by_group: dict[str, tuple[list[int], list[float]]] = {}
+    for row in rows:
+        dataset, cls, split, defect, _ = row["key"].split("/")
+        labels, scores = by_group.setdefault(f"{dataset}/{cls}", ([], []))
+        labels.append(int(defect != "good"))
+        scores.append(float(row["score"]))
+    return {group: roc_auc_score(labels, scores) for group, (labels, scores) in by_group.items()}
+
+
+@pytest.mark.slow
 def test_demo_pipeline_toy(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "pipelines.demo", "--out", str(out), "--toy", "--port", "29547"],
@@ -31,7 +49,12 @@ def test_demo_pipeline_toy(tmp_path):
     for run in ("joint_rd", "rd_ccl"):
         metrics = json.loads((out / run / "eval" / "metrics.json").read_text())
         assert sorted(g.split("/")[1] for g in metrics["per_group"]) == classes
-        assert 0.0 <= metrics["mean"]["I-AUROC"] <= 1.0
+        assert metrics["images"] == metrics["expected"] and not metrics["missing"]  # every test image scored
+        want = _auroc_by_class(out / run / "eval" / "image_scores.csv")  # 6 significant digits: no ties here
+        assert sorted(want) == sorted(metrics["per_group"])
+        for group, value in want.items():
+            assert metrics["per_group"][group]["I-AUROC"] == pytest.approx(value, abs=1e-9), (run, group)
+        assert metrics["mean"]["I-AUROC"] == pytest.approx(sum(want.values()) / len(want), abs=1e-9)
         assert (out / run / "export" / "model.safetensors").is_file()
     # Joint RD is plain RD: no contrastive terms and no projector in its export.
     joint = (out / "joint_rd" / "export" / "config.yaml").read_text()
@@ -39,4 +62,10 @@ def test_demo_pipeline_toy(tmp_path):
     table = (out / "comparison.md").read_text()
     assert "I-AUROC Joint RD" in table and "I-AUROC RD + CCL" in table
     assert sum(line.startswith("| demo/") for line in table.splitlines()) == len(classes)
+    joint, ccl = (json.loads((out / run / "eval" / "metrics.json").read_text()) for run in ("joint_rd", "rd_ccl"))
+    for group in joint["per_group"]:  # the table shows each run's own numbers, in percent
+        row = next(line for line in table.splitlines() if line.startswith(f"| {group} |"))
+        cells = [c.strip() for c in row.split("|")[2:4]]
+        assert cells == [f"{100 * joint['per_group'][group]['I-AUROC']:.1f}",
+                         f"{100 * ccl['per_group'][group]['I-AUROC']:.1f}"], row
     assert table in proc.stdout

@@ -19,6 +19,7 @@ from pipelines.jobs import free_port
 
 LABELS = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
 RANK_ROWS = (torch.tensor([0, 2, 4, 6]), torch.tensor([1, 3, 5, 7]))  # every rank holds all four classes
+pytestmark = pytest.mark.slow  # two gloo ranks
 
 
 # The paper's reading, and every other switch of the contrastive terms at once.

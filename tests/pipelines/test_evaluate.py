@@ -88,6 +88,7 @@ def reference(model: torch.nn.Module, builds: list[Path]) -> dict[str, dict]:
     return out
 
 
+@pytest.mark.slow
 def test_model_metrics_match_an_independent_exact_computation(setup: dict) -> None:
     model, cfg = setup["model"], setup["cfg"]
     out = setup["tmp"] / "single"
@@ -121,6 +122,7 @@ def test_model_metrics_match_an_independent_exact_computation(setup: dict) -> No
     assert top_file.name.endswith(top["key"].split("/")[-1] + ".png")
 
 
+@pytest.mark.slow
 def test_a_corrupt_sample_fails_the_evaluation_unless_partial_results_are_allowed(setup: dict) -> None:
     build = write_test_build(setup["tmp"] / "broken", "mvtec", ["bottle"], [4, 4], size=40, corrupt=[5])
     out = setup["tmp"] / "broken_eval"
@@ -137,6 +139,7 @@ def test_a_corrupt_sample_fails_the_evaluation_unless_partial_results_are_allowe
     assert read_info(setup["export"]) == info  # never a threshold from a partial set
 
 
+@pytest.mark.slow
 def test_run_evaluation_stores_the_threshold_of_a_complete_set(setup: dict) -> None:
     out = setup["tmp"] / "complete_eval"
     out.mkdir()
@@ -149,6 +152,7 @@ def test_run_evaluation_stores_the_threshold_of_a_complete_set(setup: dict) -> N
     assert json.loads((out / "metrics.json").read_text())["complete"] is True
 
 
+@pytest.mark.slow
 def test_truncated_shard_counts_its_lost_samples(setup: dict) -> None:
     build = write_test_build(setup["tmp"] / "trunc", "mvtec", ["bottle"], [4, 4], size=40)
     shard = build / "test-000000.tar"
@@ -181,6 +185,7 @@ def test_a_quick_look_is_never_complete_and_only_lost_samples_fail() -> None:
         check_complete(result(7, 10), allow_partial=False)
 
 
+@pytest.mark.slow
 def test_heatmap_folders_from_shard_json_stay_inside_out(setup: dict, tmp_path: Path) -> None:
     """Names from the records become paths: an escaping group is refused as a bad record; the rest are
     sanitised before any folder is made."""
@@ -293,6 +298,7 @@ def test_standalone_maps_and_masks(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "metrics.md").is_file() and (tmp_path / "out" / "curves" / "all.png").is_file()
 
 
+@pytest.mark.slow
 def test_an_official_rd4ad_checkpoint_is_evaluated_on_its_class_with_torchvision_weights(
         tmp_path: Path, offline_hub, capsys) -> None:
     """configs/rd4ad.yaml + model.checkpoint: the checkpoint's neck and decoder on the tv_in1k teacher, only the

@@ -22,6 +22,7 @@ from tests.pipelines.deploy_fixtures import SIZE, DeployRuns
 
 pytest.importorskip("onnxruntime", reason="the deploy tests need the extra: pip install -e '.[deploy]'")
 pytest.importorskip("openvino", reason="the deploy tests need the extra: pip install -e '.[deploy]'")
+pytestmark = pytest.mark.slow  # end to end: evaluated exports through the three exporters and runtimes
 
 # (model, format, extra export arguments): each format for both models; a fixed batch (padded by the
 # runtime: 30 images in chunks of 4) and a graph taking normalised float input ride along.
@@ -79,7 +80,8 @@ def test_info_json_describes_the_graph_and_its_training(deploy_runs: DeployRuns,
 def test_another_image_size_exports_without_the_threshold(deploy_runs: DeployRuns, tmp_path: Path, capsys) -> None:
     export = str(deploy_runs.export("ccl"))
     out = tmp_path / "at96"
-    assert export_main(["--checkpoint", export, "--format", "torchscript", "--out", str(out), "--image-size", "96"]) == 0
+    args = ["--checkpoint", export, "--format", "torchscript", "--out", str(out), "--image-size", "96"]
+    assert export_main(args) == 0
     info = json.loads((out / "info.json").read_text())
     assert info["image_size"] == 96 and info["image_threshold"] is None and "64 px" in info["image_threshold_source"]
     assert "no image threshold" in capsys.readouterr().out

@@ -35,6 +35,7 @@ def expected_marks(eval_dir: Path, threshold: float, n: int = 2) -> dict[str, st
     return marks
 
 
+@pytest.mark.slow
 def test_report_as_a_person_sees_it_in_chromium(deploy_runs: DeployRuns, tmp_path: Path) -> None:
     binary = find_chromium()
     if binary is None:
@@ -46,15 +47,18 @@ def test_report_as_a_person_sees_it_in_chromium(deploy_runs: DeployRuns, tmp_pat
     with Browser(binary, tmp_path / "profile") as browser:
         page = browser.open((eval_dir / "report.html").as_uri(), WIDTH, HEIGHT)
         first_screen = page.screenshot()
-        table = page.evaluate("""(() => { const t = document.getElementById('metrics'); const r = t.getBoundingClientRect();
+        table = page.evaluate("""(() => {
+            const t = document.getElementById('metrics'); const r = t.getBoundingClientRect();
             return {top: r.top, width: r.width, height: r.height, visible: getComputedStyle(t).visibility,
                     head: [...t.tHead.rows[0].cells].map(c => c.textContent),
                     rows: [...t.tBodies[0].rows].map(r => [...r.cells].map(c => c.textContent)),
                     foot: [...t.tFoot.rows].map(r => r.cells[0].textContent)}; })()""")
-        images = page.evaluate("""[...document.images].map(i => ({ok: i.complete && i.naturalWidth > 0, w: i.naturalWidth,
+        images = page.evaluate("""[...document.images].map(i => ({
+            ok: i.complete && i.naturalWidth > 0, w: i.naturalWidth,
             shown: i.getBoundingClientRect().width, cls: i.parentElement.className,
             caption: i.parentElement.querySelector('figcaption').textContent,
-            group: (i.closest('section') || {}).querySelector ? i.closest('section').querySelector('h3').textContent : ''}))""")
+            group: (i.closest('section') || {}).querySelector
+                ? i.closest('section').querySelector('h3').textContent : ''}))""")
         header = page.evaluate("JSON.parse(JSON.stringify(document.querySelector('#metrics thead th:nth-child(2)')"
                                ".getBoundingClientRect()))")
         column = "[...document.querySelectorAll('#metrics tbody tr')].map(r => r.cells[0].textContent)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pipelines.config import load_config
@@ -10,6 +11,7 @@ from pipelines.model import build_model, load_export, save_export
 TINY = ["model.teacher=resnet18", "model.pretrained=none", "model.projector=2-mlp", "data.image_size=64"]
 
 
+@pytest.mark.slow
 def test_export_round_trip_rebuilds_the_same_model(tmp_path):
     cfg = load_config(None, TINY)
     torch.manual_seed(123)  # the global RNG must not decide the teacher's random weights

