@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ccl.data.transforms import normalize_batch  # noqa: E402
+from ccl.data.transforms import augment_params, normalize_batch  # noqa: E402
 from pipelines.class_batches import batch_layout  # noqa: E402
 from pipelines.config import AugmentConfig  # noqa: E402
 from pipelines.labels import load_labels  # noqa: E402
@@ -90,7 +90,7 @@ def full_rate(build: Path, normalize: bool) -> float:
     shard_set = open_builds([build])
     labels = load_labels(shard_set, "raw")
     spec = StreamSpec(shard_set.sizes("train"), 16, tuple(batch_layout(16, 8, 1, labels.num_classes)), 1, 1, 0,
-                      1, 0, 0, 256, asdict(AugmentConfig()), labels, shuffle_buffer=64)
+                      1, 0, 0, 256, augment_params(**asdict(AugmentConfig())), labels, shuffle_buffer=64)
     start, n = time.perf_counter(), 0
     for batch in TrainStream(spec):
         if normalize:

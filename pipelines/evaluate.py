@@ -38,6 +38,7 @@ from pipelines.config import Config, ConfigError, load_config
 from pipelines.distributed import make_accelerator, shutdown
 from pipelines.eval_data import class_test_count, eval_loader, eval_plan
 from pipelines.exact_reader import ExactBatch
+from pipelines.exits import InputError
 from pipelines.extremes import Extremes, Payload, render_extremes
 from pipelines.html_report import write_report
 from pipelines.map_files import iter_map_files, list_map_files
@@ -185,7 +186,7 @@ def evaluate_maps(maps_dir: str | Path, masks_dir: str | Path | None, out_dir: s
         try:
             metrics.update([amap], [mask], [group])
         except ValueError as err:
-            raise ValueError(f"{where}: {err}") from None
+            raise InputError(f"{where}: {err}") from None
         keys.append(key)
     if not keys:
         raise FileNotFoundError(f"{maps_dir}: no anomaly maps (.npy or .png) found")
@@ -317,7 +318,7 @@ def set_aside(path: Path) -> None:
 def _checkpoint_config(config: str | Path | None, overrides: Sequence[str]) -> Config:
     """The config of an official RD4AD checkpoint's evaluation (``configs/rd4ad.yaml model.checkpoint=PATH``)."""
     if config is None:
-        raise ValueError("give an export (--checkpoint RUN/export) or a config naming an RD4AD checkpoint")
+        raise InputError("give an export (--checkpoint RUN/export) or a config naming an RD4AD checkpoint")
     cfg = load_config(config, list(overrides))
     if not cfg.model.checkpoint:
         raise ConfigError(f"{config}: evaluating a config needs model.checkpoint=PATH (an official RD4AD checkpoint)")

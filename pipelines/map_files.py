@@ -12,23 +12,25 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipelines.exits import InputError
+
 MAP_EXTENSIONS = (".npy", ".png", ".tif", ".tiff")
 MASK_EXTENSIONS = (".png", ".npy", ".bmp", ".tif", ".tiff", ".jpg")
 
 
 def read_array(path: Path) -> np.ndarray:
-    """A 2-D array from .npy or an image file (16-bit PNGs keep their values); ValueError naming the file."""
+    """A 2-D array from .npy or an image file (16-bit PNGs keep their values); InputError naming the file."""
     try:
         array = np.load(path) if path.suffix == ".npy" else cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: cannot read ({err})") from None
+        raise InputError(f"{path}: cannot read ({err})") from None
     if array is None:
-        raise ValueError(f"{path}: cannot read (not an image)")
+        raise InputError(f"{path}: cannot read (not an image)")
     array = np.squeeze(np.asarray(array))
     if array.ndim == 3:  # a colour-saved map or mask: its first channel
         array = array[..., 0]
     if array.ndim != 2:
-        raise ValueError(f"{path}: expected a 2-D map, got shape {array.shape}")
+        raise InputError(f"{path}: expected a 2-D map, got shape {array.shape}")
     return array
 
 
@@ -71,6 +73,6 @@ def iter_map_files(maps_dir: str | Path, masks_dir: str | Path | None,
         mask_path = find_mask(masks_root, rel)
         mask = read_array(mask_path) > 0 if mask_path is not None else np.zeros(amap.shape, bool)
         if mask.shape != amap.shape:
-            raise ValueError(f"{path}: map {amap.shape} and mask {mask_path} {mask.shape} differ in size")
+            raise InputError(f"{path}: map {amap.shape} and mask {mask_path} {mask.shape} differ in size")
         where = f"{path}" + (f" (mask {mask_path})" if mask_path is not None else "")
         yield str(rel.with_suffix("")), group, amap, mask, where
