@@ -37,6 +37,12 @@ case "$GRID" in
   long) SEEDS="0"; BUDGETS="48"; MODELS=(--model "$JOINT" --model "RD + CCL=" --model "official=$OFFICIAL");;
   *) echo "unknown grid $GRID" >&2; exit 2;;
 esac
+# The grids ran before configs/demo.yaml took the residual projector: every model that does not choose
+# its projector gets the paper's, as it had then.
+for i in "${!MODELS[@]}"; do
+  m=${MODELS[$i]}
+  if [[ $m == *=* && $m != *projector_residual=* ]]; then MODELS[$i]="${m%%=*}=model.projector_residual=false ${m#*=}"; fi
+done
 $PY launch/compare.py ${DRY:-} --config configs/demo.yaml \
   --bench demo=${DEMO_SHARDS:-runs/demo/shards/demo} --bench inspect=${INSPECT_SHARDS:-runs/bench/shards/inspect} \
   --seeds $SEEDS --budgets $BUDGETS --out "$OUT" --jobs ${JOBS:-1} --processes ${PROCESSES:-2} "${MODELS[@]}" \
