@@ -213,12 +213,6 @@ def _view_masks(view_labels: torch.Tensor, all_view_labels: torch.Tensor, offset
     return _Masks(candidate=sibling | ~same_class, partner=sibling)
 
 
-def _check_switches(positives: str, negatives: str) -> None:
-    if positives not in POSITIVES or negatives not in NEGATIVES:
-        raise ValueError(f"local CL positives must be one of {POSITIVES} and negatives one of {NEGATIVES}, "
-                         f"got {positives!r} / {negatives!r}")
-
-
 @float32_math
 def local_contrastive_loss(
     anchor: torch.Tensor,
@@ -240,12 +234,9 @@ def local_contrastive_loss(
     """
     if anchor.shape != augmented.shape:
         raise ValueError(f"views differ in shape: {tuple(anchor.shape)} vs {tuple(augmented.shape)}")
-    _check_switches(positives, negatives)
-    if match is not None:
-        if (match[0].shape[0] != anchor.shape[0] or match[0].shape[2:] != anchor.shape[2:]
-                or match[0].shape != match[1].shape):
-            raise ValueError(f"match maps {tuple(match[0].shape)} / {tuple(match[1].shape)} do not fit "
-                             f"the projected maps {tuple(anchor.shape)}")
+    if match is not None:  # how the pair fits the projected maps is checked once, below
+        if match[0].shape != match[1].shape:
+            raise ValueError(f"match maps differ in shape: {tuple(match[0].shape)} vs {tuple(match[1].shape)}")
         match = torch.cat([match[0], match[1]])
     return local_contrastive_views(torch.cat([anchor, augmented]), labels, temperature, window, rank, world_size,
                                    chunk, positives, negatives, match)
@@ -270,7 +261,9 @@ def local_contrastive_views(
     ``match`` (2B, C', h, w) in the same order chooses the positive positions (no gradient). Equal to
     ``local_contrastive_loss(views[:B], views[B:], ...)`` without copying the halves apart.
     """
-    _check_switches(positives, negatives)
+    if positives not in POSITIVES or negatives not in NEGATIVES:
+        raise ValueError(f"local CL positives must be one of {POSITIVES} and negatives one of {NEGATIVES}, "
+                         f"got {positives!r} / {negatives!r}")
     n, _, h, w = views.shape
     if n != 2 * labels.shape[0]:
         raise ValueError(f"{n} views for {labels.shape[0]} labels: expected anchor and augmented view of each sample")
