@@ -17,7 +17,6 @@ from typing import Any
 
 @dataclass
 class BatchStats:
-    batches: int = 0
     relaxed: int = 0  # batches that are not c classes x >= K (tail of a stream)
     padded: int = 0  # repeated items standing in for missing ones
     dropped: int = 0  # items left in the buffer after the last batch (the epoch's remainder)
@@ -73,7 +72,6 @@ class ClassBatcher:
             self.buffer[c] = self.buffer[c][n:]
             if not self.buffer[c]:
                 del self.buffer[c]
-        self.stats.batches += 1
         self.emitted = batch
         return batch
 
@@ -88,7 +86,6 @@ class ClassBatcher:
                 sizes[i] += 1
         extra = [c for c in order[len(classes):]]
         batch = self._take(classes, sizes) if classes else []
-        self.stats.batches -= 1 if classes else 0
         relaxed = len(classes) < len(self.sizes) or any(n < 2 for n in sizes)
         while len(batch) < total and extra:  # other classes' leftovers (each a class of its own)
             c = extra.pop(0)
@@ -103,7 +100,6 @@ class ClassBatcher:
         if missing and padding:
             batch += [padding[i % len(padding)] for i in range(missing)]
             self.stats.padded += missing
-        self.stats.batches += 1
         self.stats.relaxed += int(relaxed)
         self.emitted = batch
         return batch

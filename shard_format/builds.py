@@ -75,7 +75,7 @@ def shard_file_problems(shard_set: ShardSet, splits: Sequence[str]) -> tuple[lis
             path = Path(info.url)
             if not path.is_file():
                 missing.append(f"shard {path} listed in {info.build}/{MANIFEST_NAME} does not exist")
-            elif info.bytes >= 0 and path.stat().st_size != info.bytes:
-                resized.append(f"shard {path}: {path.stat().st_size} bytes, {info.build}/{MANIFEST_NAME} says "
+            elif info.bytes >= 0 and (size := path.stat().st_size) != info.bytes:
+                resized.append(f"shard {path}: {size} bytes, {info.build}/{MANIFEST_NAME} says "
                                f"{info.bytes} (truncated or replaced)")
     return missing, resized

@@ -12,9 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from shard_format.errors import ShardError
-from shard_format.schema import BUILDER_VERSION, MANIFEST_NAME, SPLITS, SchemaError, validate_manifest
-
-SHARD_KEYS = ("name", "split", "samples", "bytes", "sha256")  # one shard's entry
+from shard_format.schema import (
+    BUILDER_VERSION,
+    MANIFEST_NAME,
+    SHARD_KEYS,
+    SPLITS,
+    SchemaError,
+    validate_manifest,
+)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ CLASS_EXTENSION = "cls"
 NORMAL_DEFECT = "good"
 
 MANIFEST_NAME = "manifest.json"
+SHARD_KEYS = ("name", "split", "samples", "bytes", "sha256")  # one shard's entry in the manifest
 BUILDER_VERSION = "1"
 # Manifest keys: {"builder_version", "dataset", "args", "classes": {"dataset/class": id},
 #  "counts": {split: {class_name: {"normal": n, "anomalous": n}}},
@@ -152,7 +153,7 @@ def validate_manifest(manifest: Any, where: str = MANIFEST_NAME) -> None:
     need(isinstance(manifest["shards"], list), "shards must be a list")
     for i, entry in enumerate(manifest["shards"]):
         need(isinstance(entry, dict), f"shards[{i}] must be an object, got {entry!r:.80}")
-        missing = [k for k in ("name", "split", "samples", "bytes", "sha256") if k not in entry]
+        missing = [k for k in SHARD_KEYS if k not in entry]
         need(not missing, f"shards[{i}] lacks {missing}")
         name = entry["name"]
         parsed = parse_shard_name(name) if isinstance(name, str) else None

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ccl.data.image_ops import interpolation
+from ccl.data.image_ops import interpolation, resize_image  # noqa: F401  (the builder's resize: the shared rule)
 
 # Parallelism comes from worker processes; one OpenCV thread each keeps 1-vs-N scaling honest.
 cv2.setNumThreads(1)
@@ -95,11 +95,6 @@ def binary_mask(data: bytes) -> np.ndarray:
     """A mask file as bool HxW: any non-zero value is defect (VisA stores defect ids 1..N)."""
     array = decode(data, "mask")
     return array.any(axis=2) if array.ndim == 3 else array != 0
-
-
-def resize_image(array: np.ndarray, size: int) -> np.ndarray:
-    """Any image array -> size x size, by the shared resize rule."""
-    return cv2.resize(array, (size, size), interpolation=interpolation(array.shape, size))
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
