@@ -42,14 +42,7 @@ from pipelines.exits import InputError
 from pipelines.extremes import Extremes, Payload, render_extremes
 from pipelines.html_report import write_report
 from pipelines.map_files import iter_map_files, list_map_files
-from pipelines.model import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    build_model,
-    load_export,
-    read_info,
-    write_info,
-)
+from pipelines.model import build_model, export_config, model_of_export, read_info, write_info
 from pipelines.tracking import Tracker
 from shard_format.builds import ShardSet, open_builds, shard_file_problems
 from shard_format.errors import ShardError
@@ -266,14 +259,7 @@ def run_evaluation(checkpoint: str | Path | None, shards: Sequence[str | Path], 
     is stored only from a complete set.
     """
     export = Path(checkpoint) if checkpoint is not None else None
-    if export is not None:
-        for name in (WEIGHTS_NAME, CONFIG_NAME):
-            if not (export / name).is_file():
-                raise FileNotFoundError(f"{export} is not an export: {name} is missing "
-                                        "(train first, or point at RUN/export)")
-        cfg = load_config(export / CONFIG_NAME, list(overrides))
-    else:
-        cfg = _checkpoint_config(config, overrides)
+    cfg = export_config(export, overrides) if export is not None else _checkpoint_config(config, overrides)
     shard_set = open_builds(list(shards))  # bad shards fail here, before any process group exists
     class_test_count(shard_set, cfg.eval.classes)  # and so does an unknown eval.classes entry
     missing, resized = shard_file_problems(shard_set, ("test",))
@@ -283,7 +269,7 @@ def run_evaluation(checkpoint: str | Path | None, shards: Sequence[str | Path], 
         raise ShardError(f"{missing[0]} ({len(missing)} test shard(s) missing; "
                          "eval.allow_partial=true scores the rest)")
     # The model on the CPU first: a damaged export or checkpoint fails here too.
-    model = load_export(export, list(overrides))[0] if export is not None else build_model(cfg).eval()
+    model = model_of_export(export, cfg) if export is not None else build_model(cfg).eval()
     out = Path(out_dir) if out_dir is not None else (export.parent if export else Path(cfg.run.dir)) / "eval"
     accelerator = make_accelerator(cfg)
     model = model.to(accelerator.device)

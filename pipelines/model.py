@@ -93,17 +93,28 @@ def read_info(export_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def load_export(export_dir: str | Path, overrides: list[str] | tuple[str, ...] = (),
-                device: str | torch.device = "cpu") -> tuple[RDCCL, Config]:
-    """Rebuild the model of an export in eval mode, with its config (``overrides`` applied)."""
+def export_config(export_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The config of an export (``overrides`` applied), after checking that it is one."""
     export = Path(export_dir)
     for name in (WEIGHTS_NAME, CONFIG_NAME):
         if not (export / name).is_file():
-            raise FileNotFoundError(f"{export} is not an export: {name} is missing (train first)")
-    cfg = load_config(export / CONFIG_NAME, overrides)
+            raise FileNotFoundError(f"{export} is not an export: {name} is missing "
+                                    "(train first, or point at RUN/export)")
+    return load_config(export / CONFIG_NAME, list(overrides))
+
+
+def model_of_export(export_dir: str | Path, cfg: Config, device: str | torch.device = "cpu") -> RDCCL:
+    """The model of an export in eval mode, built from its config ``cfg`` (see ``export_config``)."""
     model = build_model(cfg, start_checkpoint=False)  # the export supersedes any starting point
-    model.load_trainable_state_dict(read_safetensors(export / WEIGHTS_NAME), strict=True)
-    return model.to(device).eval(), cfg
+    model.load_trainable_state_dict(read_safetensors(Path(export_dir) / WEIGHTS_NAME), strict=True)
+    return model.to(device).eval()
+
+
+def load_export(export_dir: str | Path, overrides: list[str] | tuple[str, ...] = (),
+                device: str | torch.device = "cpu") -> tuple[RDCCL, Config]:
+    """Rebuild the model of an export in eval mode, with its config (``overrides`` applied)."""
+    cfg = export_config(export_dir, overrides)
+    return model_of_export(export_dir, cfg, device), cfg
 
 
 def check_safetensors(path: str | Path) -> None:
