@@ -75,10 +75,6 @@ class DeployedModel:
         self._run, shape = _BACKENDS[self.info["format"]](self.path, threads)
         self._check_graph_input(shape)
 
-    @property
-    def threshold(self) -> float | None:
-        return self.info.get("image_threshold")
-
     def _expected_input(self) -> list[int | None]:
         s = self.image_size
         return [self.batch, s, s, 3] if self.input_kind == "uint8" else [self.batch, 3, s, s]
