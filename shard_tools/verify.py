@@ -19,7 +19,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from shard_format.errors import ERROR_KEY, ShardError  # noqa: E402
-from shard_format.manifest import sum_counts  # noqa: E402
+from shard_format.manifest import read_manifest, sum_counts  # noqa: E402
 from shard_format.reader import iter_range  # noqa: E402
 from shard_format.schema import (  # noqa: E402
     CLASS_EXTENSION,
@@ -31,7 +31,6 @@ from shard_format.schema import (  # noqa: E402
     class_key,
     make_key,
     parse_shard_name,
-    validate_manifest,
     validate_meta,
 )
 from shard_format.writer import file_sha256  # noqa: E402
@@ -44,13 +43,11 @@ def verify_build(path: Path | str) -> list[str]:
     """Every problem found in the build at ``path`` (empty when it is sound)."""
     directory = Path(path)
     try:
-        manifest = json.loads((directory / MANIFEST_NAME).read_text())
-    except (OSError, ValueError) as exc:
-        return [f"{directory / MANIFEST_NAME}: cannot read the manifest ({exc.__class__.__name__}: {exc})"]
-    try:
-        validate_manifest(manifest, str(directory / MANIFEST_NAME))
-    except SchemaError as exc:
+        manifest = read_manifest(directory)
+    except ShardError as exc:  # not a build, not JSON, or not the manifest's structure
         return [str(exc)]
+    except OSError as exc:
+        return [f"{directory / MANIFEST_NAME}: cannot read the manifest ({exc.__class__.__name__}: {exc})"]
     shards, classes = manifest["shards"], manifest["classes"]
     problems: list[str] = []
     listed = {s["name"] for s in shards}
@@ -167,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         for problem in problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
-    manifest = json.loads((directory / MANIFEST_NAME).read_text())
+    manifest = read_manifest(directory)
     samples = sum(s["samples"] for s in manifest["shards"])
     print(f"{directory}: OK, {len(manifest['shards'])} shards, {samples} samples, "
           f"{len(manifest['classes'])} classes, {len(manifest['skipped'])} skipped inputs")
