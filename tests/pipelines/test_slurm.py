@@ -97,24 +97,25 @@ def test_sigterm_reaches_the_ranks_and_the_checkpoint_is_written(data: Path) -> 
 
 
 def test_the_batch_script_starts_one_wrapper_per_node_and_passes_sigterm_on(tmp_path: Path) -> None:
-    """launch/slurm/train.sbatch under stand-ins for srun and scontrol (logged, nothing trained)."""
-    log, bin_dir = tmp_path / "log", tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text('#!/bin/bash\nif [ "$1" = show ]; then printf "node007\\nnode008\\n"; '
-                                      'else echo "scontrol $*" >> "$LOG"; fi\n')
-    (bin_dir / "srun").write_text('#!/bin/bash\ntrap \'echo "srun got TERM" >> "$LOG"; exit 0\' TERM\n'
-                                  'echo "srun MAIN_ADDR=$MAIN_ADDR $*" >> "$LOG"\nwhile true; do sleep 0.1; done\n')
-    for f in bin_dir.iterdir():
-        f.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "LOG": str(log), "SLURM_JOB_ID": "42",
-           "SLURM_JOB_NODELIST": "node[007-008]", "SLURM_NNODES": "2", "SLURM_SUBMIT_DIR": str(ROOT)}
+    """launch/slurm/train.sbatch under stand-ins for srun and scontrol (logged, nothing trained).
+
+    The stand-ins are exported bash functions, not files on PATH: a temporary folder may be mounted noexec
+    (CI's is), where a stand-in file could not run and the script would stop at its first scontrol."""
+    log = tmp_path / "log"
+    scontrol = 'if [ "$1" = show ]; then printf "node007\\nnode008\\n"; else echo "scontrol $*" >> "$LOG"; fi'
+    srun = ('trap \'echo "srun got TERM" >> "$LOG"; exit 0\' TERM; echo "srun MAIN_ADDR=$MAIN_ADDR $*" >> "$LOG"; '
+            'while true; do sleep 0.1; done')
+    env = {**os.environ, "LOG": str(log), "SLURM_JOB_ID": "42", "SLURM_JOB_NODELIST": "node[007-008]",
+           "SLURM_NNODES": "2", "SLURM_SUBMIT_DIR": str(ROOT),
+           "BASH_FUNC_scontrol%%": f"() {{ {scontrol}; }}", "BASH_FUNC_srun%%": f"() {{ {srun}; }}"}
     job = subprocess.Popen(["bash", "launch/slurm/train.sbatch", "--config", "c.yaml", "train.epochs=3"], cwd=ROOT,
                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 30
-    while time.time() < deadline and not (log.is_file() and "srun" in log.read_text()):
+    while time.time() < deadline and job.poll() is None and not (log.is_file() and "srun" in log.read_text()):
         time.sleep(0.1)
     job.send_signal(signal.SIGTERM)  # --signal=B:TERM@300: the batch shell is told first
     out, err = job.communicate(timeout=30)
+    assert log.is_file(), (job.returncode, out, err)
     lines = log.read_text().splitlines()
     assert lines[0] == ("srun MAIN_ADDR=node007 --kill-on-bad-exit=1 --ntasks-per-node=1 .venv/bin/python -m "
                         "pipelines.slurm --config_file configs/accelerate/ddp.yaml -- --config c.yaml train.epochs=3")
