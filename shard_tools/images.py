@@ -1,9 +1,10 @@
-"""Image bytes: cheap format/size/truncation checks, decoding, resizing and lossless encoding.
+"""Image bytes: cheap format/size/truncation checks, decoding and lossless encoding.
 
-Resizing (``--image-size``) follows the one rule of ``ccl.data.image_ops.interpolation``: area when
-shrinking, bilinear when enlarging, as training and evaluation resize. (Until the rule was shared,
-the builder used area interpolation also to enlarge: shards built with ``--image-size`` larger than a
-source image differ from the earlier ones; shrinking builds and builds without resize are unchanged.)
+Resizing (``--image-size``, in shard_tools.process) uses ``ccl.data.image_ops``, the rule training and
+evaluation resize with: area when shrinking, bilinear when enlarging, and a tiny defect's mask kept. (Until
+the rule was shared, the builder used area interpolation also to enlarge: shards built with ``--image-size``
+larger than a source image differ from the earlier ones; shrinking builds and builds without resize are
+unchanged.)
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import io
 import cv2
 import numpy as np
 from PIL import Image
-
-from ccl.data.image_ops import interpolation, resize_image  # noqa: F401  (the builder's resize: the shared rule)
 
 # Parallelism comes from worker processes; one OpenCV thread each keeps 1-vs-N scaling honest.
 cv2.setNumThreads(1)
@@ -95,19 +94,6 @@ def binary_mask(data: bytes) -> np.ndarray:
     """A mask file as bool HxW: any non-zero value is defect (VisA stores defect ids 1..N)."""
     array = decode(data, "mask")
     return array.any(axis=2) if array.ndim == 3 else array != 0
-
-
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """Resize the 0/1 mask as the image (the shared rule) and binarise at 0.5, so it matches the resized image.
-
-    A defect that covers less than half of every resized pixel would vanish and leave an anomalous
-    sample with an empty mask: the resized pixel it covers most is kept instead (dilated to one pixel).
-    """
-    area = cv2.resize(mask.astype(np.float32), (size, size), interpolation=interpolation(mask.shape, size))
-    out = area >= 0.5
-    if mask.any() and not out.any():
-        out.flat[int(np.argmax(area))] = True
-    return out
 
 
 def encode_png(array: np.ndarray) -> bytes:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ccl.data.image_ops import resize_image, resize_mask
 from shard_format.schema import CLASS_EXTENSION, MASK_EXTENSION, META_EXTENSION, RecordMeta, make_key
 from shard_tools import images
 from shard_tools.errors import warn
@@ -67,8 +68,8 @@ def _samples(item: Item, image_size: int | None) -> list[Sample]:
         # A view whose mask crop is empty shows no defect: the reference evaluation labels it normal.
         view_label = int(crop_mask.any()) if (crop_mask is not None and item.tiles > 1) else label
         if image_size is not None:
-            crop = images.resize_image(crop, image_size)
-            crop_mask = None if crop_mask is None else images.resize_mask(crop_mask, image_size)
+            crop = resize_image(crop, image_size)
+            crop_mask = None if crop_mask is None else resize_mask(crop_mask, image_size)
         encoded = ("jpg", images.encode_jpg(crop)) if fmt == "jpg" and image_size else ("png", images.encode_png(crop))
         out.append(_sample(item, view, view_label, encoded, crop_mask, width, height))
     return out
