@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ccl.data.transforms import resize_image, resize_mask, to_uint8_tensor
+from ccl.data.image_ops import resize_image, resize_mask
+from ccl.data.transforms import to_uint8_tensor
 from pipelines.data_plan import Segment, exact_segments
 from pipelines.distributed import make_loader
 from shard_format.builds import ShardSet

@@ -15,9 +15,7 @@ from typing import Any
 from pipelines.config import ClassSource
 from shard_format.builds import ShardSet
 from shard_format.errors import ERROR_KEY, ShardError
-from shard_format.schema import META_EXTENSION, class_key
-
-PSEUDO_DEFAULT = "pseudo_classes.json"
+from shard_format.schema import META_EXTENSION, PSEUDO_CLASSES_NAME, class_key
 
 
 @dataclass(frozen=True)
@@ -51,7 +49,7 @@ def load_labels(shard_set: ShardSet, class_source: ClassSource, pseudo_file: str
     merged: dict[str, int] = {}
     k = 0
     for build in shard_set.builds:
-        name = pseudo_file or PSEUDO_DEFAULT
+        name = pseudo_file or PSEUDO_CLASSES_NAME
         path = Path(name) if ("/" in name or Path(name).is_absolute()) else Path(build) / name
         if not path.is_file():
             raise ShardError(f"data.class_source=pseudo but {path} does not exist "

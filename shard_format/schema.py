@@ -31,6 +31,7 @@ CLASS_EXTENSION = "cls"
 NORMAL_DEFECT = "good"
 
 MANIFEST_NAME = "manifest.json"
+PSEUDO_CLASSES_NAME = "pseudo_classes.json"  # the pseudo-label sidecar beside a build (shard_tools/pseudo_classes.py)
 SHARD_KEYS = ("name", "split", "samples", "bytes", "sha256")  # one shard's entry in the manifest
 BUILDER_VERSION = "1"
 # Manifest keys: {"builder_version", "dataset", "args", "classes": {"dataset/class": id},

@@ -51,8 +51,8 @@ from shard_format.errors import ShardError  # noqa: E402
 from shard_format.manifest import ShardInfo  # noqa: E402
 from shard_format.reader import iter_range  # noqa: E402
 from shard_format.record import decode_record  # noqa: E402
+from shard_format.schema import PSEUDO_CLASSES_NAME  # noqa: E402
 
-DEFAULT_NAME = "pseudo_classes.json"
 DEFAULT_ENCODER = "resnet18.tv_in1k"  # the paper's ImageNet ResNet-18 (torchvision's weights)
 LAST_LEVEL = -1  # timm features_only index of the final stage (layer4 for ResNets)
 SPLITS_EMBEDDED = ("train", "val")
@@ -174,7 +174,8 @@ def pseudo_classes(builds: Sequence[str | Path], k: int, teacher: str = DEFAULT_
     }
 
 
-def write_sidecars(result: Mapping[str, Any], builds: Sequence[str | Path], out: str = DEFAULT_NAME) -> list[Path]:
+def write_sidecars(result: Mapping[str, Any], builds: Sequence[str | Path],
+                   out: str = PSEUDO_CLASSES_NAME) -> list[Path]:
     """A bare name: one file per build with its own keys; a path with a directory: one file, all keys."""
     meta = {k: v for k, v in result.items() if k not in ("labels", "build_of")}
     if os.sep in out or "/" in out:
@@ -209,7 +210,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=4, help="decoding threads")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out", default=DEFAULT_NAME, help="file name beside each build, or one path")
+    p.add_argument("--out", default=PSEUDO_CLASSES_NAME, help="file name beside each build, or one path")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 

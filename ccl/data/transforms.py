@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import torch
 
-from ccl.data.image_ops import IMAGENET_MEAN, IMAGENET_STD, normalize_array, resize_image, resize_mask
+from ccl.data.image_ops import IMAGENET_MEAN, IMAGENET_STD, normalize_array, resize_image
 
 
 def normalize(image: np.ndarray) -> torch.Tensor:
@@ -27,13 +27,6 @@ def denormalize(tensor: torch.Tensor) -> np.ndarray:
     std = torch.tensor(IMAGENET_STD, device=tensor.device).view(3, 1, 1)
     image = (tensor.detach().float() * std + mean).clamp(0, 1).mul(255).round().byte()
     return image.permute(1, 2, 0).cpu().numpy()
-
-
-def eval_view(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The evaluation input: resized, normalised image (3, S, S) and resized bool mask (S, S) or None."""
-    tensor = normalize(resize_image(image, size))
-    mask_tensor = torch.from_numpy(resize_mask(mask, size)) if mask is not None else None
-    return tensor, mask_tensor
 
 
 # ---------------------------------------------------------------- training views

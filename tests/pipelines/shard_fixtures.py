@@ -15,6 +15,7 @@ import json
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -126,3 +127,15 @@ def tiny_export(out: str | Path, image_size: int = 64, seed: int = 0, overrides:
     cfg = load_config(None, ["model.teacher=resnet18", f"model.pretrained={teacher}", f"data.image_size={image_size}",
                              "eval.batch_size=4", "eval.num_workers=0", "eval.bins=16384", *overrides])
     return save_export(build_model(cfg).eval(), cfg, out, {"step": 0})
+
+
+def eval_view(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[Any, Any]:
+    """What evaluation feeds the model, composed here from the library's steps: the resized, normalised
+    image (3, S, S) and the resized bool mask (S, S) or None."""
+    import torch
+
+    from ccl.data.image_ops import resize_image, resize_mask
+    from ccl.data.transforms import normalize
+
+    tensor = normalize(resize_image(image, size))
+    return tensor, torch.from_numpy(resize_mask(mask, size)) if mask is not None else None

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from ccl.data.transforms import eval_view
 from ccl.metrics import METRICS
 from pipelines.config import replace
 from pipelines.eval_data import eval_loader, eval_plan
@@ -25,7 +24,7 @@ from shard_format.builds import open_builds
 from shard_format.errors import ShardError
 from shard_format.schema import SchemaError, safe_name
 from tests.ccl.test_metrics import exact_metrics
-from tests.pipelines.shard_fixtures import tar_keys, tiny_export, write_test_build
+from tests.pipelines.shard_fixtures import eval_view, tar_keys, tiny_export, write_test_build
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SIZE = 64

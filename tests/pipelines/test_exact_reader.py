@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ccl.data.transforms import resize_image, resize_mask
+from ccl.data.image_ops import resize_image, resize_mask
 from pipelines.exact_reader import ExactBatch, exact_loader
 from shard_format.builds import open_builds
 from shard_format.reader import iter_range

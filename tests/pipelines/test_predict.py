@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from ccl.data.transforms import eval_view
 from launch.predict import main
 from pipelines.model import load_export, read_info, write_info
-from tests.pipelines.shard_fixtures import tiny_export
+from tests.pipelines.shard_fixtures import eval_view, tiny_export
 
 pytestmark = pytest.mark.slow  # end to end: launch/predict.py on a training export
 
