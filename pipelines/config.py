@@ -19,6 +19,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from pipelines.exits import InputError
+from shard_format.atomic import write_atomic
 
 # The fixed choices of string fields: a value outside them is refused when the config loads, with the list.
 # The library's own registries (ccl.models.projector.PROJECTORS, ccl.losses.global_variants.global_losses, ...)
@@ -261,9 +262,7 @@ def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    write_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def replace(cfg: Any, **dotted: Any) -> Any:

@@ -44,6 +44,7 @@ from pipelines.html_report import write_report
 from pipelines.map_files import iter_map_files, list_map_files
 from pipelines.model import build_model, export_config, model_of_export, read_info, write_info
 from pipelines.tracking import Tracker
+from shard_format.atomic import write_atomic
 from shard_format.builds import ShardSet, open_builds, shard_file_problems
 from shard_format.errors import ShardError
 from shard_format.schema import safe_name
@@ -225,9 +226,7 @@ def write_reports(result: dict[str, Any], metrics: AnomalyMetrics, out: Path, ke
         (folder / f"{kind}{pos:02d}_{safe_name(key.split('/', 2)[-1])}.png").write_bytes(png)
     write_report(out, result, [k for k, _ in flat_keys], labels, scores,
                  [metrics.group_names[int(g)] for g in groups], panels)
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(out / "metrics.json")
+    write_atomic(out / "metrics.json", json.dumps(result, indent=1))  # last: its presence means complete
 
 
 def log_to_tracker(tracker: Any, result: dict[str, Any], panels: list, step: int, prefix: str) -> None:

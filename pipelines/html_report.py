@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from ccl.metrics.report import METRICS, dataset_of, percent, table_rows
+from shard_format.atomic import write_atomic
 from shard_format.schema import safe_name
 
 REPORT_NAME = "report.html"
@@ -45,10 +46,7 @@ def write_report(out: Path, result: dict[str, Any], keys: Sequence[str], labels:
             _curves(out, result), _classes(result, panels, label_of, threshold)]
     page = PAGE.format(title="Evaluation report", style=STYLE, script=SCRIPT, body="\n".join(body))
     path = out / REPORT_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_atomic(path, page)
 
 
 # ---------------------------------------------------------------- sections

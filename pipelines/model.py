@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from ccl.models import RDCCL
 from pipelines.config import Config, load_config, save_config
 from pipelines.exits import InputError
+from shard_format.atomic import write_atomic
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.yaml"
@@ -83,9 +84,7 @@ def save_export(model: RDCCL, cfg: Config, out_dir: str | Path, info: dict[str, 
 
 def write_info(out_dir: str | Path, info: dict[str, Any]) -> None:
     path = Path(out_dir) / INFO_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2, sort_keys=True))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(info, indent=2, sort_keys=True))
 
 
 def read_info(export_dir: str | Path) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import json
 import os
 import sys
@@ -30,6 +31,7 @@ import numpy as np
 from ccl.data.image_ops import resize_image
 from pipelines.exits import InputError
 from pipelines.visualize import overlay, save_png
+from shard_format.atomic import write_atomic
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -124,10 +126,9 @@ def heatmap_path(out: Path, rel: Path) -> Path:
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Written under a temporary name and renamed: a reader never sees half a table."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    tmp.replace(path)
+    """Written whole (``write_atomic``): a reader never sees half a table."""
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_atomic(path, text.getvalue())

@@ -12,6 +12,7 @@ import os
 import tarfile
 from pathlib import Path
 
+from shard_format.atomic import temp_name
 from shard_format.manifest import ShardInfo
 
 TAR_FORMAT = tarfile.GNU_FORMAT  # long keys (Real-IAD) need GNU long names; no timestamps in headers
@@ -20,11 +21,6 @@ MODE = 0o644
 _BLOCK = tarfile.BLOCKSIZE
 _RECORD = tarfile.RECORDSIZE
 _ENCODING = "utf-8"
-
-
-def temp_name(name: str) -> str:
-    """Where a shard lives while being written: hidden and not ending in .tar, so no reader picks it up."""
-    return f".{name}.tmp"
 
 
 def _info(name: str, size: int) -> tarfile.TarInfo:

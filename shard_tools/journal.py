@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from shard_format.atomic import write_atomic
 
 JOURNAL_NAME = ".build-journal.json"  # per-shard progress; lets --resume keep every complete shard
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write to a temporary name and rename, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """``obj`` as JSON, written whole (a reader never sees half a file)."""
+    write_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
 def read_json(path: Path) -> Any | None:

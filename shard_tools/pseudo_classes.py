@@ -46,6 +46,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from ccl.data.transforms import normalize, resize_image  # noqa: E402
 from ccl.models import build_teacher  # noqa: E402
+from shard_format.atomic import write_atomic  # noqa: E402
 from shard_format.builds import open_builds  # noqa: E402
 from shard_format.errors import ShardError  # noqa: E402
 from shard_format.manifest import ShardInfo  # noqa: E402
@@ -188,9 +189,7 @@ def write_sidecars(result: Mapping[str, Any], builds: Sequence[str | Path],
                   if build is None or Path(result["build_of"][key]) == Path(build)}
         content = {**meta, "builds": [str(b) for b in builds], "labels": labels}
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(content, indent=1, sort_keys=True))
-        tmp.replace(path)
+        write_atomic(path, json.dumps(content, indent=1, sort_keys=True))
         written.append(path)
     return written
 

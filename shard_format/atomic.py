@@ -1,0 +1,30 @@
+"""Whole-file writes that a reader, or a crash halfway, never sees half of: a hidden temporary name beside
+the file, flushed to disk, then renamed over it (a rename within one folder is atomic on POSIX)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def temp_name(name: str) -> str:
+    """The hidden name a file is written under before its rename (the builder clears leftovers of it)."""
+    return f".{name}.tmp"
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> Path:
+    """Write ``data`` (text as UTF-8) to ``path`` so that ``path`` holds the old content or all of the new;
+    a failed write leaves no temporary file behind."""
+    path = Path(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    tmp = path.with_name(temp_name(path.name))
+    try:
+        with open(tmp, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
