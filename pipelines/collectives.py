@@ -27,14 +27,6 @@ def sum_over_ranks(acc: Any, values: list[float]) -> list[float]:
     return acc.reduce(t, reduction="sum").tolist()
 
 
-def mean_over_ranks(acc: Any, values: list[float]) -> list[float]:
-    """Element-wise mean over ranks (the sum divided by the number of ranks)."""
-    if world_of(acc) == 1:
-        return [float(v) for v in values]
-    t = torch.tensor(values, dtype=torch.float64, device=acc.device)
-    return acc.reduce(t, reduction="mean").tolist()
-
-
 def sum_tensor(acc: Any, tensor: torch.Tensor) -> torch.Tensor:
     """A tensor summed over ranks, returned on the CPU."""
     if world_of(acc) == 1:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ccl.data.image_ops import IMAGENET_MEAN, IMAGENET_STD
+from ccl.data.image_ops import IMAGENET_MEAN, IMAGENET_STD, normalize_array
 from ccl.models.inference_graph import INPUT_KINDS, InferenceGraph
 from pipelines.checkpoint import replace_dir
 from pipelines.config import Config, to_dict
@@ -65,11 +65,8 @@ def parse_batch(batch: str | int) -> int | None:
 
 def example_input(input_kind: str, n: int, size: int, seed: int = 0) -> torch.Tensor:
     """A fixed batch of random images in the graph's input form (for tracing and the parity check)."""
-    images = torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8))
-    if input_kind == "uint8":
-        return images
-    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (images.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+    images = np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    return torch.from_numpy(images if input_kind == "uint8" else normalize_array(images))
 
 
 # ---------------------------------------------------------------- writers: graph -> files in a directory

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from pipelines.collectives import mean_over_ranks
+from pipelines.collectives import sum_over_ranks, world_of
 from pipelines.distributed import param_checksum
 from pipelines.train_data import BATCH_COUNTS
 from pipelines.visualize import overlay
@@ -122,12 +122,13 @@ class Meter:
 
 
 def log_train(run: Run, local: dict[str, float], bar: Any) -> None:
-    """Average the interval's scalars over ranks (one all-reduce), then log on the main process."""
+    """Sum the interval's scalars over ranks (one all-reduce): counts as sums, the rest as means over ranks;
+    then log on the main process."""
     keys = sorted(local)
-    values = mean_over_ranks(run.accelerator, [local[k] for k in keys])
-    scalars = dict(zip(keys, values, strict=True))
-    for k in BATCH_COUNTS:  # counts: sum, not mean
-        scalars["data/" + k] *= run.accelerator.num_processes
+    sums = sum_over_ranks(run.accelerator, [local[k] for k in keys])
+    counts = {"data/" + k for k in BATCH_COUNTS}
+    world = world_of(run.accelerator)
+    scalars = {k: v if k in counts else v / world for k, v in zip(keys, sums, strict=True)}
     scalars["perf/samples_per_s"] = local["perf/samples_per_s"]  # global batches per second: same everywhere
     for g, group in enumerate(run.optimizer.param_groups):
         scalars[f"lr/{group.get('name', g)}"] = group["lr"]
