@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
 
-from pipelines.exits import USER_ERRORS  # noqa: E402
+from pipelines.exits import USER_ERRORS, InputError, run_entry  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,23 +29,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input", default="uint8", choices=("uint8", "float"),
                    help="uint8: (B, S, S, 3) RGB, normalised in the graph; float: normalised (B, 3, S, S)")
     args = p.parse_args(argv)
-    try:
-        from pipelines.export import export_model
 
-        info = export_model(args.checkpoint, args.format, args.out, args.image_size, args.batch, args.input)
-    except ImportError as err:
-        print(f"error: {err}; install the deploy extra: pip install -e '.[deploy]'", file=sys.stderr)
-        return 2
-    except USER_ERRORS as err:  # anything else is a bug: its traceback
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    def body() -> int:
+        try:  # onnx, onnxruntime and openvino are imported when their format is written
+            from pipelines.export import export_model
+
+            info = export_model(args.checkpoint, args.format, args.out, args.image_size, args.batch, args.input)
+        except ImportError as err:
+            raise InputError(f"{err}; install the deploy extra: pip install -e '.[deploy]'") from None
+        report(info, Path(args.out))
+        return 0
+
+    return run_entry(body, USER_ERRORS)  # anything else is a bug: its traceback
+
+
+def report(info: dict, out: Path) -> None:
     parity = info["parity"]
-    print(f"wrote {Path(args.out) / info['model_file']} ({info['format']}, {info['image_size']} px, batch "
+    print(f"wrote {out / info['model_file']} ({info['format']}, {info['image_size']} px, batch "
           f"{info['batch']}) in {info['exporter']['seconds']:.1f} s; map difference to torch "
           f"{parity['max_map_difference_relative']:.1e} of the range; threshold {info['image_threshold']}")
     if info["image_threshold"] is None:
         print("  no image threshold: predict.py --threshold auto needs one (evaluate RUN/export, then export again)")
-    return 0
 
 
 if __name__ == "__main__":

@@ -161,3 +161,13 @@ def test_export_refuses_old_checkpoints_and_never_replaces_other_files(deploy_ru
         assert message in capsys.readouterr().err
         assert sorted(p.name for p in out.iterdir()) == before
     assert (keep / "notes.txt").read_text() == "mine"
+
+
+def test_a_missing_exporter_names_the_deploy_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
+    """Without the deploy extra: one line that says what to install, status 2 (no traceback)."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pipelines.export", None)  # its import fails as without onnx
+    assert export_main(["--checkpoint", str(tmp_path), "--format", "onnx", "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "install the deploy extra: pip install -e '.[deploy]'" in err and "Traceback" not in err
