@@ -8,7 +8,7 @@
 # final:    Joint RD, RD + CCL (the paper's model) and RD + CCL with the residual projector, seeds 0 1 2
 # long:     Joint RD, RD + CCL and the official code's choices at 48 epochs, seed 0
 # budget48: Joint RD and RD + CCL with the residual projector (configs/demo.yaml's model) at 48 epochs,
-#           seeds 0 1 2 (the demo's budget since; 2 CPU cores, ~2.5 h)
+#           seeds 0 1 2 (the demo's budget since; ~1.5 h on 2 idle CPU cores)
 # The first two and "long" ran on a lent GPU (JOBS=10 PROCESSES=1), "final" and "budget48" on 2 CPU
 #  cores (the defaults).
 # Needs the shards: python shard_tools/build.py --datasets demo --out runs/demo/shards --val-fraction 0.15
