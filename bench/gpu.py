@@ -186,7 +186,8 @@ def section_eval(b: Bench, model: RDCCL, batch: int, n: int) -> list[str]:
     from ccl.data.transforms import normalize_batch
     from ccl.metrics import AnomalyMetrics
     from pipelines.config import EvalConfig
-    from pipelines.evaluate import Extremes, score_shards
+    from pipelines.evaluate import score_shards
+    from pipelines.extremes import Extremes
 
     batches = eval_batches(b, n, batch)
     model.eval()

@@ -145,12 +145,11 @@ def exact_plan(shard_set: ShardSet, split: str, ranks: int, workers: int, max_im
 
 
 def exact_loader(shard_set: ShardSet, split: str, image_size: int, batch_size: int, num_workers: int,
-                 rank: int = 0, world: int = 1, max_images: int = 0, classes: tuple[str, ...] = (),
-                 pin_memory: bool = False) -> DataLoader:
+                 rank: int = 0, world: int = 1, max_images: int = 0, classes: tuple[str, ...] = ()) -> DataLoader:
     """This rank's loader of ``split`` (not to be prepared by Accelerate); ``classes`` keeps only those classes."""
     plan = exact_plan(shard_set, split, world, max(1, num_workers), max_images)
     reader = ExactReader(plan[rank], batch_size, image_size, shard_set.class_index, tuple(classes))
-    return make_loader(reader, num_workers, pin_memory)
+    return make_loader(reader, num_workers)
 
 
 def first_samples(shard_set: ShardSet, split: str, n: int, size: int) -> tuple[torch.Tensor | None, list[str]]:

@@ -1,8 +1,8 @@
 """What the trainer shows: the scalars of the training loop, class separation of the global features, heatmaps.
 
-- ``Meter`` / ``log_train``: running sums between two logs, averaged over ranks and logged on the main process
-  (losses, data statistics, throughput, learning rates); ``progress`` is the epoch's bar, ``write_debug`` the
-  per-rank parameter digests that tests compare.
+- ``Meter`` / ``log_train``: running sums between two logs, over ranks summed (data counts) or averaged (the
+  rest), logged on the main process (losses, data statistics, throughput, learning rates); ``progress`` is the
+  epoch's bar, ``write_debug`` the per-rank parameter digests that tests compare.
 - ``class_separation``: V-measure of K-means clusters (K = number of classes) against the classes.
 - ``tsne_image``: the paper's Fig. 1b, a t-SNE scatter of the global features coloured by class.
 - ``heatmaps``: anomaly-map overlays of a fixed set of validation images.
