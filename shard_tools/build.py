@@ -2,6 +2,7 @@
 
     python shard_tools/build.py --datasets mvtec,visa --root mvtec=/data/mvtec --root visa=/data/VisA --out /data/shards
     python shard_tools/build.py --datasets demo --out /data/shards
+    python shard_tools/build.py --datasets lookalike --out /data/shards   # needs: apt-get install extremetuxracer-data
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from shard_tools.sources.common import require_root  # noqa: E402
 from shard_tools.summary import format_table  # noqa: E402
 from shard_tools.units import parse_bytes  # noqa: E402
 
-GENERATED = ("demo", "inspect")  # datasets that need no --root (written into OUT/<name>/source)
+GENERATED = ("demo", "inspect", "lookalike")  # datasets that need no --root (written into OUT/<name>/source)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -69,15 +70,16 @@ def options_from(args: argparse.Namespace) -> BuildOptions:
 
 
 def dataset_root(name: str, roots: dict[str, Path], options: BuildOptions) -> Path:
-    """The folder to read. A generated set (``demo``, ``inspect``) without a root is written into
+    """The folder to read. A generated set (``demo``, ``inspect``, ``lookalike``) without a root is written into
     OUT/<name>/source; ``--root demo=DIR`` reads a folder written earlier by ``shard_tools/demo_data.py``
-    (``inspect_data.py``), e.g. of other sizes."""
+    (``inspect_data.py``, ``lookalike_data.py``), e.g. of other sizes."""
     if name in GENERATED and name not in roots:
         from shard_tools.demo_data import write_demo
         from shard_tools.inspect_data import write_inspect
+        from shard_tools.lookalike_data import write_lookalike
 
         root = options.out / name / "source"
-        {"demo": write_demo, "inspect": write_inspect}[name](root, seed=options.seed)
+        {"demo": write_demo, "inspect": write_inspect, "lookalike": write_lookalike}[name](root, seed=options.seed)
         return root
     if name not in roots:
         raise UserError(f"dataset {name!r} needs --root {name}=DIR")

@@ -139,15 +139,18 @@ def write_demo(out: Path, seed: int = 0, spec: DemoSpec | None = None) -> list[s
     return names
 
 
-def parse_spec(argv: list[str] | None, description: str) -> tuple[Path, DemoSpec]:
-    """The output folder and the set's sizes from the command line (shared by the generated sets)."""
+def parse_spec(argv: list[str] | None, description: str,
+               defaults: DemoSpec | None = None) -> tuple[Path, DemoSpec]:
+    """The output folder and the set's sizes from the command line (shared by the generated sets, each with
+    its own ``defaults``, the demo's when None)."""
+    defaults = defaults or DemoSpec()
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--per-class", type=int, default=DemoSpec.per_class, help="train images per class")
-    p.add_argument("--size", type=int, default=DemoSpec.size, help="image side in pixels")
-    p.add_argument("--test-good", type=int, default=DemoSpec.test_good)
-    p.add_argument("--test-defect", type=int, default=DemoSpec.test_defect)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--per-class", type=int, default=defaults.per_class, help="train images per class")
+    p.add_argument("--size", type=int, default=defaults.size, help="image side in pixels")
+    p.add_argument("--test-good", type=int, default=defaults.test_good)
+    p.add_argument("--test-defect", type=int, default=defaults.test_defect)
     a = p.parse_args(argv)
     return a.out, DemoSpec(size=a.size, per_class=a.per_class, test_good=a.test_good, test_defect=a.test_defect,
                            seed=a.seed)

@@ -14,7 +14,8 @@ from shard_tools.sources import btad, cocoad, manta, mvtec, realiad, visa
 
 ScanFn = Callable[[Path, SourceOptions], Scan]
 
-# ``folder`` is a user's own data in the MVTec layout; ``demo`` and ``inspect`` are generated, then read the same way.
+# ``folder`` is a user's own data in the MVTec layout; ``demo``, ``inspect`` and ``lookalike`` are generated, then
+# read the same way.
 SOURCES: dict[str, ScanFn] = {
     "mvtec": mvtec.scan,
     "visa": visa.scan,
@@ -25,6 +26,7 @@ SOURCES: dict[str, ScanFn] = {
     "folder": mvtec.scan,
     "demo": mvtec.scan,
     "inspect": mvtec.scan,
+    "lookalike": mvtec.scan,
 }
 
 

@@ -130,7 +130,7 @@ def error_of(capsys, argv: list[str]) -> str:
 
 def test_unknown_dataset_lists_the_known_ones(tmp_path, capsys):
     err = error_of(capsys, ["--datasets", "mvtec,imagenet", "--root", f"mvtec={tmp_path}", "--out", str(tmp_path)])
-    assert "imagenet" in err and "btad, cocoad, demo, folder, inspect, manta, mvtec, realiad, visa" in err
+    assert "imagenet" in err and "btad, cocoad, demo, folder, inspect, lookalike, manta, mvtec, realiad, visa" in err
 
 
 @pytest.mark.parametrize("dataset", ["mvtec", "visa", "btad", "realiad", "manta", "cocoad", "folder"])
