@@ -2,6 +2,9 @@
 
     accelerate launch [--config_file configs/accelerate/ddp.yaml] launch/train.py \
         --config configs/demo.yaml [train.epochs=3 data.batch_size=16 ...] [--resume RUN_DIR|auto]
+    # one model per class, or the classes one after another (pipelines/strategies.py): a plain process that
+    # launches every stage on --processes ranks and scores the result in RUN/eval
+    python launch/train.py --config configs/demo.yaml strategy.mode=one-for-one|sequential|continual [--processes 2]
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="experiment YAML (configs/*.yaml)")
     parser.add_argument("--resume", default="", help="RUN_DIR to continue, or 'auto' (run.dir if it has a checkpoint)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="ranks per stage of a staged strategy.mode (one-for-one, sequential, continual)")
     parser.add_argument("overrides", nargs="*", help="a.b=value config overrides")
     args = parser.parse_intermixed_args(argv)  # overrides before and after --resume
     rank = int(os.environ.get("RANK", 0))
@@ -37,7 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         from pipelines.train import train
 
-        result = train(load_config(args.config, args.overrides), args.resume)
+        cfg = load_config(args.config, args.overrides)
+        if cfg.strategy.mode != "joint":
+            from pipelines.strategies import train_strategy
+
+            result = train_strategy(cfg, args.config, args.overrides, args.processes)["mean"]
+        else:
+            result = train(cfg, args.resume)
         if rank == 0:
             print(f"done: {result}")
         return 0

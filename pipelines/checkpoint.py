@@ -30,7 +30,9 @@ class TrainState:
     step: int = 0  # optimizer steps done
     batch_in_epoch: int = 0  # loader batches of ``epoch`` already trained (resume mid-epoch)
     best_val: float = float("inf")
-    bad_validations: int = 0
+    bad_validations: int = 0  # validations since the smoothed loss last reached a new low
+    smooth_val: float = float("inf")  # the smoothed validation loss (train.val_smoothing)
+    best_smooth: float = float("inf")
     samples: int = 0  # training samples seen
     stopped_early: bool = False  # patience exhausted: --resume does not train further
 

@@ -10,21 +10,26 @@ from ccl.models.offline_weights import OFFLINE
 from pipelines.config import Config, ConfigError
 from pipelines.distributed import collective_timeout
 from pipelines.labels import Labels, load_labels
-from shard_format.builds import ShardSet, open_builds, shard_file_problems
+from pipelines.train_classes import TrainData, replay_batch, select_classes
+from shard_format.builds import open_builds, shard_file_problems
 from shard_format.errors import ShardError
 
 log = logging.getLogger(__name__)
 
 
-def check_inputs(cfg: Config, world: int) -> tuple[ShardSet, Labels]:
-    """Validate what the config's types cannot (batch arithmetic, backbone, shards, run.dir); return the opened
-    shard set and labels. The fixed-choice fields were checked when the config loaded."""
+def check_inputs(cfg: Config, world: int) -> tuple[TrainData, Labels]:
+    """Validate what the config's types cannot (batch arithmetic, backbone, shards, run.dir); return the run's
+    builds (the class selection made) and labels. The fixed-choice fields were checked when the config loaded."""
     check_batch(cfg, world)
     check_model(cfg)
     check_loss(cfg)
     t = cfg.train
     check_compile(cfg)
-    shard_set = open_builds(list(cfg.data.shards))
+    check_stopping(cfg)
+    check_run_dir(cfg.run.dir)  # the class selection is written there
+    data = select_classes(cfg, open_builds(list(cfg.data.shards)))
+    check_replay(cfg, data, world)
+    shard_set = data.all
     for build, manifest in zip(shard_set.builds, shard_set.manifests):
         if not any(e["split"] == "train" for e in manifest["shards"]):
             raise ShardError(f"data.shards: build {build} (dataset {manifest['dataset']!r}) has no train shards")
@@ -33,12 +38,38 @@ def check_inputs(cfg: Config, world: int) -> tuple[ShardSet, Labels]:
         raise ShardError(missing[0] + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     for problem in resized:
         log.warning("%s: its unreadable samples count toward data.max_corrupt", problem)
-    if shard_set.count("train") < cfg.data.batch_size:
-        raise ShardError(f"{shard_set.count('train')} training samples are fewer than one batch "
-                         f"(data.batch_size={cfg.data.batch_size})")
+    current = cfg.data.batch_size - replay_batch(cfg)
+    if data.current.count("train") < current:
+        raise ShardError(f"{data.current.count('train')} training samples are fewer than one batch "
+                         f"(data.batch_size={cfg.data.batch_size}" + (f", {current} of them not replayed)"
+                                                                      if current < cfg.data.batch_size else ")"))
     labels = load_labels(shard_set, cfg.data.class_source, cfg.data.pseudo_file)
-    check_run_dir(cfg.run.dir)
-    return shard_set, labels
+    return data, labels
+
+
+def check_stopping(cfg: Config) -> None:
+    t = cfg.train
+    if t.min_epochs < 0 or not 0 <= t.val_smoothing < 1:
+        raise ConfigError(f"train.min_epochs={t.min_epochs} must be >= 0 and train.val_smoothing={t.val_smoothing} "
+                          "in [0, 1)")
+    if t.init_from and not (Path(t.init_from) / "model.safetensors").is_file():
+        raise ConfigError(f"train.init_from={t.init_from!r} is not an export (no model.safetensors there)")
+
+
+def check_replay(cfg: Config, data: TrainData, world: int) -> None:
+    """Replay takes whole classes of K samples from every global batch, and a rank's share of both parts."""
+    if data.replay is None:
+        return
+    d = cfg.data
+    ranks, k, replayed = d.plan_ranks or world, d.batch_size // d.classes_per_batch, replay_batch(cfg)
+    exact = abs(d.batch_size * d.replay_fraction - replayed) < 1e-9
+    if not exact or replayed == 0 or replayed % k or replayed % ranks or (d.batch_size - replayed) % ranks:
+        raise ConfigError(f"data.replay_fraction={d.replay_fraction} of data.batch_size={d.batch_size} is "
+                          f"{d.batch_size * d.replay_fraction:g} samples: it must be a whole, non-zero multiple "
+                          f"of K={k} samples per class, and both parts of the batch must divide over {ranks} ranks")
+    if data.replay.count("train") < replayed * max(1, d.num_workers):
+        raise ShardError(f"data.replay_classes hold {data.replay.count('train')} training samples, fewer than "
+                         f"{max(1, d.num_workers)} loader worker(s) x {replayed} replayed per batch")
 
 
 def check_run_dir(run_dir: str) -> None:

@@ -29,8 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines.config import load_config
 from pipelines.exits import InputError
 from pipelines.jobs import Job, job_env, run_job
+from pipelines.strategies import run_strategy
 
 # The two models of every comparison unless others are given: name -> overrides.
 JOINT_RD = "Joint RD"
@@ -72,6 +74,7 @@ class Grid:
         return [Cell(b, m, e, s) for s in self.seeds for b in self.benches for e in self.budgets for m in self.models]
 
     def job(self, cell: Cell, out: Path) -> Job:
+        """The cell's job; a staged strategy row (``strategy.mode=...``) runs its stages in the job's folder."""
         run_dir = out / slug(cell.bench) / slug(cell.model) / f"e{cell.budget}" / f"s{cell.seed}"
         overrides = (f"run.seed={cell.seed}", f"train.epochs={cell.budget}", f"run.name={slug(cell.model)}",
                      *self.models[cell.model], *self.overrides)
@@ -114,7 +117,7 @@ def run_grid(grid: Grid, out: Path, jobs: int = 1, processes: int = 2, port: int
         p = ports.get()
         log = job.run_dir / "job.log" if jobs > 1 else None
         try:
-            metrics = run_job(job, processes, p, env, log)
+            metrics = run_cell(grid, job, processes, p, env, log)
         except SystemExit as err:  # one failed job must not cost the others their results
             print(f"FAILED {cell.bench} | {cell.model} | {cell.budget} ep | seed {cell.seed}: {err}", flush=True)
             return {"cell": cell, "metrics": None}
@@ -131,6 +134,15 @@ def run_grid(grid: Grid, out: Path, jobs: int = 1, processes: int = 2, port: int
         return [one(c) for c in cells]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         return list(pool.map(one, cells))
+
+
+def run_cell(grid: Grid, job: Job, processes: int, port: int, env: Mapping[str, str],
+             log: Path | None) -> dict[str, Any]:
+    """One job: an ordinary training, or the stages of the row's ``strategy.mode`` (pipelines.strategies)."""
+    cfg = load_config(grid.config, list(job.overrides))
+    if cfg.strategy.mode == "joint":
+        return run_job(job, processes, port, env, log)
+    return run_strategy(job, cfg, processes, port, env, log)
 
 
 # ---------------------------------------------------------------- statistics

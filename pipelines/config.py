@@ -37,6 +37,10 @@ Schedule = Literal["constant", "cosine"]
 Precision = Literal["no", "bf16", "fp16"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 WandbMode = Literal["online", "offline", "disabled"]
+# The training strategies of the paper's Fig. 1a (pipelines/strategies.py): one model for every class at once
+# (joint: Joint RD or RD + CCL, by the loss), one model per class, or the classes one after another, alone
+# (sequential) or with replay of the earlier classes in every batch (continual).
+StrategyMode = Literal["joint", "one-for-one", "sequential", "continual"]
 
 
 class ConfigError(InputError):
@@ -84,6 +88,13 @@ class DataConfig:
     max_corrupt: int = 100  # abort after this many unreadable or lost samples in one epoch
     plan_ranks: int = 0  # ranks the data plan is cut for (0 = world size); a multiple of the world size
     # gives the same global batches on any world size that divides it (see pipelines/train_data.py)
+    # Train and validate on these classes only ("dataset/class"; () = all): copies of those classes' records,
+    # made once under RUN/data (shard_format/subset.py), so every exactly-once guarantee holds unchanged.
+    classes: tuple[str, ...] = ()
+    # Replay (continual training): replay_fraction of every batch is drawn from these classes' training
+    # samples, the rest from data.classes. The fraction must give whole classes of K samples per batch.
+    replay_classes: tuple[str, ...] = ()
+    replay_fraction: float = 0.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -139,6 +150,13 @@ class TrainConfig:
     compile_backend: str = "inductor"  # any of torch.compiler.list_backends()
     compile_mode: CompileMode = "default"  # inductor's modes
     patience: int = 10  # early stopping: validations without improvement; 0 = off
+    # Early stopping judges a smoothed validation loss: s = val_smoothing * s + (1 - val_smoothing) * loss
+    # (0 = the raw loss), and never stops before min_epochs. The best export is still the lowest raw loss.
+    min_epochs: int = 0
+    val_smoothing: float = 0.0
+    # Start the student (projector, neck, decoder) from an export's weights: sequential and continual stages,
+    # and new classes added to a trained model. The teacher and the model's shape must match the export's.
+    init_from: str = ""
     val_every: int = 1  # epochs
     eval_every: int = 0  # epochs between test-set evaluations; 0 = never during training
     ckpt_every: int = 1  # epochs
@@ -187,6 +205,16 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class StrategyConfig:
+    """How the classes are trained (pipelines/strategies.py); joint is one ordinary training."""
+
+    mode: StrategyMode = "joint"
+    order: tuple[str, ...] = ()  # class order of sequential / continual ("dataset/class"); () = sorted names
+    stage_epochs: int = 0  # epochs of each class model or stage; 0 = train.epochs
+    replay_fraction: float = 0.25  # continual: the share of every batch drawn from the earlier classes
+
+
+@dataclass(frozen=True)
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -195,6 +223,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
 
 
 # ---------------------------------------------------------------- loading

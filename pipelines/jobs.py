@@ -103,17 +103,32 @@ def run(cmd: Sequence[str], env: Mapping[str, str], log: Path | None = None) -> 
         print(f"  ({time.time() - started:.0f} s)", flush=True)
 
 
+def train_job(job: Job, processes: int, port: int | None, env: Mapping[str, str], log: Path | None = None) -> None:
+    """Train one job unless its export exists (a finished training is not run again)."""
+    if not (job.run_dir / job.weights / "model.safetensors").is_file():
+        run([*launcher(processes, port), "launch/train.py", "--config", str(job.config), *job_overrides(job)],
+            env, log)
+
+
+def evaluate_job(job: Job, processes: int, port: int | None, env: Mapping[str, str],
+                 log: Path | None = None) -> dict[str, Any]:
+    """Evaluate one job's export unless it was scored already; returns its metrics.json."""
+    if not job.metrics_path.is_file():
+        eval_overrides = [o for o in job_overrides(job) if o.startswith("eval.")]
+        shard_args = [arg for b in job.builds for arg in ("--shards", str(b))]
+        run([*launcher(processes, port), "launch/evaluate.py", "--checkpoint", str(job.run_dir / job.weights),
+             *shard_args, "--out", str(job.eval_dir), "--vis", str(job.vis), *eval_overrides], env, log)
+    return json.loads(job.metrics_path.read_text())
+
+
 def run_job(job: Job, processes: int, port: int | None, env: Mapping[str, str],
             log: Path | None = None) -> dict[str, Any]:
     """Train (unless exported) and evaluate (unless scored) one job; returns its metrics.json."""
     if not job.metrics_path.is_file():
-        launch = launcher(processes, port)
-        shards = ",".join(str(b) for b in job.builds)
-        overrides = [f"run.dir={job.run_dir}", f"data.shards=[{shards}]", *job.overrides]
-        if not (job.run_dir / job.weights / "model.safetensors").is_file():
-            run([*launch, "launch/train.py", "--config", str(job.config), *overrides], env, log)
-        eval_overrides = [o for o in overrides if o.startswith("eval.")]
-        shard_args = [arg for b in job.builds for arg in ("--shards", str(b))]
-        run([*launch, "launch/evaluate.py", "--checkpoint", str(job.run_dir / job.weights), *shard_args,
-             "--out", str(job.eval_dir), "--vis", str(job.vis), *eval_overrides], env, log)
-    return json.loads(job.metrics_path.read_text())
+        train_job(job, processes, port, env, log)
+    return evaluate_job(job, processes, port, env, log)
+
+
+def job_overrides(job: Job) -> list[str]:
+    shards = ",".join(str(b) for b in job.builds)
+    return [f"run.dir={job.run_dir}", f"data.shards=[{shards}]", *job.overrides]

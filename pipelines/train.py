@@ -42,9 +42,11 @@ from pipelines.distributed import (
     shutdown,
     world_from_env,
 )
+from pipelines.early_stop import judge
 from pipelines.exact_reader import exact_loader, first_samples
+from pipelines.exits import InputError
 from pipelines.labels import Labels
-from pipelines.model import build_model
+from pipelines.model import build_model, read_info, read_safetensors
 from pipelines.monitor import (
     Meter,
     class_separation,
@@ -57,6 +59,7 @@ from pipelines.monitor import (
 from pipelines.optim import lr_factor, make_optimizer, set_lr
 from pipelines.sigterm import StopRequest
 from pipelines.tracking import Tracker
+from pipelines.train_classes import TrainData
 from pipelines.train_data import epoch_steps, train_loader
 from shard_format.builds import ShardSet
 from shard_format.errors import ShardError
@@ -73,7 +76,8 @@ class Run:
     model: Any
     optimizer: Any
     base_lrs: list[float]
-    shard_set: ShardSet
+    shard_set: ShardSet  # every class the run trains or replays: validation, exports
+    train_data: TrainData  # the current classes' builds (each epoch) and the replayed ones
     labels: Labels
     tracker: Tracker
     state: TrainState
@@ -97,9 +101,9 @@ class Run:
 
 def train(cfg: Config, resume: str = "") -> dict[str, Any]:
     """The whole run; returns a summary (best_val, step, epoch, export, interrupted, stopped_early)."""
-    shard_set, labels = check_inputs(cfg, world_from_env()[1])  # before any process group does work
+    data, labels = check_inputs(cfg, world_from_env()[1])  # before any process group does work
     accelerator = make_accelerator(cfg)
-    run = setup(cfg, accelerator, shard_set, labels, resume)
+    run = setup(cfg, accelerator, data, labels, resume)
     try:
         result = fit(run)
     except BaseException:
@@ -112,11 +116,14 @@ def train(cfg: Config, resume: str = "") -> dict[str, Any]:
     return result
 
 
-def setup(cfg: Config, accelerator: Any, shard_set: ShardSet, labels: Labels, resume: str) -> Run:
+def setup(cfg: Config, accelerator: Any, data: TrainData, labels: Labels, resume: str) -> Run:
     from accelerate.utils import set_seed
 
     set_seed(cfg.run.seed, deterministic=cfg.run.deterministic)
+    shard_set = data.all
     model = build_model(cfg)
+    if cfg.train.init_from:
+        start_from_export(model, cfg.train.init_from)
     if cfg.train.sync_bn and accelerator.num_processes > 1:
         model = convert_sync_batchnorm(model)
     if cfg.train.compile:
@@ -132,12 +139,12 @@ def setup(cfg: Config, accelerator: Any, shard_set: ShardSet, labels: Labels, re
         log.info("resumed from %s at epoch %d step %d", ckpt, state.epoch, state.step)
     if accelerator.is_main_process:
         save_config(cfg, Path(cfg.run.dir) / "config.yaml")
-    steps = epoch_steps(cfg, shard_set)
+    steps = epoch_steps(cfg, data.current)
     total = cfg.train.epochs * steps // cfg.train.grad_accum
     total = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision)
     dtype = half if (half is not None and is_deepspeed(accelerator)) else torch.float32  # DeepSpeed casts the model
-    run = Run(cfg, accelerator, model, optimizer, base_lrs, shard_set, labels,
+    run = Run(cfg, accelerator, model, optimizer, base_lrs, shard_set, data, labels,
               Tracker(cfg, cfg.run.dir, accelerator.is_main_process), state, steps, total, dtype,
               StopRequest(cfg.train.sigterm_grace))
     if accelerator.is_main_process and cfg.tracking.vis_every > 0 and cfg.tracking.vis_images > 0:
@@ -174,8 +181,8 @@ def fit(run: Run) -> dict[str, Any]:
 def train_epoch(run: Run) -> str:
     """One epoch (or what is left of it); returns done | interrupted | max_steps."""
     cfg, s, acc = run.cfg, run.state, run.accelerator
-    loader = train_loader(cfg, run.shard_set, run.labels, acc.process_index, acc.num_processes, s.epoch,
-                          s.batch_in_epoch, pin_memory=torch.cuda.is_available())
+    loader = train_loader(cfg, run.train_data.current, run.labels, acc.process_index, acc.num_processes, s.epoch,
+                          s.batch_in_epoch, pin_memory=torch.cuda.is_available(), replay=run.train_data.replay)
     run.model.train()
     run.corrupt = 0.0
     meter = Meter()
@@ -290,17 +297,15 @@ def validate(run: Run) -> dict[str, Any]:
 
 
 def early_stopping(run: Run, val: dict[str, Any]) -> bool:
-    """Export the best weights on improvement; True when patience is exhausted."""
-    s, cfg = run.state, run.cfg
+    """Export the best weights; True when the run should stop (pipelines.early_stop)."""
     run.last_val = val
-    if val["loss"] < s.best_val:
-        s.best_val, s.bad_validations = val["loss"], 0
+    best, stop = judge(run.state, val["loss"], run.cfg.train)
+    if best:
         if run.accelerator.is_main_process:
-            write_export(run.accelerator.unwrap_model(run.model), cfg, run.run_dir, "export", export_info(run, "best"))
+            write_export(run.accelerator.unwrap_model(run.model), run.cfg, run.run_dir, "export",
+                         export_info(run, "best"))
         run.accelerator.wait_for_everyone()
-    else:
-        s.bad_validations += 1
-    return cfg.train.patience > 0 and s.bad_validations >= cfg.train.patience
+    return stop
 
 
 def show(run: Run) -> None:
@@ -357,7 +362,29 @@ def export_info(run: Run, which: str) -> dict[str, Any]:
     return {"class_index": dict(run.shard_set.class_index), "datasets": run.shard_set.datasets(),
             "builds": list(run.shard_set.builds), "step": run.state.step, "epoch": run.state.epoch,
             "val_loss": run.state.best_val if math.isfinite(run.state.best_val) else None, "weights": which,
-            "class_source": run.cfg.data.class_source}
+            "class_source": run.cfg.data.class_source, "trained_classes": trained_classes(run),
+            "init_from": run.cfg.train.init_from or None}
+
+
+def trained_classes(run: Run) -> list[str]:
+    """Every class whose samples this run trained on (the current and the replayed ones), plus, for a run
+    started from an export, the classes that export had been trained on."""
+    names = {n for ss in (run.train_data.current, run.train_data.replay) if ss is not None
+             for m in ss.manifests for n in (f"{m['dataset']}/{c}" for c in m.get("counts", {}).get("train", {}))}
+    if run.cfg.train.init_from:
+        names |= set(read_info(run.cfg.train.init_from).get("trained_classes") or [])
+    return sorted(names)
+
+
+def start_from_export(model: Any, export: str) -> None:
+    """The student's weights from an export (strict: same keys and shapes), before anything is prepared."""
+    path = Path(export) / "model.safetensors"
+    try:
+        model.load_trainable_state_dict(read_safetensors(path), strict=True)
+    except (RuntimeError, ValueError) as err:
+        raise InputError(f"train.init_from={export}: {path} does not fit this model (teacher, projector and "
+                         f"image scales must be the export's): {str(err).splitlines()[0]}") from None
+    log.info("student weights from %s", path)
 
 
 def summary(run: Run, interrupted: bool = False, stopped_early: bool = False) -> dict[str, Any]:

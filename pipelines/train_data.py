@@ -15,9 +15,10 @@ batches on any world size that divides it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,8 @@ from ccl.data.transforms import augment_params, to_uint8_tensor, train_views
 from pipelines.class_batches import ClassBatcher, batch_layout
 from pipelines.data_plan import Segment, train_segments
 from pipelines.distributed import make_loader
-from pipelines.labels import Labels
+from pipelines.labels import Labels, train_class_count
+from pipelines.train_classes import replay_batch
 from shard_format.builds import ShardSet
 from shard_format.errors import ShardError, lost_count
 from shard_format.reader import read_ranges
@@ -187,6 +189,34 @@ class TrainStream(IterableDataset):
                 "keys": [v[2] for v in views], "stats": out_stats}
 
 
+class ReplayMix(IterableDataset):
+    """Continual training: every batch of ``current`` followed by a batch of the replay stream, concatenated.
+
+    The replay stream is a ``TrainStream`` over the replayed classes' builds with its own share of the batch;
+    it is walked again (another seeded order each time) whenever the current epoch needs more of it. A resumed
+    epoch draws its replay batches afresh: replay is a sampler, not a sequence to continue.
+    """
+
+    def __init__(self, current: TrainStream, replay: StreamSpec) -> None:
+        self.current, self.replay = current, replay
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        replay = self._replay_batches()
+        for batch in self.current:
+            yield _concat((batch, next(replay)))
+
+    def _replay_batches(self) -> Iterator[dict[str, Any]]:
+        for cycle in itertools.count():
+            # Another seed than the current stream's, and another order at every pass over the replay data.
+            spec = replace(self.replay, seed=self.replay.seed + 1_000_003, epoch=self.replay.epoch * 1000 + cycle)
+            produced = 0
+            for batch in TrainStream(spec):
+                produced += 1
+                yield batch
+            if not produced:
+                raise ShardError("the replay classes gave no batch (fewer samples than loader workers x batch)")
+
+
 def _shuffled(items: Iterator[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:
     """Reservoir-style shuffle buffer over encoded samples (memory: ``size`` encoded images)."""
     buffer: list[Any] = []
@@ -220,22 +250,34 @@ def plan_ranks(cfg: Any, world: int) -> int:
     return cfg.data.plan_ranks or world
 
 
-def train_layout(cfg: Any, labels: Labels, world: int) -> tuple[int, ...]:
-    d = cfg.data
-    return tuple(batch_layout(d.batch_size, d.classes_per_batch, plan_ranks(cfg, world), labels.num_classes))
+def layout(cfg: Any, global_batch: int, shard_set: ShardSet, world: int) -> tuple[int, ...]:
+    """Samples per class in one plan rank's share of ``global_batch`` (K = data.batch_size / classes_per_batch
+    samples per class, whatever part of the batch this is), over the classes ``shard_set`` trains."""
+    k = cfg.data.batch_size // cfg.data.classes_per_batch
+    return tuple(batch_layout(global_batch, max(1, global_batch // k), plan_ranks(cfg, world),
+                              train_class_count(shard_set)))
 
 
 def train_loader(cfg: Any, shard_set: ShardSet, labels: Labels, rank: int, world: int, epoch: int,
-                 skip_batches: int = 0, pin_memory: bool = False) -> DataLoader:
-    """This rank's loader for one epoch (a fresh one per epoch: the plan depends on the epoch)."""
+                 skip_batches: int = 0, pin_memory: bool = False, replay: ShardSet | None = None) -> DataLoader:
+    """This rank's loader for one epoch (a fresh one per epoch: the plan depends on the epoch). With ``replay``
+    (continual training), ``data.replay_fraction`` of every batch comes from its training samples."""
     d = cfg.data
     workers = max(1, d.num_workers)
-    spec = StreamSpec(shard_set.sizes("train"), d.batch_size, train_layout(cfg, labels, world),
+    current = d.batch_size - (replay_batch(cfg) if replay is not None else 0)
+    spec = StreamSpec(shard_set.sizes("train"), current, layout(cfg, current, shard_set, world),
                       plan_ranks(cfg, world), world, rank, workers, cfg.run.seed, epoch, d.image_size,
                       augment_params(**asdict(d.augment)), labels, d.shuffle_buffer, skip_batches)
-    return make_loader(TrainStream(spec), d.num_workers, pin_memory)
+    stream: IterableDataset = TrainStream(spec)
+    if replay is not None:
+        replayed = d.batch_size - current
+        stream = ReplayMix(stream, replace(spec, shards=replay.sizes("train"), global_batch=replayed,
+                                           layout=layout(cfg, replayed, replay, world), skip_batches=0))
+    return make_loader(stream, d.num_workers, pin_memory)
 
 
 def epoch_steps(cfg: Any, shard_set: ShardSet) -> int:
-    """Loader batches per epoch on every rank."""
-    return shard_set.count("train") // cfg.data.batch_size
+    """Loader batches per epoch on every rank: the samples of ``shard_set`` (the current classes) over the part
+    of the batch they fill."""
+    replayed = replay_batch(cfg) if cfg.data.replay_classes else 0
+    return shard_set.count("train") // (cfg.data.batch_size - replayed)

@@ -7,6 +7,7 @@
     record      one raw sample -> ``Record`` (decoded image, mask, metadata)
     manifest    ``manifest.json``: made by the builder, read and checked by everyone else
     builds      one or several builds seen as one data set (``ShardSet``: merged class index, shard list)
+    subset      a build restricted to some classes (one-for-one, sequential, continual training), copied
     atomic      whole-file writes no reader sees half of (manifest, journal, sidecars; the runtime's files too)
 
 ``shard_tools`` (the builder) and ``pipelines`` (the runtime) both import this package; it imports
