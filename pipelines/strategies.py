@@ -11,6 +11,7 @@
 
     metrics = run_strategy(job, cfg, processes=2, port=None, env=job_env(2))      # from launch/compare.py rows
     python launch/train.py --config configs/demo.yaml strategy.mode=sequential --processes 2     # or alone
+    python launch/add_classes.py --export RUN/export --shards OLD NEW --classes new/a --out RUN2   # a new product
 
 A staged strategy runs in ``RUN``: ``RUN/stages/NN-<class>/`` is one ordinary run per stage (config, log,
 exports; one-for-one also its evaluation), ``RUN/strategy.json`` records the mode, class order and
@@ -30,7 +31,8 @@ from typing import Any
 from ccl.metrics.report import summarize
 from pipelines.config import Config, ConfigError
 from pipelines.distributed import world_from_env
-from pipelines.jobs import Job, evaluate_job, job_env, train_job
+from pipelines.jobs import Job, evaluate_job, job_env, run_job, train_job
+from pipelines.model import read_info
 from shard_format.atomic import write_atomic
 from shard_format.builds import ShardSet, open_builds
 
@@ -139,3 +141,25 @@ def train_strategy(cfg: Config, config: str | Path, overrides: list[str], proces
                           "`python launch/train.py --config ... --processes N`, not under a multi-process launcher")
     job = Job(Path(cfg.run.dir), Path(config), tuple(overrides), tuple(Path(b) for b in cfg.data.shards))
     return run_strategy(job, cfg, processes, None, job_env(processes))
+
+
+def add_classes(export: Path, builds: list[Path], classes: list[str], out: Path, replay_fraction: float,
+                overrides: list[str], processes: int) -> dict[str, Any]:
+    """A new product on the line: train ``classes`` into the model of ``export``, replaying the classes it was
+    trained on, then score every class; returns the evaluation's metrics.
+
+    The new run starts from the export's weights and config (``train.init_from``), keeps its class ids and
+    appends the new classes; ``replay_fraction`` of every batch comes from the old classes' training samples
+    in ``builds``, so those builds must hold them. Its threshold is only what the new evaluation stores.
+    """
+    info = read_info(export)
+    old = list(info.get("trained_classes") or info.get("class_index") or [])
+    if not old:
+        raise ConfigError(f"{export}/info.json names no trained classes: not an export of this trainer")
+    again = sorted(set(old) & set(classes))
+    if again:
+        raise ConfigError(f"{again} are classes {export} was already trained on")
+    steps = [f"train.init_from={export}", f"data.classes=[{','.join(classes)}]",
+             f"data.replay_classes=[{','.join(old)}]", f"data.replay_fraction={replay_fraction}", *overrides]
+    job = Job(out, export / "config.yaml", tuple(steps), tuple(builds))
+    return run_job(job, processes, None, job_env(processes))

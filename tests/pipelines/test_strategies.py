@@ -137,3 +137,35 @@ def test_continual_from_launch_train_chains_its_stages_and_scores_every_class(bu
     assert info["trained_classes"] == CLASSES
     result = json.loads((run / "eval" / "metrics.json").read_text())
     assert sorted(result["per_group"]) == CLASSES and result["strategy"]["mode"] == "continual"
+
+
+@pytest.mark.slow
+def test_adding_a_class_keeps_the_export_its_ids_and_its_threshold(build: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty.yaml").write_text("{}\n")
+    old = tmp_path / "v1"
+    _run(["launch/train.py", "--config", str(tmp_path / "empty.yaml"), f"data.shards=[{build}]", f"run.dir={old}",
+          "data.classes=[toy/a,toy/b]", *TINY])
+    _run(["launch/evaluate.py", "--checkpoint", str(old / "export"), "--shards", str(build), "--out",
+          str(old / "eval"), "--vis", "0", "eval.classes=[toy/a,toy/b]"])
+    before = (old / "export" / "info.json").read_bytes()
+    new = tmp_path / "v2"
+    _run(["launch/add_classes.py", "--export", str(old / "export"), "--shards", str(build), "--classes", "toy/c",
+          "--out", str(new), "--replay", "0.5"])
+    assert (old / "export" / "info.json").read_bytes() == before  # the old model is not touched
+    info_old, info = json.loads(before), json.loads((new / "export" / "info.json").read_text())
+    assert info["class_index"] == info_old["class_index"] and info["trained_classes"] == CLASSES
+    config = yaml.safe_load((new / "config.yaml").read_text())
+    assert config["data"]["replay_classes"] == ["toy/a", "toy/b"] and config["data"]["classes"] == ["toy/c"]
+    metrics = json.loads((new / "eval" / "metrics.json").read_text())
+    assert sorted(metrics["per_group"]) == CLASSES
+    assert metrics["threshold"] is not None and info["image_threshold"] == metrics["threshold"]  # its own evaluation
+
+
+def test_adding_a_class_the_export_knows_is_refused(tmp_path: Path) -> None:
+    from pipelines.strategies import add_classes
+
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "info.json").write_text(json.dumps({"trained_classes": ["toy/a"]}))
+    with pytest.raises(ConfigError, match="already trained on"):
+        add_classes(export, [tmp_path], ["toy/a"], tmp_path / "out", 0.25, [], 1)

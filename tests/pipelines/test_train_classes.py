@@ -151,4 +151,4 @@ def test_a_stage_started_from_an_export_starts_from_its_weights_and_records_its_
     assert info1["trained_classes"] == ["toy/a", "toy/b"]
     assert info2["trained_classes"] == ["toy/a", "toy/b", "toy/c"] and info2["init_from"] == str(first)
     assert info2["class_index"] == info1["class_index"]  # ids kept
-    assert "threshold" not in info2  # only an evaluation of these weights writes one
+    assert "image_threshold" not in info2  # only an evaluation of these weights writes one
