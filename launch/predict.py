@@ -7,6 +7,11 @@
 ``--checkpoint`` runs the torch model of a training export; ``--model`` an exported graph
 (launch/export.py: model.onnx with onnxruntime, model.xml with OpenVINO; neither needs torch, or
 model.pt with torch). Both write the same files.
+
+A TorchScript file is a program: loading it runs whatever code it holds. ``--model DIR/model.pt`` is
+refused unless ``--trust-torchscript`` says the file is yours; use model.onnx or model.xml otherwise.
+Images whose header claims more than ``--max-pixels`` (default: CCL_MAX_IMAGE_PIXELS or 100 megapixels)
+are skipped without being decoded.
 """
 
 from __future__ import annotations
@@ -31,21 +36,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vis", action=argparse.BooleanOptionalAction, default=True, help="write heatmap overlays")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, help="--model: CPU threads of the runtime (default: its own choice)")
+    p.add_argument("--trust-torchscript", action="store_true",
+                   help="--model DIR/model.pt: load it although a TorchScript file runs arbitrary code (only a "
+                        "file you exported yourself; prefer model.onnx or model.xml)")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="skip images whose header claims more pixels (default: $CCL_MAX_IMAGE_PIXELS or 100000000)")
     p.add_argument("overrides", nargs="*", help="--checkpoint: config overrides a.b=value")
     args = p.parse_intermixed_args(argv)  # overrides anywhere
 
     def body() -> int:
-        from pipelines.predict import predict
+        from pipelines.predict import check_batch_size, predict
+        from shard_format.image_header import max_pixels
 
+        check_batch_size(args.batch_size)  # before any model is loaded
+        limit = max_pixels() if args.max_pixels is None else args.max_pixels  # a bad environment value: one line
+        if limit < 1:
+            raise InputError(f"--max-pixels must be a whole number >= 1, got {limit}")
         score, image_size, threshold = (_exported(args) if args.model else _torch(args))
-        summary = predict(score, image_size, args.input, args.out, threshold, args.vis, args.batch_size)
+        summary = predict(score, image_size, args.input, args.out, threshold, args.vis, args.batch_size, limit)
         print(f"{summary['scored']} images scored ({summary['anomalous']} anomalous at threshold {threshold}), "
               f"{len(summary['skipped'])} skipped; see {Path(args.out) / 'scores.csv'}")
         for path, reason in summary["skipped"]:
             print(f"  skipped {path}: {reason}")
         return 0
 
-    return run_entry(body, USER_ERRORS)  # ConfigError and DeployError are InputErrors
+    from shard_format.errors import ShardError
+
+    return run_entry(body, (*USER_ERRORS, ShardError))  # ConfigError and DeployError are InputErrors
 
 
 def _exported(args: argparse.Namespace):  # numpy, OpenCV and the model's runtime only: no torch
@@ -54,7 +71,7 @@ def _exported(args: argparse.Namespace):  # numpy, OpenCV and the model's runtim
 
     if args.overrides:
         raise InputError(f"config overrides {args.overrides} apply to --checkpoint only; an exported graph is fixed")
-    model = load_deployed(args.model, args.threads)
+    model = load_deployed(args.model, args.threads, trust_torchscript=args.trust_torchscript)
     threshold = resolve_threshold(args.threshold, model.path.parent,
                                   "evaluate the training export, then export it again")
     return model, model.image_size, threshold

@@ -5,11 +5,17 @@
 
 Override values are parsed as YAML (``[a,b]`` is a list, ``1e-3`` a float, ``full`` a string).
 Files may ``include:`` other files (paths relative to the including file); later keys win.
+
+Every numeric field has its range in ``RANGES`` (beside the dataclasses), checked when the config loads:
+a value outside it is a ConfigError naming the key (status 2 from every entry point), before any run
+starts. Floats must be finite; a float field also takes a string that parses as one (YAML 1.1 reads an
+unquoted ``1e-3`` as a string).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -226,6 +232,103 @@ class Config:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
 
 
+# ---------------------------------------------------------------- ranges of the numeric fields
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric field takes: bounds (closed unless marked open), an optional step; floats finite.
+    ``text`` replaces the generated description where a unit says more (seconds)."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    multiple_of: int = 0
+    text: str = ""
+
+    def describe(self) -> str:
+        if self.text:
+            return self.text
+        step = f"a multiple of {self.multiple_of} " if self.multiple_of else ""
+        lo, hi = _number(self.lo), _number(self.hi)
+        if self.lo is not None and self.hi is not None:
+            return f"{step}in {'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}"
+        if self.lo is not None:
+            return f"{step}{'>' if self.lo_open else '>='} {lo}"
+        return f"{step}{'<' if self.hi_open else '<='} {hi}"
+
+    def admits(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        if self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi):
+            return False
+        return not (self.multiple_of and value % self.multiple_of)
+
+
+def _number(x: float | None) -> str:
+    if x is None:
+        return ""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+COUNT = Range(0)  # 0 means "off", "none" or "all" where the field says so
+AT_LEAST_1 = Range(1)
+PROBABILITY = Range(0, 1)
+FRACTION = Range(0, 1, hi_open=True)  # a share that must leave something (1 would leave nothing)
+NON_NEGATIVE = Range(0)
+POSITIVE = Range(0, lo_open=True)
+SECONDS = Range(0, lo_open=True, text="a positive number of seconds")
+
+# Field -> range, by dataclass. Every int and float field (and the numbers in their tuples) is listed:
+# tests/pipelines/test_config.py checks that none is missing.
+RANGES: dict[type, dict[str, Range]] = {
+    RunConfig: {"seed": Range(0, 2**32 - 1)},  # numpy's legacy seeding takes 32 bits
+    AugmentConfig: {
+        "crop_scale": Range(0, 1, lo_open=True), "hflip": PROBABILITY, "vflip": PROBABILITY,
+        "rotation": Range(0, 180), "brightness": PROBABILITY, "contrast": PROBABILITY, "saturation": PROBABILITY,
+        "hue": Range(0, 0.5), "jitter_p": PROBABILITY, "grayscale": PROBABILITY, "blur_p": PROBABILITY,
+        "blur_sigma": Range(0, 100, lo_open=True)},
+    DataConfig: {
+        "batch_size": AT_LEAST_1, "classes_per_batch": AT_LEAST_1, "num_workers": Range(0, 256),
+        # The teacher's coarsest scale used (out_indices up to 3) is 1/16 and the neck halves it once more:
+        # 32 px is the smallest image the model runs at; 4096 px keeps one image's features within memory.
+        "image_size": Range(32, 4096, multiple_of=32), "shuffle_buffer": COUNT, "max_corrupt": COUNT,
+        "plan_ranks": COUNT, "replay_fraction": FRACTION},
+    ModelConfig: {"out_indices": Range(0, 8), "noise_prob": PROBABILITY, "noise_std": NON_NEGATIVE},
+    LossConfig: {
+        "lambda_local": NON_NEGATIVE, "lambda_global": NON_NEGATIVE, "temperature": POSITIVE,
+        "local_window": AT_LEAST_1, "local_scales": Range(0, 8), "local_chunk": AT_LEAST_1,
+        "contrastive_warmup": COUNT},
+    TrainConfig: {
+        "epochs": AT_LEAST_1, "max_steps": COUNT, "lr_projector": NON_NEGATIVE, "lr_rest": NON_NEGATIVE,
+        "lr_reference_batch": COUNT, "betas": FRACTION, "weight_decay": NON_NEGATIVE, "warmup_steps": COUNT,
+        "grad_clip": NON_NEGATIVE, "grad_accum": AT_LEAST_1, "patience": COUNT, "min_epochs": COUNT,
+        "val_smoothing": FRACTION, "val_every": AT_LEAST_1, "eval_every": COUNT, "ckpt_every": AT_LEAST_1,
+        "nan_tolerance": AT_LEAST_1, "log_every": AT_LEAST_1, "collective_timeout": SECONDS,
+        "sigterm_grace": SECONDS},
+    EvalConfig: {
+        "batch_size": AT_LEAST_1, "num_workers": Range(0, 256), "sigma": Range(0, 256, lo_open=True),
+        "bins": Range(2, 1 << 24), "fpr_limit": Range(0, 1, lo_open=True), "vis": COUNT, "max_images": COUNT},
+    TrackingConfig: {"vis_images": COUNT, "vis_every": COUNT, "max_features": COUNT},
+    StrategyConfig: {"stage_epochs": COUNT, "replay_fraction": FRACTION},
+}
+
+
+def check_range(cls: type, name: str, value: Any, where: str) -> None:
+    """ConfigError when the numbers of field ``name`` of ``cls`` (one, or a tuple of them) are out of range."""
+    bounds = RANGES.get(cls, {}).get(name)
+    if bounds is None:
+        return
+    numbers = value if isinstance(value, tuple) else (value,)
+    for number in numbers:
+        if isinstance(number, (int, float)) and not isinstance(number, bool) and not bounds.admits(number):
+            shown = list(value) if isinstance(value, tuple) else value
+            raise ConfigError(f"{where}={shown!r} must be {bounds.describe()}")
+
+
 # ---------------------------------------------------------------- loading
 
 
@@ -271,6 +374,7 @@ def from_dict(cls: type, tree: dict[str, Any], where: str = "config", prefix: st
             kwargs[name] = from_dict(typ, tree[name] or {}, where, f"{prefix}{name}.")
         else:
             kwargs[name] = _coerce(tree[name], typ, f"{where}: {prefix}{name}")
+            check_range(cls, name, kwargs[name], f"{where}: {prefix}{name}")
     return cls(**kwargs)
 
 
@@ -384,6 +488,11 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     if typ is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string: take what parses as a float
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if typ is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):

@@ -7,7 +7,8 @@ The graph is ``ccl.models.inference_graph.InferenceGraph``: a uint8 RGB (or norm
 (``torch.onnx.export(dynamo=True)``); OpenVINO IR is converted from that ONNX graph (OpenVINO's
 PyTorch frontend has no cosine similarity) and saved in float32; TorchScript is a trace.
 
-Before anything replaces ``out``, the written file is run by its runtime on a fixed batch and
+info.json lists the sha256 of every model file written (``files``; the runtime refuses a file that
+differs). Before anything replaces ``out``, the written file is run by its runtime on a fixed batch and
 compared with the torch model: a map more than 1e-4 of the map range away fails the export.
 The directory is written under a temporary name and swapped in, so a reader never sees half an
 export; an existing ``out`` that is not a deploy export is never replaced.
@@ -37,8 +38,10 @@ from pipelines.runtime import (
     FORMATS,
     INPUT_NAME,
     JIT_DEPRECATION,
+    MODEL_FILES,
     OUTPUT_NAMES,
     DeployError,
+    file_sha256,
     load_deployed,
 )
 
@@ -136,6 +139,7 @@ def export_model(checkpoint: str | Path, fmt: str, out_dir: str | Path, image_si
         path = WRITERS[fmt](graph, example_input(input_kind, fixed or 2, size), tmp, fixed is None)
         seconds = time.perf_counter() - started
         info = deploy_info(cfg, read_info(checkpoint), fmt, size, fixed, input_kind, Path(checkpoint), seconds)
+        info["files"] = {name: file_sha256(tmp / name) for name in MODEL_FILES[fmt]}  # checked by every load
         (tmp / INFO_NAME).write_text(json.dumps(info, indent=2))
         info["parity"] = check_parity(graph, path, fixed or 2, size)
         (tmp / INFO_NAME).write_text(json.dumps(info, indent=2))
@@ -222,7 +226,7 @@ def check_parity(graph: InferenceGraph, path: Path, n: int, size: int) -> dict[s
     images = example_input("uint8", n, size, seed=1)
     with torch.no_grad():
         want_maps, want_scores = (t.numpy() for t in uint8(images))
-    maps, scores = load_deployed(path)(images.numpy())
+    maps, scores = load_deployed(path, trust_torchscript=True)(images.numpy())  # the file written just now
     span = float(want_maps.max() - want_maps.min()) or 1.0
     worst = float(np.abs(maps - want_maps).max()) / span
     if not worst <= PARITY_TOLERANCE:

@@ -73,7 +73,10 @@ def save_export(model: RDCCL, cfg: Config, out_dir: str | Path, info: dict[str, 
     """Write weights, config and info atomically enough that a reader never sees half a file."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()}
+    # float32 whatever the training ran in (DeepSpeed casts the module to bf16/fp16): loading refuses a tensor
+    # of another dtype than the model's instead of casting it, and the model is built in float32.
+    state = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous()
+             for k, v in model.trainable_state_dict().items()}
     tmp = out / (WEIGHTS_NAME + ".tmp")
     save_file(state, str(tmp))
     tmp.replace(out / WEIGHTS_NAME)
@@ -105,8 +108,19 @@ def export_config(export_dir: str | Path, overrides: list[str] | tuple[str, ...]
 def model_of_export(export_dir: str | Path, cfg: Config, device: str | torch.device = "cpu") -> RDCCL:
     """The model of an export in eval mode, built from its config ``cfg`` (see ``export_config``)."""
     model = build_model(cfg, start_checkpoint=False)  # the export supersedes any starting point
-    model.load_trainable_state_dict(read_safetensors(Path(export_dir) / WEIGHTS_NAME), strict=True)
+    load_weights(model, Path(export_dir) / WEIGHTS_NAME)
     return model.to(device).eval()
+
+
+def load_weights(model: RDCCL, path: str | Path) -> None:
+    """The trainable weights of a safetensors file into ``model``: every tensor of the model's keys, shape and
+    dtype (no silent cast) with finite values, or one InputError naming the file and the first tensor."""
+    try:
+        model.load_trainable_state_dict(read_safetensors(path), strict=True)
+    except (ValueError, RuntimeError) as err:
+        if isinstance(err, InputError):
+            raise
+        raise InputError(f"{path}: {str(err).splitlines()[0]}") from None
 
 
 def load_export(export_dir: str | Path, overrides: list[str] | tuple[str, ...] = (),

@@ -9,8 +9,13 @@ decision, scores.csv, skipped.csv, heatmaps) is this one module, in numpy and Op
 both paths write the same files and the exported path runs without torch.
 
 No class label is needed: the model scores any image. ``threshold="auto"`` uses the F1-optimal
-image threshold that the last evaluation stored in info.json. Unreadable files are listed in
-skipped.csv (and printed) while the others are scored.
+image threshold that the last evaluation stored in info.json. Unreadable files, and images whose header
+claims more pixels than the limit (``shard_format.image_header``; never decoded), are listed in skipped.csv
+(and printed) while the others are scored.
+
+Decisions fail closed: a threshold that is not a finite number (``nan``, ``inf``, ``1e999``, in info.json
+too) and a model that gives a non-finite score or map (NaN weights) stop the run with an InputError
+instead of marking every image "no".
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import csv
 import glob
 import io
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -32,8 +38,11 @@ from ccl.data.image_ops import resize_image
 from pipelines.exits import InputError
 from pipelines.visualize import overlay, save_png
 from shard_format.atomic import write_atomic
+from shard_format.image_header import ImageRefused, check_image_header
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# Larger files are skipped unread: 100 megapixels of uncompressed 32-bit BMP are 400 MB.
+MAX_IMAGE_FILE_BYTES = 1 << 30
 
 Score = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -53,41 +62,68 @@ def list_inputs(spec: str | Path) -> tuple[list[Path], Path]:
 
 
 def resolve_threshold(threshold: str | float | None, info_dir: str | Path, hint: str = "") -> float | None:
-    """A number, None (no decision), or "auto": the F1-optimal image threshold in ``info_dir/info.json``."""
+    """A number, None (no decision), or "auto": the F1-optimal image threshold in ``info_dir/info.json``.
+
+    Only a finite number decides: NaN compares false with every score (every image "no") and inf marks
+    none, so both are refused, from the command line and from info.json alike."""
     if threshold is None or threshold == "none":
         return None
     if threshold != "auto":
         try:
-            return float(threshold)
+            value = float(threshold)
         except ValueError:
-            raise InputError(f"--threshold must be 'auto' or a number, got {threshold!r}") from None
+            raise InputError(f"--threshold must be 'auto', 'none' or a number, got {threshold!r}") from None
+        if not math.isfinite(value):
+            raise InputError(f"--threshold {threshold}: not a finite number (it would decide nothing)")
+        return value
     info = Path(info_dir) / "info.json"
-    value = json.loads(info.read_text()).get("image_threshold") if info.is_file() else None
+    try:
+        doc = json.loads(info.read_text()) if info.is_file() else {}
+    except ValueError as err:
+        raise InputError(f"{info}: not readable JSON ({err})") from None
+    value = doc.get("image_threshold") if isinstance(doc, dict) else None
     if value is None:
         raise InputError(f"{info} holds no image_threshold: "
                          f"{hint or 'evaluate this export first (launch/evaluate.py --checkpoint ... --shards ...)'}"
                          " or pass --threshold VALUE")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(f"{info}: image_threshold {value!r} is not a finite number; evaluate the export again "
+                         "or pass --threshold VALUE")
     return float(value)
 
 
-def read_rgb(path: Path) -> np.ndarray | None:
-    """(H, W, 3) uint8 RGB, or None when the file is not a readable image."""
+def read_rgb(path: Path, max_pixels: int | None = None) -> tuple[np.ndarray | None, str]:
+    """(H, W, 3) uint8 RGB and "", or None and why the file is skipped. The header is read first: an image
+    claiming more than ``max_pixels`` (default: ``shard_format.image_header.max_pixels()``) is not decoded."""
     try:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        size = path.stat().st_size
+        if size > MAX_IMAGE_FILE_BYTES:
+            return None, f"file of {size} bytes is over the {MAX_IMAGE_FILE_BYTES}-byte limit for an image"
+        data = path.read_bytes()
+    except OSError as err:
+        return None, f"not readable ({err.strerror or err})"
+    try:
+        check_image_header(data, limit=max_pixels)
+    except ImageRefused as err:
+        return None, str(err)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error:
-        return None
-    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        image = None
+    if image is None:
+        return None, "not a readable image"
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), ""
 
 
-def _batches(files: list[Path], size: int, image_size: int,
-             skipped: list[tuple[str, str]]) -> Iterator[tuple[list[Path], np.ndarray]]:
+def _batches(files: list[Path], size: int, image_size: int, skipped: list[tuple[str, str]],
+             max_pixels: int | None = None) -> Iterator[tuple[list[Path], np.ndarray]]:
     """Readable images in batches of ``size``: (paths, (B, S, S, 3) uint8); unreadable ones go to ``skipped``."""
     paths, images = [], []
     for i, path in enumerate(files):
-        image = read_rgb(path)
+        image, reason = read_rgb(path, max_pixels)
         if image is None:
-            print(f"warning: skipped {path}: not a readable image", file=sys.stderr, flush=True)
-            skipped.append((str(path), "not a readable image"))
+            print(f"warning: skipped {path}: {reason}", file=sys.stderr, flush=True)
+            skipped.append((str(path), reason))
         else:
             paths.append(path)
             images.append(resize_image(image, image_size))
@@ -96,17 +132,37 @@ def _batches(files: list[Path], size: int, image_size: int,
             paths, images = [], []
 
 
+def check_batch_size(batch_size: int) -> int:
+    """``--batch-size``: a whole number >= 1 (0 or less would put every image in one batch)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"--batch-size must be a whole number >= 1, got {batch_size!r}")
+    return batch_size
+
+
+def check_finite(paths: Sequence[Path], maps: np.ndarray, scores: np.ndarray) -> None:
+    """A non-finite score or map (NaN or inf weights, an overflow) decides nothing: InputError naming the image."""
+    bad = [i for i in range(len(paths)) if not (np.isfinite(scores[i]) and np.isfinite(maps[i]).all())]
+    if bad:
+        raise InputError(f"the model gives a non-finite score or anomaly map ({scores[bad[0]]}) for {paths[bad[0]]}"
+                         f" ({len(bad)} of {len(paths)} in its batch): NaN or inf weights? Refusing to decide; "
+                         "nothing was written to scores.csv")
+
+
 def predict(score: Score, image_size: int, spec: str | Path, out_dir: str | Path, threshold: float | None = None,
-            vis: bool = True, batch_size: int = 16) -> dict[str, Any]:
+            vis: bool = True, batch_size: int = 16, max_pixels: int | None = None) -> dict[str, Any]:
     """Score every image of ``spec``; write scores.csv, skipped.csv and heatmaps/ under ``out_dir``."""
+    check_batch_size(batch_size)
+    if threshold is not None and not math.isfinite(threshold):
+        raise InputError(f"threshold {threshold}: not a finite number (it would decide nothing)")
     files, root = list_inputs(spec)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, float, str]] = []
     skipped: list[tuple[str, str]] = []
     vmax = 2 * threshold if threshold else None  # one colour scale for all images (threshold mid-scale)
-    for paths, images in _batches(files, batch_size, image_size, skipped):
+    for paths, images in _batches(files, batch_size, image_size, skipped, max_pixels):
         maps, scores = score(images)
+        check_finite(paths, np.asarray(maps), np.asarray(scores))
         for path, image, amap, value in zip(paths, images, maps, scores.tolist()):
             decision = "" if threshold is None else ("yes" if value >= threshold else "no")
             rows.append((str(path), value, decision))

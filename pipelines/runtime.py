@@ -9,13 +9,20 @@ An export directory holds one model file and ``info.json`` (written by ``pipelin
 directory of another version, a model file whose input does not match its info.json, or a file
 that does not parse is refused with an error that names the file.
 
+Trust: info.json lists the sha256 of every model file of the export (``files``); a file that differs
+(swapped, damaged) is refused by name before any runtime opens it. A TorchScript file is a program (it
+can read and write any file when loaded): ``load_deployed`` refuses one unless ``trust_torchscript=True``
+(``predict.py --trust-torchscript``); ONNX and OpenVINO IR are graphs their runtimes only evaluate.
+
 Inference runs in float32: OpenVINO's CPU plugin would otherwise pick bf16 on CPUs that have it,
 and its maps then differ from the trained model's in the second decimal.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import warnings
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable
@@ -33,6 +40,12 @@ FORMATS = {"onnx": "model.onnx", "openvino": "model.xml", "torchscript": "model.
 INPUT_NAME, OUTPUT_NAMES = "images", ("anomaly_map", "score")
 # torch marks torch.jit deprecated; TorchScript files still trace, save and load (see the README).
 JIT_DEPRECATION = r".*torch\.jit.* is deprecated"
+
+# The files each format writes (info.json's "files" lists their sha256): nothing else is hashed or opened.
+MODEL_FILES = {"onnx": ("model.onnx",), "openvino": ("model.xml", "model.bin"), "torchscript": ("model.pt",)}
+TORCHSCRIPT_RISK = ("a TorchScript file is a program: loading it runs whatever code its author put in it "
+                    "(reading or writing any file)")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 Run = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -60,15 +73,49 @@ def read_deploy_info(model_path: str | Path) -> dict[str, Any]:
     if FORMATS.get(info.get("format", "")) != path.name:
         raise DeployError(f"{path}: info.json describes {info.get('format')!r} ({FORMATS.get(info.get('format'))}), "
                           f"not this file")
+    check_files(path.parent, info)
     return info
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_files(directory: Path, info: dict[str, Any]) -> None:
+    """Every model file of the export's format is the one info.json lists (sha256); DeployError naming the
+    first that is missing from the list or differs (a swapped or damaged file)."""
+    info_path = directory / INFO_NAME
+    listed = info.get("files")
+    if not isinstance(listed, dict):
+        raise DeployError(f"{info_path}: no sha256 of the model files (an export of an earlier version): "
+                          "export the checkpoint again with launch/export.py")
+    for name in MODEL_FILES[info["format"]]:  # fixed names: info.json never chooses which file is read
+        want = listed.get(name)
+        if not isinstance(want, str) or not _SHA256_RE.match(want):
+            raise DeployError(f"{info_path}: no valid sha256 for {name} under 'files'; export the checkpoint again")
+        path = directory / name
+        if not path.is_file():
+            raise DeployError(f"{path} is missing: a file of this {info['format']} export")
+        got = file_sha256(path)
+        if got != want:
+            raise DeployError(f"{path}: sha256 {got[:16]}... differs from {info_path} ({want[:16]}...): the file "
+                              "was replaced or damaged after the export; refused")
 
 
 class DeployedModel:
     """An exported graph with its info: uint8 RGB batches in, anomaly maps and image scores out."""
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, trust_torchscript: bool = False) -> None:
         self.path = Path(path)
         self.info = read_deploy_info(self.path)
+        if self.info["format"] == "torchscript" and not trust_torchscript:
+            raise DeployError(f"{self.path}: refused: {TORCHSCRIPT_RISK}; pass --trust-torchscript only for a file "
+                              "you exported yourself, or use the ONNX or OpenVINO export (launch/export.py "
+                              "--format onnx|openvino), which runs no code of its own")
         self.image_size = int(self.info["image_size"])
         self.batch = None if self.info["batch"] == "dynamic" else int(self.info["batch"])
         self.input_kind = self.info["input"]["kind"]
@@ -105,9 +152,10 @@ class DeployedModel:
         return np.concatenate(maps), np.concatenate(scores)
 
 
-def load_deployed(path: str | Path, threads: int | None = None) -> DeployedModel:
-    """Open an exported model file; ``threads`` bounds the runtime's intra-op threads (None: its default)."""
-    return DeployedModel(path, threads)
+def load_deployed(path: str | Path, threads: int | None = None, trust_torchscript: bool = False) -> DeployedModel:
+    """Open an exported model file; ``threads`` bounds the runtime's intra-op threads (None: its default).
+    A TorchScript file runs code when loaded: only with ``trust_torchscript=True``."""
+    return DeployedModel(path, threads, trust_torchscript)
 
 
 # ---------------------------------------------------------------- backends: path -> (run, graph input shape)

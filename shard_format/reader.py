@@ -7,7 +7,11 @@ first dot of the file name).
 
 A shard is data: the reader opens a local file and nothing else (no ``pipe:`` command, no URL),
 never extracts members to disk, and reads no member larger than its kind's cap
-(``shard_format.schema.member_limit``; an oversized member marks its sample ``__error__``). Python's
+(``shard_format.schema.member_limit``; an oversized member marks its sample ``__error__``). Only the members
+a record uses are read (image, mask, json, cls); the names of others are listed under ``__unread__``
+(verify reports them). A key with more than ``MAX_MEMBERS_PER_SAMPLE`` members and a sparse member (which
+this format never writes; its logical size may be far above its bytes in the shard) mark the sample
+``__error__`` and what was read of it is dropped. Python's
 tarfile takes a cut header for the end of the archive, so a truncated shard would read as a short
 one: the reader compares the samples it delivered with the planned range and raises
 ``LostSamples`` with the count.
@@ -21,7 +25,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shard_format.errors import ERROR_KEY, LostSamples, ShardError
-from shard_format.schema import member_limit
+from shard_format.schema import MAX_MEMBERS_PER_SAMPLE, RECORD_EXTENSIONS, member_limit
+
+UNREAD_KEY = "__unread__"  # extensions of members a sample had but the record does not use (not read)
 
 
 def split_member(name: str) -> tuple[str, str]:
@@ -52,9 +58,9 @@ def iter_range(path: str, start: int = 0, stop: int | None = None) -> Iterator[d
     except (tarfile.TarError, OSError) as err:
         raise lost(f"not a readable tar ({err})") from None
     with tar:
-        index, current = -1, None
+        index, current, count = -1, None, 0
         try:
-            for member in tar:
+            for member in _members(tar):
                 if not member.isfile():
                     continue
                 key, ext = split_member(member.name)
@@ -65,9 +71,10 @@ def iter_range(path: str, start: int = 0, stop: int | None = None) -> Iterator[d
                     index += 1
                     if stop is not None and index >= stop:
                         return
-                    current = {"__key__": key, "__url__": path}
+                    current, count = {"__key__": key, "__url__": path}, 0
+                count += 1
                 if index >= start:
-                    _read_member(tar, member, ext, current, path)
+                    _read_member(tar, member, ext, current, path, count)
         except (tarfile.TarError, OSError, EOFError) as err:
             raise lost(f"corrupt or truncated shard after sample {index} ({err})") from None
         if current is not None and index >= start:
@@ -94,12 +101,45 @@ def read_ranges(ranges: Iterable[Range]) -> Iterator[dict[str, Any] | ShardError
             yield err
 
 
-def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, ext: str, sample: dict[str, Any], path: str) -> None:
-    """Member bytes into ``sample[ext]``; a member over its cap is not read and marks the sample."""
+def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """The members one by one, without the list tarfile keeps of every member seen (a shard of millions of
+    tiny members would hold them all in memory); nothing here looks a member up by name."""
+    while (member := tar.next()) is not None:
+        tar.members.clear()
+        yield member
+
+
+def _refuse(sample: dict[str, Any], reason: str) -> None:
+    """Mark the sample broken and drop what was read of it (memory holds no refused sample's bytes)."""
+    for ext in [e for e in sample if not e.startswith("__")]:
+        del sample[ext]
+    sample.setdefault(ERROR_KEY, reason)
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, ext: str, sample: dict[str, Any], path: str,
+                 count: int) -> None:
+    """Member bytes into ``sample[ext]`` (``count``: this is the sample's count-th member); a member the record
+    does not use is noted, not read; a member over its cap, a sparse one or one too many is not read and marks
+    the sample."""
+    if count > MAX_MEMBERS_PER_SAMPLE:
+        if count == MAX_MEMBERS_PER_SAMPLE + 1:
+            _refuse(sample, f"{path}:{sample['__key__']}: more than {MAX_MEMBERS_PER_SAMPLE} members under one "
+                            "key (refused, not read)")
+            sample.pop(UNREAD_KEY, None)
+        return
+    if ERROR_KEY in sample:
+        return  # already refused: nothing more of it is read
+    if member.issparse():
+        _refuse(sample, f"{path}:{member.name}: sparse member of {member.size} bytes (logical size): refused, "
+                        "not read (this format never writes sparse members)")
+        return
+    if ext not in RECORD_EXTENSIONS:
+        sample.setdefault(UNREAD_KEY, []).append(ext)
+        return
     limit = member_limit(ext)
-    if member.size > limit:
-        sample.setdefault(ERROR_KEY, f"{path}:{member.name}: member of {member.size} bytes is over the "
-                                     f"{limit}-byte limit for .{ext} members (refused, not read)")
+    if member.size > limit:  # tarfile's size is the logical one (what reading it would allocate)
+        _refuse(sample, f"{path}:{member.name}: member of {member.size} bytes is over the "
+                        f"{limit}-byte limit for .{ext} members (refused, not read)")
         return
     fileobj = tar.extractfile(member)
     sample[ext] = fileobj.read() if fileobj is not None else b""

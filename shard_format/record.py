@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from shard_format.errors import ERROR_KEY, ShardError
+from shard_format.image_header import ImageRefused, check_image_header
 from shard_format.schema import IMAGE_EXTENSIONS, MASK_EXTENSION, META_EXTENSION, RecordMeta, SchemaError, validate_meta
 
 
@@ -22,8 +23,17 @@ class Record:
     meta: RecordMeta
 
 
+def _check_header(data: bytes, where: str, what: str) -> None:
+    """Refuse an image whose header is unknown or claims more pixels than the limit, before decoding it."""
+    try:
+        check_image_header(data, what)
+    except ImageRefused as err:
+        raise ImageRefused(f"{where}: {err}") from None
+
+
 def decode_image(data: bytes, where: str) -> np.ndarray:
-    """Encoded bytes -> (H, W, 3) uint8 RGB."""
+    """Encoded bytes -> (H, W, 3) uint8 RGB; the header is checked first (``shard_format.image_header``)."""
+    _check_header(data, where, "image")
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if array is None:
         raise ShardError(f"{where}: image does not decode")
@@ -31,7 +41,8 @@ def decode_image(data: bytes, where: str) -> np.ndarray:
 
 
 def decode_mask(data: bytes, where: str) -> np.ndarray:
-    """0/255 PNG -> (H, W) bool."""
+    """0/255 PNG -> (H, W) bool; the header is checked first."""
+    _check_header(data, where, "mask")
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
     if array is None:
         raise ShardError(f"{where}: mask does not decode")

@@ -49,6 +49,10 @@ PATH_NAME_FIELDS = ("dataset", "class_name", "group")  # become folder and file 
 MAX_MEMBER_BYTES = {META_EXTENSION: 1 << 20, CLASS_EXTENSION: 1 << 10, MASK_EXTENSION: 64 << 20,
                     "png": 256 << 20, "jpg": 256 << 20}
 MAX_OTHER_MEMBER_BYTES = 1 << 20
+# Members a record uses (the reader reads no other, only notes their names) and the most members one key
+# may have: a record holds 4 at most; thousands under one key are an attack on the reader, not a record.
+RECORD_EXTENSIONS = (*IMAGE_EXTENSIONS, MASK_EXTENSION, META_EXTENSION, CLASS_EXTENSION)
+MAX_MEMBERS_PER_SAMPLE = 16
 
 
 class SchemaError(ValueError):

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from shard_format.atomic import write_atomic
-from shard_format.errors import ShardError
+from shard_format.errors import ERROR_KEY, ShardError
 from shard_format.manifest import manifest_path, read_manifest, sum_counts
 from shard_format.reader import iter_range
 from shard_format.schema import META_EXTENSION, SPLITS, class_key, shard_name
@@ -92,6 +92,9 @@ def _copy_selected(build: Path, manifest: dict[str, Any], wanted: set[str], out:
             path = build / entry["name"]
             _check_shard(path, entry, build)
             for sample in iter_range(str(path), 0, entry["samples"]):
+                if ERROR_KEY in sample or META_EXTENSION not in sample:
+                    raise ShardError(f"{path}: sample {sample['__key__']} cannot be copied into a subset: "
+                                     f"{sample.get(ERROR_KEY, 'it has no json member')}")
                 meta = json.loads(sample[META_EXTENSION])
                 if class_key(meta["dataset"], meta["class_name"]) not in wanted:
                     continue

@@ -15,6 +15,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from shard_format.image_header import jpeg_size, pixel_problem, png_size
+
 # Parallelism comes from worker processes; one OpenCV thread each keeps 1-vs-N scaling honest.
 cv2.setNumThreads(1)
 
@@ -28,35 +30,9 @@ class ImageError(ValueError):
     """An image or mask that cannot be used; the message is the reason recorded in the manifest."""
 
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers; C4/C8/CC are not
-
-
-def _png_size(data: bytes) -> tuple[int, int] | None:
-    if data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR":
-        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    return None
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """Width and height from the first frame header, walking the marker segments."""
-    i = 2
-    while i + 9 < len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD8:
-            i += 1 if marker == 0xFF else 2
-            continue
-        if marker in _JPEG_SOF:
-            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
-        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
-    return None
-
-
 def _header(data: bytes) -> tuple[str, int, int]:
     """Format and size without decoding: parsed here for PNG and JPEG (fast), by PIL otherwise."""
-    size = _png_size(data) if data[:1] == b"\x89" else _jpeg_size(data) if data[:2] == b"\xff\xd8" else None
+    size = png_size(data) if data[:1] == b"\x89" else jpeg_size(data) if data[:2] == b"\xff\xd8" else None
     if size is not None and min(size) > 0:
         return ("png" if data[:1] == b"\x89" else "jpg"), size[0], size[1]
     try:
@@ -68,10 +44,14 @@ def _header(data: bytes) -> tuple[str, int, int]:
 
 
 def sniff(data: bytes) -> tuple[str, int, int]:
-    """``(format, width, height)`` from the header, with a check that the file is not cut short."""
+    """``(format, width, height)`` from the header, with a check that the file is not cut short and that it
+    claims no more pixels than the limit (``shard_format.image_header``: nothing over it is ever decoded)."""
     if not data:
         raise ImageError("empty file")
     fmt, width, height = _header(data)
+    problem = pixel_problem(width, height)
+    if problem is not None:
+        raise ImageError(problem)
     if fmt == "png" and not data.rstrip(b"\0").endswith(_PNG_END):
         raise ImageError("truncated PNG (no IEND chunk at the end)")
     if fmt == "jpg" and _JPEG_EOI not in data[-64:]:

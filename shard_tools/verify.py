@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -19,8 +20,9 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from shard_format.errors import ERROR_KEY, ShardError  # noqa: E402
+from shard_format.image_header import ImageRefused, check_image_header, max_pixels  # noqa: E402
 from shard_format.manifest import read_manifest, sum_counts  # noqa: E402
-from shard_format.reader import iter_range  # noqa: E402
+from shard_format.reader import UNREAD_KEY, iter_range  # noqa: E402
 from shard_format.schema import (  # noqa: E402
     CLASS_EXTENSION,
     IMAGE_EXTENSIONS,
@@ -88,7 +90,8 @@ def _check_shard(directory: Path, shard: dict, classes: dict, seen_keys: set) ->
                 problems.append(sample[ERROR_KEY])
                 continue
             members = {ext: data for ext, data in sample.items() if not ext.startswith("__")}
-            problems += _check_sample(where, key, members, shard["split"], classes, counts)
+            unread = sample.get(UNREAD_KEY, [])  # members no record uses: the reader noted them, never read them
+            problems += _check_sample(where, key, members, shard["split"], classes, counts, unread)
             if len(problems) > MAX_PROBLEMS_PER_SHARD:
                 return problems + [f"{path}: more problems not listed"], counts
     except ShardError as exc:
@@ -99,7 +102,7 @@ def _check_shard(directory: Path, shard: dict, classes: dict, seen_keys: set) ->
 
 
 def _check_sample(where: str, key: str, members: dict[str, bytes], split: str, classes: dict,
-                  counts: dict) -> list[str]:
+                  counts: dict, unread: Sequence[str] = ()) -> list[str]:
     try:
         meta = validate_meta(json.loads(members[META_EXTENSION]), where)
     except KeyError:
@@ -119,9 +122,13 @@ def _check_sample(where: str, key: str, members: dict[str, bytes], split: str, c
         problems.append(f"{where}: {CLASS_EXTENSION} member differs from class_id {meta.class_id}")
     images = [ext for ext in IMAGE_EXTENSIONS if ext in members]
     unknown = set(members) - set(IMAGE_EXTENSIONS) - {MASK_EXTENSION, META_EXTENSION, CLASS_EXTENSION}
-    if len(images) != 1 or unknown:
-        return problems + [f"{where}: members {sorted(members)}: expected one image (png|jpg), json, cls "
-                           f"and an optional {MASK_EXTENSION}"]
+    if len(images) != 1 or unknown or unread:
+        return problems + [f"{where}: members {sorted(set(members) | set(unread))}: expected one image (png|jpg), "
+                           f"json, cls and an optional {MASK_EXTENSION}"]
+    try:  # the header first: an image claiming more pixels than the limit is never decoded
+        check_image_header(members[images[0]])
+    except ImageRefused as exc:
+        return problems + [f"{where}: {exc}"]
     image = cv2.imdecode(np.frombuffer(members[images[0]], np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
         return problems + [f"{where}: image does not decode"]
@@ -136,6 +143,10 @@ def _check_mask(where: str, data: bytes | None, shape: tuple[int, int], meta) ->
         return []
     if meta.label != 1 or meta.split != "test":
         return [f"{where}: a mask on a sample that is not an anomalous test sample"]
+    try:
+        check_image_header(data, "mask")
+    except ImageRefused as exc:
+        return [f"{where}: {exc}"]
     mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if mask is None:
         return [f"{where}: mask does not decode"]
@@ -158,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python shard_tools/verify.py OUT/<dataset>", file=sys.stderr)
         return 2
     directory = Path(args[0])
+    try:
+        max_pixels()  # a bad CCL_MAX_IMAGE_PIXELS is one line up front, not a problem on every image
+    except ShardError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     problems = verify_build(directory)
     if problems:
         print(f"{directory}: {len(problems)} problem(s)", file=sys.stderr)

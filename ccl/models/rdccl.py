@@ -246,10 +246,15 @@ class RDCCL(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith(TEACHER_PREFIX)}
 
     def load_trainable_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True) -> None:
-        """Load what trainable_state_dict() saved; the teacher is left untouched."""
+        """Load what trainable_state_dict() saved; the teacher is left untouched.
+
+        Every tensor must have the model's shape and dtype (load_state_dict would cast an fp16 or int8
+        tensor silently and change the scores) and hold finite values; with ``strict`` the keys must be the
+        model's too. A ValueError names the first tensor that does not fit."""
         teacher_keys = [k for k in state_dict if k.startswith(TEACHER_PREFIX)]
         if teacher_keys:
             raise ValueError(f"trainable state must not hold teacher tensors, got {teacher_keys[:3]}")
+        check_state(self.trainable_state_dict(), state_dict, strict)
         result = self.load_state_dict(state_dict, strict=False)
         missing = [k for k in result.missing_keys if not k.startswith(TEACHER_PREFIX)]
         if strict and (missing or result.unexpected_keys):
@@ -275,3 +280,24 @@ class RDCCL(nn.Module):
         neck = {k: v for k, v in ckpt["bn"].items() if "memory" not in k}
         self.neck.load_state_dict(neck, strict=True)
         self.decoder.load_state_dict(ckpt["decoder"], strict=True)
+
+
+def check_state(own: dict[str, torch.Tensor], given: dict[str, torch.Tensor], strict: bool = True) -> None:
+    """``given`` fits ``own`` tensor by tensor (shape, dtype, finite values; with ``strict`` the same keys):
+    ValueError naming the first tensor that does not, and how many others do not either."""
+    problems = []
+    if strict:
+        problems += [f"tensor {k!r} is missing" for k in sorted(set(own) - set(given))]
+        problems += [f"tensor {k!r} is not part of the model (an extra key)" for k in sorted(set(given) - set(own))]
+    for key in sorted(set(own) & set(given)):
+        want, got = own[key], given[key]
+        if tuple(got.shape) != tuple(want.shape):
+            problems.append(f"tensor {key!r} has shape {list(got.shape)}, the model's is {list(want.shape)}")
+        elif got.dtype != want.dtype:
+            problems.append(f"tensor {key!r} is {str(got.dtype).removeprefix('torch.')}, the model's is "
+                            f"{str(want.dtype).removeprefix('torch.')} (not cast: the scores would change)")
+        elif got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            problems.append(f"tensor {key!r} holds non-finite values (NaN or inf): a diverged training?")
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ValueError(problems[0] + more)

@@ -135,3 +135,79 @@ def test_config_choices_are_the_library_choices() -> None:
     assert set(choices["loss.local_match"]) == set(MATCHES)
     assert set(choices["loss.reduction"]) == set(REDUCTIONS)
     assert set(choices["data.augment.preset"]) == set(AUGMENT_PRESETS)
+
+
+def _numeric_fields(cls: type) -> list[tuple[type, str]]:
+    """(dataclass, field) of every field holding an int or a float (alone, optional, in a tuple or a union)."""
+    found = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        typ = hints[f.name]
+        if dataclasses.is_dataclass(typ):
+            found += _numeric_fields(typ)
+            continue
+        stack, leaves = [typ], set()
+        while stack:
+            t = stack.pop()
+            args = typing.get_args(t)
+            if args and typing.get_origin(t) is not typing.Literal:
+                stack += [a for a in args if a is not Ellipsis]
+            else:
+                leaves.add(t)
+        if leaves & {int, float}:
+            found.append((cls, f.name))
+    return found
+
+
+def test_every_numeric_field_has_a_range() -> None:
+    from pipelines.config import RANGES
+
+    missing = [f"{cls.__name__}.{name}" for cls, name in _numeric_fields(Config) if name not in RANGES.get(cls, {})]
+    assert not missing, f"numeric config fields without a range in pipelines.config.RANGES: {missing}"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=0", "train.epochs=0 must be >= 1"),
+    ("train.epochs=-1", "train.epochs=-1 must be >= 1"),
+    ("train.lr_rest=-0.001", "train.lr_rest=-0.001 must be >= 0"),
+    ("train.lr_projector=nan", "train.lr_projector=nan must be >= 0"),
+    ("train.lr_rest=1e999", "train.lr_rest=inf must be >= 0"),
+    ("train.grad_accum=0", "train.grad_accum=0 must be >= 1"),
+    ("train.log_every=0", "train.log_every=0 must be >= 1"),
+    ("train.betas=[0.5,1.0]", "train.betas=[0.5, 1.0] must be in [0, 1)"),
+    ("train.min_epochs=-1", "train.min_epochs=-1 must be >= 0"),
+    ("train.val_smoothing=1", "train.val_smoothing=1.0 must be in [0, 1)"),
+    ("train.collective_timeout=0", "train.collective_timeout=0.0 must be a positive number of seconds"),
+    ("data.image_size=0", "data.image_size=0 must be a multiple of 32 in [32, 4096]"),
+    ("data.image_size=8", "data.image_size=8 must be a multiple of 32 in [32, 4096]"),
+    ("data.image_size=100", "data.image_size=100 must be a multiple of 32 in [32, 4096]"),
+    ("data.image_size=30000", "data.image_size=30000 must be a multiple of 32 in [32, 4096]"),
+    ("data.replay_fraction=1", "data.replay_fraction=1.0 must be in [0, 1)"),
+    ("data.augment.hflip=1.5", "data.augment.hflip=1.5 must be in [0, 1]"),
+    ("data.augment.crop_scale=[0,1]", "data.augment.crop_scale=[0.0, 1.0] must be in (0, 1]"),
+    ("loss.temperature=0.0", "loss.temperature=0.0 must be > 0"),
+    ("loss.local_window=0", "loss.local_window=0 must be >= 1"),
+    ("eval.sigma=-1.0", "eval.sigma=-1.0 must be in (0, 256]"),
+    ("eval.fpr_limit=0", "eval.fpr_limit=0.0 must be in (0, 1]"),
+    ("eval.batch_size=0", "eval.batch_size=0 must be >= 1"),
+    ("model.noise_prob=2", "model.noise_prob=2.0 must be in [0, 1]"),
+    ("tracking.max_features=-5", "tracking.max_features=-5 must be >= 0"),
+    ("strategy.replay_fraction=-0.1", "strategy.replay_fraction=-0.1 must be in [0, 1)"),
+    ("run.seed=-1", "run.seed=-1 must be in [0, 4294967295]"),
+])
+def test_out_of_range_values_are_refused_when_the_config_loads(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert str(err.value) == f"overrides: {message}"
+
+
+def test_floats_written_without_a_dot_are_numbers(tmp_path: Path) -> None:
+    """YAML 1.1 reads 1e-3 as a string; a float field takes it (and an int field still refuses a string)."""
+    cfg = load_config(None, ["train.lr_rest=1e-3", "data.augment.crop_scale=[5e-1, 1]"])
+    assert cfg.train.lr_rest == 0.001 and cfg.data.augment.crop_scale == (0.5, 1.0)
+    (tmp_path / "c.yaml").write_text("train:\n  lr_projector: 2e-4\n")
+    assert load_config(tmp_path / "c.yaml").train.lr_projector == 0.0002
+    with pytest.raises(ConfigError, match="expected a number, got 'fast'"):
+        load_config(None, ["train.lr_rest=fast"])
+    with pytest.raises(ConfigError, match="expected an integer"):
+        load_config(None, ["train.epochs=1e3"])

@@ -34,7 +34,7 @@ def test_user_errors_are_one_line_and_other_value_errors_keep_their_traceback(ca
     ("loss.local_scales=[0,3]", "loss.local_scales=[0, 3] must index the 3 teacher scales"),
     ("loss.local_scales=[]", "loss.local_scales=[] must index"),
     ("model.noise_prob=1.5", "model.noise_prob=1.5 must be in [0, 1]"),
-    ("model.noise_std=-1", "model.noise_std=-1.0 >= 0"),
+    ("model.noise_std=-1", "model.noise_std=-1.0 must be >= 0"),  # refused when the config loads
 ])
 def test_loss_values_the_model_would_refuse_are_config_errors(override: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:

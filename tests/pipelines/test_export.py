@@ -49,7 +49,7 @@ def test_exported_graph_matches_the_torch_model(deploy_runs: DeployRuns, name: s
     path = deploy_runs.deployed(name, fmt, *extra)
     images, labels, _ = deploy_runs.test_images()
     want_maps, want_scores = torch_reference(deploy_runs, name)
-    maps, scores = load_deployed(path)(images)
+    maps, scores = load_deployed(path, trust_torchscript=fmt == "torchscript")(images)  # the test's own file
     assert maps.shape == (len(images), SIZE, SIZE) and scores.shape == (len(images),)
     span = want_maps.max() - want_maps.min()
     assert np.abs(maps - want_maps).max() <= 1e-4 * span
@@ -75,6 +75,7 @@ def test_info_json_describes_the_graph_and_its_training(deploy_runs: DeployRuns,
     assert info["batch"] == ("dynamic" if name == "ccl" else 4)
     assert info["preprocessing"]["mean"] == [0.485, 0.456, 0.406] and info["preprocessing"]["color"] == "RGB"
     assert info["parity"]["max_map_difference_relative"] <= 1e-4 and info["exporter"]["seconds"] > 0
+    assert info["files"] == {"model.onnx": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 def test_another_image_size_exports_without_the_threshold(deploy_runs: DeployRuns, tmp_path: Path, capsys) -> None:
@@ -85,13 +86,14 @@ def test_another_image_size_exports_without_the_threshold(deploy_runs: DeployRun
     info = json.loads((out / "info.json").read_text())
     assert info["image_size"] == 96 and info["image_threshold"] is None and "64 px" in info["image_threshold_source"]
     assert "no image threshold" in capsys.readouterr().out
-    maps, _ = load_deployed(out / "model.pt")(np.zeros((1, 96, 96, 3), np.uint8))
+    maps, _ = load_deployed(out / "model.pt", trust_torchscript=True)(np.zeros((1, 96, 96, 3), np.uint8))
     assert maps.shape == (1, 96, 96)
     images = str(deploy_runs.demo / "brick" / "test")
-    assert predict_main(["--model", str(out / "model.pt"), "--input", images, "--out", str(tmp_path / "p")]) == 2
+    trust = "--trust-torchscript"  # the file this test exported
+    assert predict_main(["--model", str(out / "model.pt"), "--input", images, "--out", str(tmp_path / "p"), trust]) == 2
     assert "holds no image_threshold: evaluate the training export, then export it again" in capsys.readouterr().err
     assert predict_main(["--model", str(out / "model.pt"), "--input", images, "--out", str(tmp_path / "p"),
-                         "--threshold", "3.0", "--no-vis"]) == 0
+                         "--threshold", "3.0", "--no-vis", trust]) == 0
     assert export_main(["--checkpoint", export, "--format", "onnx", "--out", str(tmp_path / "at48"),
                         "--image-size", "48"]) == 2
     assert "--image-size 48: the model does not run at this size (use a multiple of 32)" in capsys.readouterr().err
@@ -103,12 +105,21 @@ def copy_deploy(path: Path, to: Path) -> Path:
     return to / path.name
 
 
+def rehash(path: Path) -> None:
+    """info.json lists the file's new sha256: what the runtime's own parser says about it is tested."""
+    info = json.loads((path.parent / "info.json").read_text())
+    info["files"][path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (path.parent / "info.json").write_text(json.dumps(info))
+
+
 def test_bad_model_files_are_refused_naming_the_file(deploy_runs: DeployRuns, tmp_path: Path, capsys) -> None:
     onnx = deploy_runs.deployed("ccl", "onnx")
     images = str(deploy_runs.demo / "brick" / "test")
     cases = {}
     corrupt = copy_deploy(onnx, tmp_path / "corrupt")
     corrupt.write_bytes(corrupt.read_bytes()[:5000])  # cut short
+    cases["swapped"] = (copy_deploy(corrupt, tmp_path / "swapped"), "differs from")  # sha256 of info.json
+    rehash(corrupt)
     cases["corrupt"] = (corrupt, "not a readable ONNX model")
     old = copy_deploy(onnx, tmp_path / "old")
     info = json.loads((old.parent / "info.json").read_text())
@@ -122,6 +133,7 @@ def test_bad_model_files_are_refused_naming_the_file(deploy_runs: DeployRuns, tm
     cases["no info"] = (no_info, "info.json is missing")
     xml = copy_deploy(deploy_runs.deployed("ccl", "openvino"), tmp_path / "xml")
     xml.write_text("<net><layers>")
+    rehash(xml)
     cases["xml"] = (xml, "not an OpenVINO IR file")
     for label, (path, message) in cases.items():
         out = tmp_path / f"out_{label.replace(' ', '_')}"

@@ -115,6 +115,7 @@ def test_predict_runs_where_torch_cannot_be_imported(deploy_runs: DeployRuns, in
         assert_same_outputs(out, torch_out)
     pt = subprocess.run([sys.executable, str(REPO / "launch" / "predict.py"), "--model",
                          str(deploy_runs.deployed("ccl", "torchscript")), "--input", str(inputs), "--out",
-                         str(tmp_path / "out_pt")], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                         str(tmp_path / "out_pt"), "--trust-torchscript"],
+                        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert pt.returncode == 2 and "this model needs torch" in pt.stderr  # TorchScript does need it: said clearly
     assert not (tmp_path / "out_pt").exists()

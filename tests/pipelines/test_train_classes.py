@@ -27,7 +27,7 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _cfg(build: Path, run_dir: Path, *extra: str):
     return load_config(None, [f"data.shards=[{build}]", f"run.dir={run_dir}", "data.batch_size=8",
-                              "data.classes_per_batch=4", "data.num_workers=1", "data.image_size=16",
+                              "data.classes_per_batch=4", "data.num_workers=1", "data.image_size=32",
                               "data.shuffle_buffer=4", "model.teacher=resnet18", "model.pretrained=none", *extra])
 
 
