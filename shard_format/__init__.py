@@ -4,6 +4,7 @@
     errors      ``ShardError`` (a missing, empty or corrupt build or record) and ``LostSamples``
     writer      deterministic tar shards, written under a temporary name and renamed when complete
     reader      a range of samples of one local tar shard, and the count of what a range lost
+    image_header  an image's size from its header, refused above the pixel limit before anything is decoded
     record      one raw sample -> ``Record`` (decoded image, mask, metadata)
     manifest    ``manifest.json``: made by the builder, read and checked by everyone else
     builds      one or several builds seen as one data set (``ShardSet``: merged class index, shard list)
