@@ -1,7 +1,7 @@
 """Train RD + CCL from shards (DDP or DeepSpeed, whichever accelerate launch configured).
 
     accelerate launch [--config_file configs/accelerate/ddp.yaml] launch/train.py \
-        --config configs/demo.yaml [train.epochs=3 data.batch_size=16 ...] [--resume RUN_DIR|auto]
+        --config configs/demo.yaml [train.epochs=3 data.batch_size=16 ...] [--resume RUN_DIR|auto] [--overwrite]
     # one model per class, or the classes one after another (pipelines/strategies.py): a plain process that
     # launches every stage on --processes ranks and scores the result in RUN/eval
     python launch/train.py --config configs/demo.yaml strategy.mode=one-for-one|sequential|continual [--processes 2]
@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="experiment YAML (configs/*.yaml)")
     parser.add_argument("--resume", default="", help="RUN_DIR to continue, or 'auto' (run.dir if it has a checkpoint)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh even if run.dir holds a run (it is moved into run.dir/previous-<time>/)")
     parser.add_argument("--processes", type=int, default=1,
                         help="ranks per stage of a staged strategy.mode (one-for-one, sequential, continual)")
     parser.add_argument("overrides", nargs="*", help="a.b=value config overrides")
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
             result = train_strategy(cfg, args.config, args.overrides, args.processes)["mean"]
         else:
-            result = train(cfg, args.resume)
+            result = train(cfg, args.resume, args.overwrite)
         if rank == 0:
             print(f"done: {result}")
         return 0

@@ -42,12 +42,13 @@ from pipelines.exits import InputError
 from pipelines.extremes import Extremes, Payload, render_extremes
 from pipelines.html_report import write_report
 from pipelines.map_files import iter_map_files, list_map_files
-from pipelines.model import build_model, export_config, model_of_export, read_info, write_info
+from pipelines.model import WEIGHTS_NAME, build_model, export_config, model_of_export, read_info, write_info
 from pipelines.tracking import Tracker
-from shard_format.atomic import write_atomic
+from shard_format.atomic import set_aside, write_atomic
 from shard_format.builds import ShardSet, open_builds, shard_file_problems
 from shard_format.errors import ShardError
-from shard_format.schema import safe_name
+from shard_format.schema import class_key_form, safe_name
+from shard_format.writer import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +110,11 @@ def evaluate_model(model: torch.nn.Module, shards: ShardSet | Sequence[str | Pat
     net = model if accelerator is None else accelerator.unwrap_model(model)
     device = next(net.parameters()).device
     e = cfg.eval
-    total = class_test_count(shard_set, e.classes)  # an unknown class fails here, before any scoring
+    classes = resolve_classes(shard_set, e.classes)
+    total = class_test_count(shard_set, classes)  # an unknown class fails here, before any scoring
+    # the reader filters sample keys, which spell class names with key_part (``metal nut`` -> ``metal_nut``)
     loader = eval_loader(shard_set, cfg.data.image_size, e.batch_size, e.num_workers, rank, world, e.max_images,
-                         e.classes)
+                         tuple(class_key_form(c) for c in classes))
     planned = sum(s.samples for s in eval_plan(shard_set, world, max(1, e.num_workers), e.max_images)[rank])
     metrics = AnomalyMetrics(bins=e.bins, score_range=score_range, fpr_limit=e.fpr_limit)
     extremes = Extremes(e.vis if vis is None else vis)
@@ -143,6 +146,20 @@ def evaluate_model(model: torch.nn.Module, shards: ShardSet | Sequence[str | Pat
     return result
 
 
+def resolve_classes(shard_set: ShardSet, names: Sequence[str]) -> tuple[str, ...]:
+    """eval.classes as the builds name them: ``folder/metal nut`` or its key form ``folder/metal_nut``;
+    an unknown name stays as given (class_test_count names it)."""
+    by_form = {class_key_form(n): n for n in shard_set.class_index}
+    out = []
+    for name in names:
+        try:
+            form = class_key_form(name)
+        except ValueError:
+            form = ""
+        out.append(name if name in shard_set.class_index else by_form.get(form, name))
+    return tuple(out)
+
+
 def check_complete(result: dict[str, Any], allow_partial: bool, quick_look: bool = False) -> None:
     """Compare what was scored with what the manifests promise: ``missing`` and ``complete`` in ``result``.
 
@@ -172,6 +189,9 @@ def evaluate_maps(maps_dir: str | Path, masks_dir: str | Path | None, out_dir: s
                   group_depth: int = 1, bins: int = 4096, score_range: tuple[float, float] | str | None = "auto",
                   fpr_limit: float = 0.3) -> dict[str, Any]:
     """Evaluate saved anomaly maps of any method (one file per image), in constant memory."""
+    if out_dir is not None:  # before scoring: an unwritable --out fails now, an earlier run's outputs move aside
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        set_aside_outputs(Path(out_dir))
     metrics = AnomalyMetrics(bins=bins, score_range=score_range, fpr_limit=fpr_limit)
     keys = []
     files = iter_map_files(maps_dir, masks_dir, group_depth)  # one map in memory at a time
@@ -260,13 +280,15 @@ def run_evaluation(checkpoint: str | Path | None, shards: Sequence[str | Path], 
     export = Path(checkpoint) if checkpoint is not None else None
     cfg = export_config(export, overrides) if export is not None else _checkpoint_config(config, overrides)
     shard_set = open_builds(list(shards))  # bad shards fail here, before any process group exists
-    class_test_count(shard_set, cfg.eval.classes)  # and so does an unknown eval.classes entry
+    class_test_count(shard_set, resolve_classes(shard_set, cfg.eval.classes))  # and an unknown eval.classes entry
     missing, resized = shard_file_problems(shard_set, ("test",))
     for problem in resized:
         log.warning("%s", problem)
     if missing and not cfg.eval.allow_partial:
         raise ShardError(f"{missing[0]} ({len(missing)} test shard(s) missing; "
                          "eval.allow_partial=true scores the rest)")
+    # The weights the threshold belongs to: hashed before they are read, compared after scoring.
+    weights_sha256 = file_sha256(export / WEIGHTS_NAME) if export is not None else None
     # The model on the CPU first: a damaged export or checkpoint fails here too.
     model = model_of_export(export, cfg) if export is not None else build_model(cfg).eval()
     out = Path(out_dir) if out_dir is not None else (export.parent if export else Path(cfg.run.dir)) / "eval"
@@ -275,13 +297,18 @@ def run_evaluation(checkpoint: str | Path | None, shards: Sequence[str | Path], 
     tracker = None
     try:
         if accelerator.is_main_process:
-            set_aside(out / "metrics.json")
+            set_aside_outputs(out)
         if cfg.tracking.wandb.mode != "disabled":
             tracker = Tracker(cfg, out, accelerator.is_main_process)
         step = read_info(export).get("step") if export else None
         result = evaluate_model(model, shard_set, cfg, accelerator, out, tracker, step, vis, score_range)
-        if accelerator.is_main_process and export is not None and result["complete"]:
-            save_threshold(export, result)
+        if accelerator.is_main_process and export is not None:
+            problem = threshold_problem(export, cfg, result, weights_sha256)
+            if problem:
+                log.warning("the image threshold is in %s only, not in %s: %s", out / "metrics.json",
+                            export / "info.json", problem)
+            else:
+                save_threshold(export, result, cfg, weights_sha256)
     except BaseException:
         if tracker is not None:
             with contextlib.suppress(Exception):
@@ -294,10 +321,12 @@ def run_evaluation(checkpoint: str | Path | None, shards: Sequence[str | Path], 
     return result
 
 
-def set_aside(path: Path) -> None:
-    """Rename the metrics of an earlier evaluation, so that a run that dies leaves none that look like its own."""
-    if path.is_file():
-        path.replace(path.with_name(path.stem + ".previous" + path.suffix))
+def set_aside_outputs(out: Path) -> None:
+    """An output folder holds one evaluation: an earlier one's files (metrics, heatmaps, curves) move into
+    ``OUT/previous-<time>/``, so a run that dies leaves no metrics that look like its own."""
+    target = set_aside(out)
+    if target is not None:
+        log.warning("%s: the outputs of an earlier evaluation were moved into %s", out, target)
 
 
 def _checkpoint_config(config: str | Path | None, overrides: Sequence[str]) -> Config:
@@ -313,10 +342,32 @@ def _checkpoint_config(config: str | Path | None, overrides: Sequence[str]) -> C
     return cfg
 
 
-def save_threshold(export: str | Path, result: dict[str, Any]) -> None:
-    """Record the F1-optimal image threshold in the export's info.json for ``predict.py --threshold auto``."""
+def threshold_problem(export: Path, cfg: Config, result: dict[str, Any], weights_sha256: str | None) -> str:
+    """Why this evaluation's threshold is not the export's ('' when it is): it must come from exactly the
+    export's weights, with its own preprocessing, on every test sample of every class of the given builds."""
+    own = export_config(export)
+    if not result["complete"] or result.get("threshold") is None:
+        return "not every test sample was scored"
+    if cfg.eval.classes:
+        return f"eval.classes={list(cfg.eval.classes)} scores only some classes"
+    if cfg.eval.max_images > 0:
+        return f"eval.max_images={cfg.eval.max_images} scores only some images"
+    for key, got, want in (("data.image_size", cfg.data.image_size, own.data.image_size),
+                           ("eval.sigma", cfg.eval.sigma, own.eval.sigma)):
+        if got != want:
+            return f"{key}={got} is not the export's preprocessing ({want})"
+    if file_sha256(export / WEIGHTS_NAME) != weights_sha256:
+        return f"{export / WEIGHTS_NAME} changed during the evaluation (a newer export was swapped in)"
+    return ""
+
+
+def save_threshold(export: str | Path, result: dict[str, Any], cfg: Config, weights_sha256: str) -> None:
+    """Record the F1-optimal image threshold in the export's info.json for ``predict.py --threshold auto``,
+    with what it was computed on (``threshold_problem`` says when it may be)."""
     info = read_info(export)
     info["image_threshold"] = result["threshold"]
     info["image_threshold_source"] = {"I-F1max": result["pooled"]["I-F1max"], "images": result["images"],
-                                      "shards": result["shards"]}
+                                      "shards": result["shards"], "classes": sorted(result["per_group"]),
+                                      "image_size": cfg.data.image_size, "sigma": cfg.eval.sigma,
+                                      "weights_sha256": weights_sha256}
     write_info(export, info)

@@ -104,10 +104,11 @@ def run(cmd: Sequence[str], env: Mapping[str, str], log: Path | None = None) -> 
 
 
 def train_job(job: Job, processes: int, port: int | None, env: Mapping[str, str], log: Path | None = None) -> None:
-    """Train one job unless its export exists (a finished training is not run again)."""
+    """Train one job unless its export exists (a finished training is not run again); an interrupted one
+    continues from its checkpoint (``--resume auto``)."""
     if not (job.run_dir / job.weights / "model.safetensors").is_file():
-        run([*launcher(processes, port), "launch/train.py", "--config", str(job.config), *job_overrides(job)],
-            env, log)
+        run([*launcher(processes, port), "launch/train.py", "--config", str(job.config), *job_overrides(job),
+             "--resume", "auto"], env, log)
 
 
 def evaluate_job(job: Job, processes: int, port: int | None, env: Mapping[str, str],

@@ -37,7 +37,7 @@ import numpy as np
 from ccl.data.image_ops import resize_image
 from pipelines.exits import InputError
 from pipelines.visualize import overlay, save_png
-from shard_format.atomic import write_atomic
+from shard_format.atomic import set_aside, write_atomic
 from shard_format.image_header import ImageRefused, check_image_header
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -47,8 +47,9 @@ MAX_IMAGE_FILE_BYTES = 1 << 30
 Score = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-def list_inputs(spec: str | Path) -> tuple[list[Path], Path]:
-    """Image files of a directory (recursive) or a glob pattern, sorted, and the root they are relative to."""
+def list_inputs(spec: str | Path, out: str | Path | None = None) -> tuple[list[Path], Path]:
+    """Image files of a directory (recursive) or a glob pattern, sorted, and the root they are relative to;
+    nothing under ``out`` (an output folder inside the input would score its own heatmaps)."""
     path = Path(spec)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -56,6 +57,9 @@ def list_inputs(spec: str | Path) -> tuple[list[Path], Path]:
     else:
         files = sorted(Path(p) for p in glob.glob(str(spec), recursive=True) if Path(p).is_file())
         root = Path(os.path.commonpath([str(p.parent) for p in files])) if files else path.parent
+    if out is not None:
+        outside = Path(out).resolve()
+        files = [p for p in files if not p.resolve().is_relative_to(outside)]
     if not files:
         raise FileNotFoundError(f"no images found at {spec} (a directory of images or a glob pattern)")
     return files, root
@@ -154,9 +158,13 @@ def predict(score: Score, image_size: int, spec: str | Path, out_dir: str | Path
     check_batch_size(batch_size)
     if threshold is not None and not math.isfinite(threshold):
         raise InputError(f"threshold {threshold}: not a finite number (it would decide nothing)")
-    files, root = list_inputs(spec)
+    files, root = list_inputs(spec, out_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    previous = set_aside(out)  # one run's outputs per folder: no stale skipped.csv, heatmaps or scores.csv
+    if previous is not None:
+        print(f"warning: the outputs of an earlier run in {out} were moved into {previous}", file=sys.stderr,
+              flush=True)
     rows: list[tuple[str, float, str]] = []
     skipped: list[tuple[str, str]] = []
     vmax = 2 * threshold if threshold else None  # one colour scale for all images (threshold mid-scale)
@@ -169,9 +177,11 @@ def predict(score: Score, image_size: int, spec: str | Path, out_dir: str | Path
             if vis:
                 heatmap = overlay(image, amap, None, 0.0 if vmax else None, vmax)
                 save_png(heatmap_path(out, path.relative_to(root)), heatmap)
-    write_csv(out / "scores.csv", ["path", "score", "anomalous"], [(p, f"{s:.6g}", d) for p, s, d in rows])
     if skipped:
-        write_csv(out / "skipped.csv", ["path", "reason"], skipped)
+        write_csv(out / "skipped.csv", ["path", "reason"], [(cell_text(p), cell_text(r)) for p, r in skipped])
+    # last: a scores.csv means a finished run (an interrupted one leaves none, the earlier one is set aside)
+    write_csv(out / "scores.csv", ["path", "score", "anomalous"],
+              [(cell_text(p), f"{s:.6g}", d) for p, s, d in rows])
     return {"scored": len(rows), "anomalous": sum(d == "yes" for _, _, d in rows), "skipped": skipped,
             "threshold": threshold}
 
@@ -179,6 +189,12 @@ def predict(score: Score, image_size: int, spec: str | Path, out_dir: str | Path
 def heatmap_path(out: Path, rel: Path) -> Path:
     """``heatmaps/<rel>.png`` keeping the input's suffix: ``a.png`` and ``a.jpg`` get a heatmap each."""
     return out / "heatmaps" / rel.with_name(rel.name + ".png")
+
+
+def cell_text(text: str) -> str:
+    """A text cell a spreadsheet shows as text: one starting with = + - @ (or a tab or CR) would be read as a
+    formula (a file named ``=HYPERLINK(...).png``), so it gets a leading apostrophe. Numbers are not passed here."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

@@ -240,7 +240,7 @@ def _row_plan(row: Row, cfg: Config, settings: tuple[str, ...], config: str, ext
               launcher: list[str], tag: str) -> Plan:
     name = f"{cfg.run.name or Path(config).stem}-{tag}-{row.slug}"
     train = [*launcher, _script("launch/train.py"), "--config", config, *row.all_overrides(), *extra,
-             f"run.dir={row_dir}", f"run.name={name}"]
+             f"run.dir={row_dir}", f"run.name={name}", "--resume", "auto"]
     shards = [arg for s in cfg.data.shards for arg in ("--shards", s)]
     evaluate = [*launcher, _script("launch/evaluate.py"), "--checkpoint", str(row_dir / "export"), *shards,
                 "--out", str(row_dir / "eval"), *[e for e in extra if e.startswith("eval.")]]
@@ -284,7 +284,9 @@ def run_sweep(sweep: Sweep, plans: Sequence[Plan], dry_run: bool = False, force:
             print(f"# {plan.row.slug}: {plan.metrics_file} exists, skipping (--force reruns)", flush=True)
             continue
         steps = [c for c, out in zip(plan.prepare, plan.outputs) if dry_run or not out.is_file()]
-        for cmd in [*steps, plan.train, plan.evaluate]:
+        # --force trains the row afresh (its earlier run set aside by --overwrite); otherwise a killed row resumes
+        train = [*plan.train[:-2], "--overwrite"] if force else plan.train
+        for cmd in [*steps, train, plan.evaluate]:
             print(shlex.join(cmd), flush=True)
             if not dry_run and subprocess.run(list(cmd)).returncode != 0:
                 print(f"# {plan.row.slug}: command failed; continuing with the next row", flush=True)

@@ -26,12 +26,13 @@ import torch
 from ccl.data.transforms import normalize_batch
 from pipelines.checkpoint import (
     TrainState,
+    claim_run_dir,
     find_checkpoint,
     load_checkpoint,
     save_checkpoint,
     write_export,
 )
-from pipelines.checks import check_inputs
+from pipelines.checks import check_inputs, check_run_dir
 from pipelines.collectives import gather_objects, sum_over_ranks
 from pipelines.config import Config, save_config
 from pipelines.distributed import (
@@ -88,6 +89,7 @@ class Run:
     vis: tuple[Any, list[str]] = (None, [])
     nan_streak: int = 0  # skipped accumulation windows in a row
     window_bad: bool = False  # the current accumulation window had a non-finite loss: it is skipped
+    window_buffers: list[torch.Tensor] | None = None  # the buffers (BatchNorm statistics) before the window
     corrupt: float = 0.0
     last_val: dict[str, Any] | None = None
 
@@ -99,9 +101,23 @@ class Run:
         return normalize_batch(images.to(self.accelerator.device, non_blocking=True), self.input_dtype)
 
 
-def train(cfg: Config, resume: str = "") -> dict[str, Any]:
-    """The whole run; returns a summary (best_val, step, epoch, export, interrupted, stopped_early)."""
-    data, labels = check_inputs(cfg, world_from_env()[1])  # before any process group does work
+def train(cfg: Config, resume: str = "", overwrite: bool = False) -> dict[str, Any]:
+    """The whole run; returns a summary (best_val, step, epoch, export, interrupted, stopped_early).
+
+    Rank 0 holds run.dir's lock for the whole run (pipelines.checkpoint.claim_run_dir): a second launch into
+    the same run.dir stops at its rank 0, before any process group exists, and the launcher ends its other
+    ranks. ``overwrite``: a fresh start may set an existing run aside.
+    """
+    rank, world = world_from_env()
+    with contextlib.ExitStack() as claim:
+        if rank == 0:
+            check_run_dir(cfg.run.dir)  # an unwritable run.dir is named as such, not as a lock that failed
+            claim.enter_context(claim_run_dir(cfg.run.dir, resume, overwrite))
+        return _train(cfg, resume, world)
+
+
+def _train(cfg: Config, resume: str, world: int) -> dict[str, Any]:
+    data, labels = check_inputs(cfg, world)  # before any process group does work
     accelerator = make_accelerator(cfg)
     run = setup(cfg, accelerator, data, labels, resume)
     try:
@@ -159,7 +175,7 @@ def fit(run: Run) -> dict[str, Any]:
     while s.epoch < cfg.train.epochs and not stopped_early:
         outcome = train_epoch(run)
         if outcome == "interrupted":
-            save_checkpoint(run.accelerator, run.run_dir, s)
+            save_checkpoint(run.accelerator, run.run_dir, s, run.model, run.optimizer)
             return summary(run, interrupted=True)
         last = outcome == "max_steps" or s.epoch + 1 == cfg.train.epochs
         if outcome == "done":
@@ -171,7 +187,7 @@ def fit(run: Run) -> dict[str, Any]:
         maybe_evaluate(run)
         s.stopped_early = stopped_early
         if s.epoch % max(1, cfg.train.ckpt_every) == 0 or stopped_early or last:
-            save_checkpoint(run.accelerator, run.run_dir, s)
+            save_checkpoint(run.accelerator, run.run_dir, s, run.model, run.optimizer)
         if outcome == "max_steps":
             break
     finish_exports(run)
@@ -212,6 +228,8 @@ def train_step(run: Run, batch: dict[str, Any]) -> dict[str, float] | None:
     cfg, acc, s = run.cfg, run.accelerator, run.state
     set_lr(run.optimizer, run.base_lrs, lr_factor(s.step, run.total_steps, cfg.train))
     labels = batch["label"].to(acc.device)
+    if run.window_buffers is None:  # a window's first micro-batch: a skipped window restores these
+        run.window_buffers = [b.detach().clone() for b in acc.unwrap_model(run.model).buffers()]
     with acc.accumulate(run.model):
         out = run.model(run.to_input(batch["image"]), run.to_input(batch["augmented"]), labels,
                         rank=acc.process_index, world_size=acc.num_processes,
@@ -230,7 +248,9 @@ def train_step(run: Run, batch: dict[str, Any]) -> dict[str, float] | None:
             # skipped window's non-finite gradients go in too, and its step drops the whole window.
             acc.backward(out["loss"])
         if acc.sync_gradients:
+            saved, run.window_buffers = run.window_buffers, None
             if skipped:
+                restore_buffers(run, saved)
                 skip_window(run, out)
             else:
                 if cfg.train.grad_clip > 0 and not is_deepspeed(acc):  # DeepSpeed clips itself (its JSON)
@@ -249,6 +269,14 @@ def train_step(run: Run, batch: dict[str, Any]) -> dict[str, float] | None:
 def contrastive_weight(step: int, warmup: int) -> float:
     """Linear ramp of lambda1 and lambda2 from 0 over the first ``warmup`` optimizer steps (1 without warm-up)."""
     return 1.0 if warmup <= 0 else min(1.0, (step + 1) / warmup)
+
+
+@torch.no_grad()
+def restore_buffers(run: Run, saved: list[torch.Tensor] | None) -> None:
+    """A skipped window leaves no trace: its forwards updated the BatchNorm running statistics (with
+    non-finite values when its loss was), so they go back to what they were before it."""
+    for buffer, before in zip(run.accelerator.unwrap_model(run.model).buffers(), saved or []):
+        buffer.copy_(before)
 
 
 def skip_window(run: Run, out: dict[str, Any]) -> None:

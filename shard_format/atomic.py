@@ -28,3 +28,27 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def set_aside(folder: str | Path, keep: tuple[str, ...] = (), keep_prefixes: tuple[str, ...] = ()) -> Path | None:
+    """Move what an earlier run left in ``folder`` into ``folder/previous-<time>/`` (None when nothing was
+    there): an output folder holds one run's outputs, and nothing of the earlier run is deleted. ``keep``:
+    names that stay (and earlier ``previous-*`` folders always do)."""
+    import time
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    names = sorted(p.name for p in folder.iterdir()
+                   if p.name not in keep and not p.name.startswith(("previous-", *keep_prefixes)))
+    if not names:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target, n = folder / f"previous-{stamp}", 1
+    while target.exists():
+        n += 1
+        target = folder / f"previous-{stamp}-{n}"
+    target.mkdir()
+    for name in names:
+        (folder / name).rename(target / name)
+    return target

@@ -88,6 +88,13 @@ def class_key(dataset: str, class_name: str) -> str:
     return f"{dataset}/{class_name}"
 
 
+def class_key_form(name: str) -> str:
+    """A "dataset/class" name the way sample keys spell it (``{key_part(dataset)}/{key_part(class)}``): two
+    classes of one build must not share it, and a class filter on keys must compare in this form."""
+    dataset, _, class_name = str(name).partition("/")
+    return f"{key_part(dataset)}/{key_part(class_name)}"
+
+
 def key_part(text: str) -> str:
     """A key component: dots and other separators become ``_`` (WebDataset splits keys at dots)."""
     part = _KEY_PART_RE.sub("_", str(text)).strip("_")

@@ -8,7 +8,8 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from shard_format.schema import SPLITS, class_key, make_key
+from shard_format.schema import SPLITS, class_key, class_key_form, make_key
+from shard_tools.errors import UserError
 from shard_tools.items import Item, Scan, Skip
 
 
@@ -25,6 +26,7 @@ def make_plan(scan: Scan, val_fraction: float, seed: int) -> Plan:
     """Deterministic: depends on the items (in any order), the fraction and the seed only."""
     items = sorted(scan.items, key=_sort_key)
     names = sorted({class_key(i.dataset, i.class_name) for i in items})
+    check_key_collisions(names)
     classes = {name: idx for idx, name in enumerate(names)}
     items = [dataclasses.replace(i, class_id=classes[class_key(i.dataset, i.class_name)]) for i in items]
     items = _move_to_val(items, val_fraction, seed)
@@ -33,6 +35,18 @@ def make_plan(scan: Scan, val_fraction: float, seed: int) -> Plan:
     for split in SPLITS:
         plan.splits[split] = interleave([i for i in items if i.split == split], seed, split)
     return plan
+
+
+def check_key_collisions(names: list[str]) -> None:
+    """Classes whose names differ only in what keys replace (``coins x``, ``coins.x``) would share their
+    samples' keys, and all but one of each pair would be dropped as duplicates: UserError naming both."""
+    seen: dict[str, str] = {}
+    for name in names:
+        form = class_key_form(name)
+        if form in seen:
+            raise UserError(f"classes {seen[form]!r} and {name!r} both become {form!r} in sample keys (dots, "
+                            "spaces and other separators become _): rename one of their folders")
+        seen[form] = name
 
 
 def item_key(item: Item) -> str:

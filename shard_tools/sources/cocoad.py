@@ -15,7 +15,7 @@ from pathlib import Path
 from shard_format.schema import NORMAL_DEFECT, key_part
 from shard_tools.errors import UserError
 from shard_tools.items import Item, Scan, Skip, SourceOptions
-from shard_tools.sources.common import empty_layout, require_root
+from shard_tools.sources.common import empty_layout, inside, require_root
 
 GROUP = "coco"
 SPLITS = {"train": "train2017", "test": "val2017"}
@@ -40,7 +40,7 @@ def scan(root: Path, options: SourceOptions) -> Scan:
     for split, folder in SPLITS.items():
         if not paths[split].is_file():
             raise UserError(f"{paths[split]} is missing; COCO-AD needs both {EXPECTED}")
-        _scan_split(_load(paths[split]), split, root / folder, root, options, out)
+        _scan_split(_load(paths[split]), split, root / folder, root, options, out, paths[split])
     return out
 
 
@@ -54,7 +54,8 @@ def _load(path: Path) -> dict:
     return data
 
 
-def _scan_split(data: dict, split: str, image_dir: Path, root: Path, options: SourceOptions, out: Scan) -> None:
+def _scan_split(data: dict, split: str, image_dir: Path, root: Path, options: SourceOptions, out: Scan,
+                where: Path) -> None:
     held = held_out_ids(data["categories"], options.cocoad_split)
     names = {c["id"]: key_part(c["name"]) for c in data["categories"]}
     by_image: dict[int, list[dict]] = defaultdict(list)
@@ -64,6 +65,7 @@ def _scan_split(data: dict, split: str, image_dir: Path, root: Path, options: So
         anns = by_image.get(image["id"])
         if not anns:
             continue  # images without annotations are not part of the benchmark
+        inside(image_dir, str(image["file_name"]), root, f"{where} (image id {image['id']})")
         item = _image_item(image, anns, held, names, split, image_dir, root, options.dataset, out)
         if item is not None:
             out.items.append(item)

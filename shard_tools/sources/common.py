@@ -52,3 +52,16 @@ def require_root(root: Path, dataset: str) -> Path:
 
 def empty_layout(dataset: str, root: Path, expected: str) -> UserError:
     return UserError(f"--root {dataset}={root}: found none of the expected layout; expected {expected}")
+
+
+def inside(base: Path, relative: str, root: Path, where: str) -> Path:
+    """``base / relative`` for a path read from a data file: UserError naming ``where`` when it is absolute or
+    its ``..`` leave ``root`` (a hostile split file must not pack files from elsewhere into the shards).
+    Lexical, so that symlinks the user put inside ``root`` keep working."""
+    if not relative or os.path.isabs(relative) or Path(relative).drive:
+        raise UserError(f"{where}: path {relative!r} is not relative to the data root {root}")
+    joined = Path(os.path.normpath(base / relative))
+    top = Path(os.path.normpath(root))
+    if joined != top and top not in joined.parents:
+        raise UserError(f"{where}: path {relative!r} leaves the data root {root}")
+    return joined

@@ -15,7 +15,7 @@ from pathlib import Path
 from shard_format.schema import NORMAL_DEFECT
 from shard_tools.errors import UserError
 from shard_tools.items import Item, Scan, Skip, SourceOptions
-from shard_tools.sources.common import empty_layout, require_root
+from shard_tools.sources.common import empty_layout, inside, require_root
 
 RESOLUTIONS = ("256", "512", "1024", "raw")
 JSON_DIRS = ("realiad_jsons", "realiad_jsons_sv")
@@ -85,7 +85,11 @@ def _scan_json(path: Path, image_root: Path, root: Path, dataset: str, out: Scan
     normal_class = (data.get("meta") or {}).get("normal_class", "OK")
     cat_dir = image_root / category
     for split in ("train", "test"):
-        for entry in data.get(split) or []:
+        for n, entry in enumerate(data.get(split) or []):
+            where = f"{path} ({split} entry {n})"
+            inside(cat_dir, str(entry["image_path"]), root, where)
+            if entry.get("mask_path"):
+                inside(cat_dir, str(entry["mask_path"]), root, where)
             item = _entry_item(entry, split, category, normal_class, cat_dir, root, dataset, out)
             if item is not None:
                 out.items.append(item)

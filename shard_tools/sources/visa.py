@@ -12,7 +12,7 @@ from shard_format.schema import NORMAL_DEFECT
 from shard_tools.errors import UserError
 from shard_tools.items import Item, Scan, Skip, SourceOptions
 from shard_tools.sources import mvtec
-from shard_tools.sources.common import empty_layout, require_root
+from shard_tools.sources.common import empty_layout, inside, require_root
 
 CSV_PATH = "split_csv/1cls.csv"
 CSV_COLUMNS = ("object", "split", "label", "image", "mask")
@@ -56,7 +56,9 @@ def _row_item(root: Path, dataset: str, row: dict, where: str, out: Scan) -> Ite
                         f"{row['label']!r}")
     image_rel, mask_rel = row["image"].strip(), (row["mask"] or "").strip()
     label = int(label_text == "anomaly")
-    image = root / image_rel
+    image = inside(root, image_rel, root, where)
+    if mask_rel:
+        inside(root, mask_rel, root, where)
     if not image.is_file():
         out.skipped.append(Skip(image_rel, f"image missing (listed in {CSV_PATH})"))
         return None

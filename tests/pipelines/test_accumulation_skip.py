@@ -85,7 +85,7 @@ def _rank(engine: str, rank: int, poisoned: set[int], out_w: int) -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05, betas=(0.5, 0.999))
     configure_deepspeed(acc, cfg, 2)
     model, optimizer = acc.prepare(model, optimizer)
-    run = Run(cfg, acc, model, optimizer, [0.05], None, None, None, TrainState(), 6, 3, torch.float32,
+    run = Run(cfg, acc, model, optimizer, [0.05], None, None, None, None, TrainState(), 6, 3, torch.float32,
               SimpleNamespace(requested=False))
     for micro in range(6):
         g = torch.Generator().manual_seed(100 * micro + rank)

@@ -142,12 +142,15 @@ def test_a_corrupt_sample_fails_the_evaluation_unless_partial_results_are_allowe
 def test_run_evaluation_stores_the_threshold_of_a_complete_set(setup: dict) -> None:
     out = setup["tmp"] / "complete_eval"
     out.mkdir()
-    (out / "metrics.json").write_text('{"stale": true}')  # an earlier run's metrics are set aside, not kept as ours
+    (out / "metrics.json").write_text('{"stale": true}')  # an earlier run's outputs are set aside, not kept as ours
+    (out / "heatmaps" / "mvtec" / "gone").mkdir(parents=True)
     result = run_evaluation(setup["export"], setup["builds"][1:], out, vis=0)
     assert result["complete"] and result["missing"] == 0 and result["images"] == 6
     assert read_info(setup["export"])["image_threshold"] == pytest.approx(result["threshold"])
     assert read_info(setup["export"])["image_threshold_source"]["images"] == 6
-    assert json.loads((out / "metrics.previous.json").read_text()) == {"stale": True}
+    (previous,) = out.glob("previous-*")
+    assert json.loads((previous / "metrics.json").read_text()) == {"stale": True}
+    assert (previous / "heatmaps" / "mvtec" / "gone").is_dir() and not (out / "heatmaps" / "mvtec").exists()
     assert json.loads((out / "metrics.json").read_text())["complete"] is True
 
 
@@ -348,3 +351,57 @@ def test_an_official_rd4ad_checkpoint_is_evaluated_on_its_class_with_torchvision
     assert not (tmp_path / "refused" / "metrics.json").exists()
     assert main(["--config", str(configs / "rd4ad.yaml"), *options, "eval.classes=[mvtec/nope]", *common]) == 2
     assert "mvtec/nope" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_only_an_evaluation_of_exactly_the_exports_weights_and_preprocessing_writes_its_threshold(
+        setup: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21 item 7: another sigma, image size, a class subset, or weights swapped in during the evaluation
+    write their threshold to their own --out only; the export's own evaluation records what it was computed on."""
+    import hashlib
+
+    import pipelines.evaluate as evaluation
+
+    export = setup["export"]
+    info = read_info(export)
+    weights = export / "model.safetensors"
+    for n, overrides in enumerate((["eval.sigma=1.0"], ["data.image_size=96"], ["eval.classes=[visa/pcb]"])):
+        out = setup["tmp"] / f"other{n}"
+        result = run_evaluation(export, setup["builds"][1:], out, vis=0, overrides=overrides)
+        assert result["threshold"] is not None, overrides
+        assert json.loads((out / "metrics.json").read_text())["threshold"] == pytest.approx(result["threshold"])
+        assert read_info(export) == info, overrides
+
+    real = evaluation.evaluate_model
+    original = weights.read_bytes()
+
+    def swapped_meanwhile(*args, **kwargs):  # training swaps a newer best export in while this one scores
+        result = real(*args, **kwargs)
+        weights.write_bytes(original[:-4] + bytes(4))
+        return result
+
+    monkeypatch.setattr(evaluation, "evaluate_model", swapped_meanwhile)
+    try:
+        run_evaluation(export, setup["builds"][1:], setup["tmp"] / "swapped", vis=0)
+        assert read_info(export) == info
+    finally:
+        weights.write_bytes(original)
+    monkeypatch.undo()
+
+    result = run_evaluation(export, setup["builds"][1:], setup["tmp"] / "own", vis=0)
+    source = read_info(export)["image_threshold_source"]
+    assert read_info(export)["image_threshold"] == pytest.approx(result["threshold"])
+    assert source["classes"] == ["visa/pcb"] and source["image_size"] == SIZE and source["images"] == 6
+    assert source["weights_sha256"] == hashlib.sha256(original).hexdigest() and "sigma" in source
+
+
+@pytest.mark.slow
+def test_eval_classes_match_class_names_the_way_keys_spell_them(setup: dict) -> None:
+    """Issue 21 item 12: ``eval.classes=[folder/metal nut]`` scored nothing (raw name against key prefixes)."""
+    import dataclasses
+
+    build = write_test_build(setup["tmp"] / "spaces", "folder", ["metal nut", "screw"], [4, 4], size=40)
+    for name in ("folder/metal nut", "folder/metal_nut"):
+        cfg = dataclasses.replace(setup["cfg"], eval=dataclasses.replace(setup["cfg"].eval, classes=(name,)))
+        result = evaluate_model(setup["model"], [build], cfg, None, None, vis=0)
+        assert sorted(result["per_group"]) == ["folder/metal nut"] and result["images"] == 4, name

@@ -100,3 +100,43 @@ def test_a_truncated_export_is_one_line_naming_the_file(export: Path, tmp_path: 
                  "--threshold", "none"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {weights}: not a readable safetensors file") and "Traceback" not in err
+
+
+def test_an_out_holds_one_runs_outputs_and_is_never_scored_as_input(export: Path, tmp_path: Path, capsys) -> None:
+    """Issue 21 item 9: a second run into --out sets the first one's files aside (no stale skipped.csv or
+    heatmaps beside the new scores), and an --out inside --input is not read as input."""
+    write_images(tmp_path / "in")
+    out = tmp_path / "in" / "predictions"  # inside the input
+    args = ["--checkpoint", str(export), "--input", str(tmp_path / "in"), "--out", str(out), "--threshold", "1.5"]
+    assert main(args) == 0
+    assert (out / "skipped.csv").is_file() and (out / "heatmaps" / "a.png.png").is_file()
+    (tmp_path / "in" / "broken.png").unlink()
+    (tmp_path / "in" / "sub" / "b.jpg").unlink()
+    assert main(args) == 0  # again: the first run's heatmaps are in out, under the input
+    with open(out / "scores.csv") as f:
+        assert sorted(Path(r["path"]).name for r in csv.DictReader(f)) == ["a.png", "c.png"]
+    assert not (out / "skipped.csv").exists()  # nothing was skipped this time: no stale list
+    assert sorted(p.relative_to(out / "heatmaps").as_posix() for p in (out / "heatmaps").rglob("*.png")) == [
+        "a.png.png", "sub/c.png.png"]
+    (previous,) = out.glob("previous-*")
+    assert (previous / "skipped.csv").is_file() and (previous / "scores.csv").is_file()
+    assert "were moved into" in capsys.readouterr().err
+
+
+def test_scores_csv_cells_never_start_a_spreadsheet_formula(export: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21 item 14: a file named ``=HYPERLINK(...).png`` (or +, -, @) is written as text, not a formula."""
+    rng = np.random.default_rng(2)
+    names = ["=HYPERLINK(1).png", "+a.png", "-b.png", "@c.png", "plain.png"]
+    (tmp_path / "in").mkdir()
+    for name in names:
+        cv2.imwrite(str(tmp_path / "in" / name), rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    (tmp_path / "in" / "=broken.png").write_bytes(b"not a png")
+    monkeypatch.chdir(tmp_path / "in")
+    assert main(["--checkpoint", str(export), "--input", "*.png", "--out", str(tmp_path / "out"), "--no-vis",
+                 "--threshold", "none"]) == 0
+    with open(tmp_path / "out" / "scores.csv") as f:
+        paths = sorted(r["path"] for r in csv.DictReader(f))
+    assert paths == sorted(["'" + n if n[0] in "=+-@" else n for n in names])
+    with open(tmp_path / "out" / "skipped.csv") as f:
+        assert [r["path"] for r in csv.DictReader(f)] == ["'=broken.png"]

@@ -135,7 +135,8 @@ def test_dry_run_lists_the_settings_and_commands_and_runs_nothing(tmp_path: Path
     assert Path(config).resolve() == CONFIGS / "all_in_all_30.yaml"
     assert train[0][5:] == ["--config", config, "loss.lambda_local=0",
                             "loss.lambda_global=0", "model.projector=none", "train.max_steps=2",
-                            f"run.dir={out}/components-joint-rd", "run.name=all_in_all_30-table3-components-joint-rd"]
+                            f"run.dir={out}/components-joint-rd", "run.name=all_in_all_30-table3-components-joint-rd",
+                            "--resume", "auto"]
     assert evaluate[0][5:] == ["--checkpoint", f"{out}/components-joint-rd/export",
                                "--shards", "data/shards/mvtec", "--shards", "data/shards/visa",
                                "--shards", "data/shards/btad", "--out", f"{out}/components-joint-rd/eval"]

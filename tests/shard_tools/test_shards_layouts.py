@@ -148,3 +148,47 @@ def test_demo_builds_verifies_and_mixes_classes_in_every_shard(tmp_path):
     train_test_sources = {s["source"].split("/")[1] for s in got.values()}
     assert train_test_sources == {"train", "test"}
     assert np.mean([s["image"].shape[0] == 128 for s in got.values()]) == 1.0
+
+
+@pytest.mark.parametrize("escape", ["absolute", "dotdot"])
+def test_paths_from_data_files_must_stay_inside_the_root(tmp_path, capsys, escape):
+    """Issue 21 item 11: a VisA split csv row or a Real-IAD json entry naming a file outside --root is refused
+    (one line naming the data file), so no outside file is packed into the shards."""
+    import json
+
+    secret = tmp_path / "secret.JPG"
+    fx.write_image(secret, fx.noise(16, 20, 1))
+    visa = tmp_path / "visa"
+    fx.write_visa_csv(visa)
+    csv_path = visa / "split_csv" / "1cls.csv"
+    bad = str(secret) if escape == "absolute" else "../secret.JPG"
+    csv_path.write_text(csv_path.read_text() + f"candle,train,normal,{bad},\n")
+    args = ["--datasets", "visa", "--root", f"visa={visa}", "--out", str(tmp_path / "out")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{csv_path}:" in err and repr(bad) in err and len(err.splitlines()) == 1, err
+    assert not list((tmp_path / "out").rglob("*.tar"))
+
+    realiad = tmp_path / "realiad"
+    fx.write_realiad(realiad, nested=False)
+    js = realiad / "realiad_jsons" / "audiojack.json"
+    data = json.loads(js.read_text())
+    data["train"].append({"category": "audiojack", "anomaly_class": "OK", "mask_path": None,
+                          "image_path": str(secret) if escape == "absolute" else "../../../secret.JPG"})
+    js.write_text(json.dumps(data))
+    args = ["--datasets", "realiad", "--root", f"realiad={realiad}", "--out", str(tmp_path / "out2")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{js} (train entry " in err and "data root" in err and len(err.splitlines()) == 1, err
+
+
+def test_class_names_that_collide_in_sample_keys_are_refused_at_build_time(tmp_path, capsys):
+    """Issue 21 item 12: ``coins x`` and ``coins.x`` both become ``coins_x`` in keys; before, 6 of 7 images of
+    one class were dropped as duplicates with exit 0."""
+    fx.write_mvtec(tmp_path / "src", dataset="folder")
+    (tmp_path / "src" / "bottle").rename(tmp_path / "src" / "coins x")
+    (tmp_path / "src" / "grid").rename(tmp_path / "src" / "coins.x")
+    assert main(["--datasets", "folder", "--root", f"folder={tmp_path / 'src'}", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "classes 'folder/coins x' and 'folder/coins.x' both become 'folder/coins_x'" in err, err
+    assert len(err.splitlines()) == 1 and not list((tmp_path / "out").rglob("*.tar"))
