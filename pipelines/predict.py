@@ -55,7 +55,10 @@ def list_inputs(spec: str | Path, out: str | Path | None = None) -> tuple[list[P
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         root = path
     else:
-        files = sorted(Path(p) for p in glob.glob(str(spec), recursive=True) if Path(p).is_file())
+        # glob's ** follows symlinked folders: a link loop names one image many times, so keep each file once
+        found = sorted(Path(p) for p in glob.glob(str(spec), recursive=True) if Path(p).is_file())
+        seen: set[Path] = set()
+        files = [p for p in found if not (p.resolve() in seen or seen.add(p.resolve()))]
         root = Path(os.path.commonpath([str(p.parent) for p in files])) if files else path.parent
     if out is not None:
         outside = Path(out).resolve()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from collections.abc import Mapping
 from typing import Any
 
@@ -61,8 +62,14 @@ def to_markdown(result: Mapping[str, Any]) -> str:
         bold = label.startswith("mean")
         cells = [percent(scores.get(m)) for m in METRICS]
         cells = [f"**{c}**" if bold and c != "-" else c for c in cells]
-        lines.append(f"| {'**' + label + '**' if bold else label} | " + " | ".join(cells) + " |")
+        name = markdown_text(label)
+        lines.append(f"| {'**' + name + '**' if bold else name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def markdown_text(text: str) -> str:
+    """A class name as Markdown table text: ``|`` cannot end the cell, HTML is shown, not rendered."""
+    return html.escape(text, quote=False).replace("|", "\\|")
 
 
 def to_csv_rows(result: Mapping[str, Any]) -> list[list[str]]:

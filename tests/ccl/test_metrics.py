@@ -276,3 +276,12 @@ def test_grid_widening_midstream_equals_one_pass() -> None:
     once.update(np.concatenate(maps[::-1]), np.concatenate(masks[::-1]), ["g"] * 24)
     assert streamed.grids() == once.grids()
     np.testing.assert_allclose(streamed.pixel, once.pixel)
+
+
+def test_markdown_table_shows_class_names_as_text() -> None:
+    from ccl.metrics.report import to_markdown
+
+    scores = {"I-AUROC": 0.5}
+    table = to_markdown({"per_group": {"x/a|b <img src=y>": scores}, "mean": scores})
+    row = table.splitlines()[2]
+    assert row.startswith("| x/a\\|b &lt;img src=y&gt; | 50.0 |")

@@ -140,3 +140,13 @@ def test_scores_csv_cells_never_start_a_spreadsheet_formula(export: Path, tmp_pa
     assert paths == sorted(["'" + n if n[0] in "=+-@" else n for n in names])
     with open(tmp_path / "out" / "skipped.csv") as f:
         assert [r["path"] for r in csv.DictReader(f)] == ["'=broken.png"]
+
+
+def test_glob_mode_scores_each_file_once_through_a_symlink_loop(tmp_path: Path) -> None:
+    from pipelines.predict import list_inputs
+
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "in" / "loop").symlink_to(tmp_path / "in")  # in/loop/loop/... is the same folder
+    files, _ = list_inputs(f"{tmp_path}/in/**/*.png")
+    assert files == [tmp_path / "in" / "a.png"]
