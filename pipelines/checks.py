@@ -74,13 +74,18 @@ def check_replay(cfg: Config, data: TrainData, world: int) -> None:
 
 def check_run_dir(run_dir: str) -> None:
     """run.dir must be a directory this rank can write (every rank writes checkpoints): an OSError naming it."""
-    path = Path(run_dir)
+    check_writable(run_dir, "run.dir")
+
+
+def check_writable(folder: str | Path, what: str) -> None:
+    """``folder`` is (or is made) a directory this process can write, before any work: an OSError naming it."""
+    path = Path(folder)
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as err:
-        raise OSError(err.errno, f"run.dir is not a writable directory ({err.strerror})", str(path)) from None
+        raise OSError(err.errno, f"{what} is not a writable directory ({err.strerror})", str(path)) from None
 
 
 def check_batch(cfg: Config, world: int) -> None:

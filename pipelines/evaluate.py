@@ -32,7 +32,7 @@ from ccl.data.transforms import normalize_batch
 from ccl.metrics import AnomalyMetrics, merged_grids, to_csv_rows, to_markdown
 from ccl.metrics.report import METRICS, dataset_of, table_rows
 from pipelines import visualize
-from pipelines.checks import check_model
+from pipelines.checks import check_model, check_writable
 from pipelines.collectives import all_gather_rows, gather_objects, sum_tensor
 from pipelines.config import Config, ConfigError, load_config
 from pipelines.distributed import make_accelerator, shutdown
@@ -287,11 +287,12 @@ def run_evaluation(checkpoint: str | Path | None, shards: Sequence[str | Path], 
     if missing and not cfg.eval.allow_partial:
         raise ShardError(f"{missing[0]} ({len(missing)} test shard(s) missing; "
                          "eval.allow_partial=true scores the rest)")
+    out = Path(out_dir) if out_dir is not None else (export.parent if export else Path(cfg.run.dir)) / "eval"
     # The weights the threshold belongs to: hashed before they are read, compared after scoring.
     weights_sha256 = file_sha256(export / WEIGHTS_NAME) if export is not None else None
     # The model on the CPU first: a damaged export or checkpoint fails here too.
     model = model_of_export(export, cfg) if export is not None else build_model(cfg).eval()
-    out = Path(out_dir) if out_dir is not None else (export.parent if export else Path(cfg.run.dir)) / "eval"
+    check_writable(out, "--out")  # before hours of scoring, not after
     accelerator = make_accelerator(cfg)
     model = model.to(accelerator.device)
     tracker = None

@@ -405,3 +405,14 @@ def test_eval_classes_match_class_names_the_way_keys_spell_them(setup: dict) -> 
         cfg = dataclasses.replace(setup["cfg"], eval=dataclasses.replace(setup["cfg"].eval, classes=(name,)))
         result = evaluate_model(setup["model"], [build], cfg, None, None, vis=0)
         assert sorted(result["per_group"]) == ["folder/metal nut"] and result["images"] == 4, name
+
+
+def test_an_unwritable_out_fails_before_any_scoring(setup: dict, tmp_path: Path, capsys) -> None:
+    from launch.evaluate import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(["--checkpoint", str(setup["export"]), "--shards", str(setup["builds"][1]),
+                 "--out", str(blocker / "eval")]) == 2
+    err = capsys.readouterr().err
+    assert "--out is not a writable directory" in err and str(blocker / "eval") in err
