@@ -104,8 +104,9 @@ class ExactReader(IterableDataset):
     """The batches of one rank; DataLoader worker i reads the rank's segments i, i + W, ... of the plan."""
 
     def __init__(self, segments: Sequence[Segment], batch_size: int, image_size: int,
-                 class_index: Mapping[str, int], classes: tuple[str, ...] = ()) -> None:
+                 class_index: Mapping[str, int], classes: tuple[str, ...] = (), split: str | None = None) -> None:
         self.segments, self.batch_size, self.image_size = list(segments), batch_size, image_size
+        self.split = split  # the shards' split: a record of another split, or not shaped as verify wants, is refused
         self.class_index = dict(class_index)
         self.prefixes = tuple(f"{c}/" for c in classes)  # keys start with "dataset/class/"
 
@@ -113,6 +114,7 @@ class ExactReader(IterableDataset):
         info = get_worker_info()
         mine = self.segments if info is None else self.segments[info.id::info.num_workers]
         batch = _Batching(self.image_size, self.class_index)
+        seen: set[str] = set()  # a key twice would be scored twice (and counted against the manifest)
         for segment in mine:
             for sample in read_ranges(segment.ranges):
                 if isinstance(sample, ShardError):  # a missing or truncated shard: the rest of its range is lost
@@ -120,8 +122,12 @@ class ExactReader(IterableDataset):
                     continue
                 if self.prefixes and not str(sample.get("__key__", "")).startswith(self.prefixes):
                     continue  # another class (decided from the key, before decoding)
+                key = str(sample.get("__key__", ""))
                 try:
-                    batch.add(decode_record(sample))
+                    if key in seen:
+                        raise ShardError(f"{sample.get('__url__')}:{key}: duplicate key (refused: scored once)")
+                    seen.add(key)
+                    batch.add(decode_record(sample, self.split))
                 except ShardError as err:
                     batch.error(str(err), 1)
                 if len(batch.keys) == self.batch_size:
@@ -148,7 +154,7 @@ def exact_loader(shard_set: ShardSet, split: str, image_size: int, batch_size: i
                  rank: int = 0, world: int = 1, max_images: int = 0, classes: tuple[str, ...] = ()) -> DataLoader:
     """This rank's loader of ``split`` (not to be prepared by Accelerate); ``classes`` keeps only those classes."""
     plan = exact_plan(shard_set, split, world, max(1, num_workers), max_images)
-    reader = ExactReader(plan[rank], batch_size, image_size, shard_set.class_index, tuple(classes))
+    reader = ExactReader(plan[rank], batch_size, image_size, shard_set.class_index, tuple(classes), split)
     return make_loader(reader, num_workers)
 
 

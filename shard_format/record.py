@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +12,17 @@ import numpy as np
 
 from shard_format.errors import ERROR_KEY, ShardError
 from shard_format.image_header import ImageRefused, check_image_header
-from shard_format.schema import IMAGE_EXTENSIONS, MASK_EXTENSION, META_EXTENSION, RecordMeta, SchemaError, validate_meta
+from shard_format.reader import UNREAD_KEY
+from shard_format.schema import (
+    CLASS_EXTENSION,
+    IMAGE_EXTENSIONS,
+    MASK_EXTENSION,
+    META_EXTENSION,
+    RecordMeta,
+    SchemaError,
+    make_key,
+    validate_meta,
+)
 
 
 @dataclass(frozen=True)
@@ -49,8 +59,29 @@ def decode_mask(data: bytes, where: str) -> np.ndarray:
     return array >= 128
 
 
-def decode_record(sample: Mapping[str, Any]) -> Record:
-    """A raw sample (``__key__`` plus member bytes) -> ``Record``; ShardError when broken."""
+def structure_problems(where: str, key: str, members: Mapping[str, Any], meta: RecordMeta, split: str,
+                       unread: Sequence[str] = ()) -> list[str]:
+    """What a record whose json parsed may not be (verify lists these, the exactly-once reader refuses them):
+    a key that does not match its json, a record of another split than its shard's, members other than one
+    image (png|jpg), json, cls and an optional mask (``unread``: members the reader noted but did not read)."""
+    problems = []
+    prefix = make_key(meta.dataset, meta.class_name, meta.split, meta.defect, "x").rsplit("/", 1)[0] + "/"
+    if not key.startswith(prefix):
+        problems.append(f"{where}: key does not match its json (expected prefix {prefix})")
+    if meta.split != split:
+        problems.append(f"{where}: split {meta.split!r} in a {split} shard")
+    present = [ext for ext in members if not ext.startswith("__")]
+    images = [ext for ext in IMAGE_EXTENSIONS if ext in present]
+    unknown = set(present) - set(IMAGE_EXTENSIONS) - {MASK_EXTENSION, META_EXTENSION, CLASS_EXTENSION}
+    if len(images) != 1 or unknown or unread:
+        problems.append(f"{where}: members {sorted(set(present) | set(unread))}: expected one image (png|jpg), "
+                        f"json, cls and an optional {MASK_EXTENSION}")
+    return problems
+
+
+def decode_record(sample: Mapping[str, Any], split: str | None = None) -> Record:
+    """A raw sample (``__key__`` plus member bytes) -> ``Record``; ShardError when broken. With ``split`` (the
+    split of the shard it came from), a record that ``structure_problems`` refuses is broken too."""
     key = sample.get("__key__", "?")
     where = f"{sample.get('__url__', 'shard')}:{key}"
     if ERROR_KEY in sample:
@@ -63,6 +94,10 @@ def decode_record(sample: Mapping[str, Any]) -> Record:
         raise ShardError(f"{where}: json member does not parse ({err})") from None
     except SchemaError as err:
         raise ShardError(str(err)) from None
+    if split is not None:
+        problems = structure_problems(where, key, sample, meta, split, sample.get(UNREAD_KEY, ()))
+        if problems:
+            raise ShardError(problems[0])
     ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
     if ext is None:
         raise ShardError(f"{where}: sample has no image member ({'/'.join(IMAGE_EXTENSIONS)})")

@@ -23,6 +23,7 @@ from shard_format.errors import ERROR_KEY, ShardError  # noqa: E402
 from shard_format.image_header import ImageRefused, check_image_header, max_pixels  # noqa: E402
 from shard_format.manifest import read_manifest, sum_counts  # noqa: E402
 from shard_format.reader import UNREAD_KEY, iter_range  # noqa: E402
+from shard_format.record import structure_problems  # noqa: E402
 from shard_format.schema import (  # noqa: E402
     CLASS_EXTENSION,
     IMAGE_EXTENSIONS,
@@ -31,7 +32,6 @@ from shard_format.schema import (  # noqa: E402
     META_EXTENSION,
     SchemaError,
     class_key,
-    make_key,
     parse_shard_name,
     validate_meta,
 )
@@ -110,21 +110,14 @@ def _check_sample(where: str, key: str, members: dict[str, bytes], split: str, c
     except (ValueError, SchemaError) as exc:
         return [str(exc) if isinstance(exc, SchemaError) else f"{where}: json does not parse ({exc})"]
     counts[meta.class_name][meta.label] += 1
-    problems = []
-    prefix = make_key(meta.dataset, meta.class_name, meta.split, meta.defect, "x").rsplit("/", 1)[0] + "/"
-    if not key.startswith(prefix):
-        problems.append(f"{where}: key does not match its json (expected prefix {prefix})")
-    if meta.split != split:
-        problems.append(f"{where}: split {meta.split!r} in a {split} shard")
+    problems = structure_problems(where, key, members, meta, split, unread)
     if classes.get(class_key(meta.dataset, meta.class_name)) != meta.class_id:
         problems.append(f"{where}: class_id {meta.class_id} differs from the class index")
     if members.get(CLASS_EXTENSION, b"").decode(errors="replace").strip() != str(meta.class_id):
         problems.append(f"{where}: {CLASS_EXTENSION} member differs from class_id {meta.class_id}")
     images = [ext for ext in IMAGE_EXTENSIONS if ext in members]
-    unknown = set(members) - set(IMAGE_EXTENSIONS) - {MASK_EXTENSION, META_EXTENSION, CLASS_EXTENSION}
-    if len(images) != 1 or unknown or unread:
-        return problems + [f"{where}: members {sorted(set(members) | set(unread))}: expected one image (png|jpg), "
-                           f"json, cls and an optional {MASK_EXTENSION}"]
+    if len(images) != 1:  # structure_problems named it
+        return problems
     try:  # the header first: an image claiming more pixels than the limit is never decoded
         check_image_header(members[images[0]])
     except ImageRefused as exc:

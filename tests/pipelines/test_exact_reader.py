@@ -58,3 +58,29 @@ def test_a_batch_holds_what_each_record_says(tmp_path: Path) -> None:
             expected = resize_mask(r.mask, 16) if r.mask is not None else np.zeros((16, 16), bool)
             assert np.array_equal(b.masks[i].numpy(), expected)
     assert any(bool(m.any()) for b in batches for m in b.masks)  # the build has anomalous samples with masks
+
+
+def test_the_reader_refuses_what_verify_refuses(tmp_path: Path) -> None:
+    """A train record in a test shard, a key that does not match its json, an extra member and a key seen twice
+    are errors of the batch (the evaluator then fails unless partial results are allowed), never scored."""
+    from tests.pipelines.shard_fixtures import sample_members, write_manifest, write_shard
+
+    rng = np.random.default_rng(0)
+    good = [sample_members("toy", "a", 0, "test", n, 16, rng, n % 2 == 1) for n in range(3)]
+    wrong_split = sample_members("toy", "a", 0, "train", 3, 16, rng, False)  # a train record ...
+    wrong_key = [(name.replace("toy/a/", "toy/b/"), data) for name, data in sample_members("toy", "a", 0, "test", 4,
+                                                                                           16, rng, False)]
+    extra = [*sample_members("toy", "a", 0, "test", 5, 16, rng, False), ("toy/a/test/good/img00005.txt", b"x")]
+    entries = [write_shard(tmp_path, "test", 0, [*good, wrong_split, wrong_key, extra]),  # ... in a test shard
+               write_shard(tmp_path, "test", 1, [good[0]])]  # the first key again
+    write_manifest(tmp_path, "toy", {"toy/a": 0, "toy/b": 1}, {"test": {"a": {"normal": 5, "anomalous": 1}}},
+                   entries)
+    batches = list(exact_loader(open_builds([tmp_path]), "test", 16, 16, 0))
+    keys = [k for b in batches for k in b.keys]
+    errors = [e for b in batches for e in b.errors]
+    assert sorted(keys) == ["toy/a/test/good/img00000", "toy/a/test/good/img00002", "toy/a/test/scratch/img00001"]
+    assert len(errors) == 4
+    assert any("split 'train' in a test shard" in e for e in errors)
+    assert any("key does not match its json" in e for e in errors)
+    assert any("expected one image" in e for e in errors)
+    assert any("duplicate key" in e for e in errors)
