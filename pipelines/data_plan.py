@@ -28,6 +28,7 @@ class Range:
     url: str
     start: int  # first sample index inside the shard
     stop: int  # one past the last
+    total: int = -1  # the shard's sample count in its manifest: a range that ends there checks nothing follows
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def _cut(order: list[tuple[str, int]], sizes: list[int]) -> list[tuple[Range, ..
             url, n = order[shard]
             take = min(size, n - offset)
             if take > 0:
-                ranges.append(Range(url, offset, offset + take))
+                ranges.append(Range(url, offset, offset + take, n))
             size -= take
             offset += take
             if offset >= n:

@@ -17,7 +17,7 @@ the manifests' count). Each rank builds its own loader, so it must NOT go throug
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -141,13 +141,17 @@ def exact_plan(shard_set: ShardSet, split: str, ranks: int, workers: int, max_im
     shards = list(shard_set.sizes(split))
     if not shards:
         raise ShardError(f"no {split} shards in {', '.join(shard_set.builds)}")
-    if max_images > 0:
-        cut, left = [], max_images
-        for url, n in shards:
-            cut.append((url, min(n, left)))
-            left -= cut[-1][1]
-        shards = [s for s in cut if s[1] > 0]
-    return exact_segments(shards, ranks, workers)
+    if max_images <= 0:
+        return exact_segments(shards, ranks, workers)
+    cut, left = [], max_images
+    for url, n in shards:
+        cut.append((url, min(n, left)))
+        left -= cut[-1][1]
+    shortened = {url for (url, n), (_, kept) in zip(shards, cut) if kept < n}
+    plan = exact_segments([s for s in cut if s[1] > 0], ranks, workers)
+    # A shard cut short by max_images does not end where its range does: nothing to check after it.
+    return [[replace(seg, ranges=tuple(replace(r, total=-1) if r.url in shortened else r for r in seg.ranges))
+             for seg in rank] for rank in plan]
 
 
 def exact_loader(shard_set: ShardSet, split: str, image_size: int, batch_size: int, num_workers: int,

@@ -37,12 +37,14 @@ def split_member(name: str) -> tuple[str, str]:
     return (f"{head}/{stem}" if head else stem), ext
 
 
-def iter_range(path: str, start: int = 0, stop: int | None = None) -> Iterator[dict[str, Any]]:
+def iter_range(path: str, start: int = 0, stop: int | None = None, total: int = -1) -> Iterator[dict[str, Any]]:
     """Samples ``start <= i < stop`` of the shard file ``path`` as ``{"__key__", "__url__", ext: bytes}``.
 
     A missing file, a corrupt tar, or one that ends before ``stop`` raises ``LostSamples`` after the
     samples read so far were yielded; ``lost`` counts the planned samples not delivered (None when
-    ``stop`` is None: the caller compares with the manifest itself).
+    ``stop`` is None: the caller compares with the manifest itself). ``total``: the shard's count in its
+    manifest; a range that ends there raises ``ShardError`` when the tar holds another sample after it (a
+    manifest that undercounts would otherwise hide samples from every exactly-once count).
     """
     delivered = 0
 
@@ -70,6 +72,9 @@ def iter_range(path: str, start: int = 0, stop: int | None = None) -> Iterator[d
                         delivered += 1
                     index += 1
                     if stop is not None and index >= stop:
+                        if stop == total:
+                            raise ShardError(f"{path}: holds more than the {total} samples its manifest lists "
+                                             f"(sample {key} follows): refused")
                         return
                     current, count = {"__key__": key, "__url__": path}, 0
                 count += 1
@@ -96,7 +101,7 @@ def read_ranges(ranges: Iterable[Range]) -> Iterator[dict[str, Any] | ShardError
     (a ``LostSamples`` counts them) and reading goes on with the next range."""
     for r in ranges:
         try:
-            yield from iter_range(r.url, r.start, r.stop)
+            yield from iter_range(r.url, r.start, r.stop, getattr(r, "total", -1))
         except ShardError as err:
             yield err
 

@@ -91,7 +91,7 @@ def _copy_selected(build: Path, manifest: dict[str, Any], wanted: set[str], out:
         for entry in (e for e in manifest["shards"] if e["split"] == split):
             path = build / entry["name"]
             _check_shard(path, entry, build)
-            for sample in iter_range(str(path), 0, entry["samples"]):
+            for sample in iter_range(str(path), 0, entry["samples"], entry["samples"]):
                 if ERROR_KEY in sample or META_EXTENSION not in sample:
                     raise ShardError(f"{path}: sample {sample['__key__']} cannot be copied into a subset: "
                                      f"{sample.get(ERROR_KEY, 'it has no json member')}")

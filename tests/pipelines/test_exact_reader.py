@@ -84,3 +84,16 @@ def test_the_reader_refuses_what_verify_refuses(tmp_path: Path) -> None:
     assert any("key does not match its json" in e for e in errors)
     assert any("expected one image" in e for e in errors)
     assert any("duplicate key" in e for e in errors)
+
+
+def test_a_manifest_that_undercounts_its_shard_is_refused(tmp_path: Path) -> None:
+    import json
+
+    build = write_test_build(tmp_path, "toy", ["a", "b"], [4, 3])
+    manifest = json.loads((build / "manifest.json").read_text())
+    manifest["shards"][0]["samples"] = 2  # two of the shard's four samples hidden from every count
+    (build / "manifest.json").write_text(json.dumps(manifest))
+    batches = list(exact_loader(open_builds([build]), "test", 16, 16, 0))
+    errors = [e for b in batches for e in b.errors]
+    assert any("holds more than the 2 samples its manifest lists" in e for e in errors)
+    assert len([k for b in batches for k in b.keys]) == 2 + 3  # what the manifest promised, and nothing hidden
