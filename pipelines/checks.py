@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 
 from ccl.models.offline_weights import OFFLINE
@@ -11,6 +10,7 @@ from pipelines.config import Config, ConfigError
 from pipelines.distributed import collective_timeout
 from pipelines.labels import Labels, load_labels
 from pipelines.train_classes import TrainData, replay_batch, select_classes
+from shard_format.atomic import check_writable
 from shard_format.builds import open_builds, shard_file_problems
 from shard_format.errors import ShardError
 
@@ -76,16 +76,6 @@ def check_run_dir(run_dir: str) -> None:
     """run.dir must be a directory this rank can write (every rank writes checkpoints): an OSError naming it."""
     check_writable(run_dir, "run.dir")
 
-
-def check_writable(folder: str | Path, what: str) -> None:
-    """``folder`` is (or is made) a directory this process can write, before any work: an OSError naming it."""
-    path = Path(folder)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise OSError(err.errno, f"{what} is not a writable directory ({err.strerror})", str(path)) from None
 
 
 def check_batch(cfg: Config, world: int) -> None:

@@ -32,7 +32,7 @@ from ccl.data.transforms import normalize_batch
 from ccl.metrics import AnomalyMetrics, merged_grids, to_csv_rows, to_markdown
 from ccl.metrics.report import METRICS, dataset_of, table_rows
 from pipelines import visualize
-from pipelines.checks import check_model, check_writable
+from pipelines.checks import check_model
 from pipelines.collectives import all_gather_rows, gather_objects, sum_tensor
 from pipelines.config import Config, ConfigError, load_config
 from pipelines.distributed import make_accelerator, shutdown
@@ -44,7 +44,7 @@ from pipelines.html_report import write_report
 from pipelines.map_files import iter_map_files, list_map_files
 from pipelines.model import WEIGHTS_NAME, build_model, export_config, model_of_export, read_info, write_info
 from pipelines.tracking import Tracker
-from shard_format.atomic import set_aside, write_atomic
+from shard_format.atomic import check_writable, set_aside, write_atomic
 from shard_format.builds import ShardSet, open_builds, shard_file_problems
 from shard_format.errors import ShardError
 from shard_format.schema import class_key_form, safe_name

@@ -37,7 +37,7 @@ import numpy as np
 from ccl.data.image_ops import resize_image
 from pipelines.exits import InputError
 from pipelines.visualize import overlay, save_png
-from shard_format.atomic import set_aside, write_atomic
+from shard_format.atomic import check_writable, set_aside, write_atomic
 from shard_format.image_header import ImageRefused, check_image_header
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -163,7 +163,7 @@ def predict(score: Score, image_size: int, spec: str | Path, out_dir: str | Path
         raise InputError(f"threshold {threshold}: not a finite number (it would decide nothing)")
     files, root = list_inputs(spec, out_dir)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out, "--out")  # before any image is scored
     previous = set_aside(out)  # one run's outputs per folder: no stale skipped.csv, heatmaps or scores.csv
     if previous is not None:
         print(f"warning: the outputs of an earlier run in {out} were moved into {previous}", file=sys.stderr,

@@ -52,3 +52,16 @@ def set_aside(folder: str | Path, keep: tuple[str, ...] = (), keep_prefixes: tup
     for name in names:
         (folder / name).rename(target / name)
     return target
+
+
+def check_writable(folder: str | Path, what: str) -> None:
+    """``folder`` is (or is made) a directory this process can write, before any work: an OSError naming it."""
+    import tempfile
+
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise OSError(err.errno, f"{what} is not a writable directory ({err.strerror})", str(path)) from None

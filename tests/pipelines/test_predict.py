@@ -150,3 +150,12 @@ def test_glob_mode_scores_each_file_once_through_a_symlink_loop(tmp_path: Path) 
     (tmp_path / "in" / "loop").symlink_to(tmp_path / "in")  # in/loop/loop/... is the same folder
     files, _ = list_inputs(f"{tmp_path}/in/**/*.png")
     assert files == [tmp_path / "in" / "a.png"]
+
+
+def test_an_unwritable_out_is_refused_before_any_image_is_scored(export: Path, tmp_path: Path, capsys) -> None:
+    write_images(tmp_path / "in")
+    (tmp_path / "file").write_text("not a folder")
+    assert main(["--checkpoint", str(export), "--input", str(tmp_path / "in"), "--out",
+                 str(tmp_path / "file" / "out"), "--no-vis", "--threshold", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "--out is not a writable directory" in err and "Traceback" not in err
