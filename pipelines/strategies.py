@@ -159,7 +159,9 @@ def add_classes(export: Path, builds: list[Path], classes: list[str], out: Path,
     again = sorted(set(old) & set(classes))
     if again:
         raise ConfigError(f"{again} are classes {export} was already trained on")
+    # eval.classes=[]: the export's config may hold the old evaluation's selection; the new model is scored on all
     steps = [f"train.init_from={export}", f"data.classes=[{','.join(classes)}]",
-             f"data.replay_classes=[{','.join(old)}]", f"data.replay_fraction={replay_fraction}", *overrides]
+             f"data.replay_classes=[{','.join(old)}]", f"data.replay_fraction={replay_fraction}", "eval.classes=[]",
+             *overrides]
     job = Job(out, export / "config.yaml", tuple(steps), tuple(builds))
     return run_job(job, processes, None, job_env(processes))

@@ -144,9 +144,9 @@ def test_adding_a_class_keeps_the_export_its_ids_and_its_threshold(build: Path, 
     (tmp_path / "empty.yaml").write_text("{}\n")
     old = tmp_path / "v1"
     _run(["launch/train.py", "--config", str(tmp_path / "empty.yaml"), f"data.shards=[{build}]", f"run.dir={old}",
-          "data.classes=[toy/a,toy/b]", *TINY])
+          "data.classes=[toy/a,toy/b]", "eval.classes=[toy/a,toy/b]", *TINY])  # the selection stays in its config
     _run(["launch/evaluate.py", "--checkpoint", str(old / "export"), "--shards", str(build), "--out",
-          str(old / "eval"), "--vis", "0", "eval.classes=[toy/a,toy/b]"])
+          str(old / "eval"), "--vis", "0"])
     before = (old / "export" / "info.json").read_bytes()
     new = tmp_path / "v2"
     _run(["launch/add_classes.py", "--export", str(old / "export"), "--shards", str(build), "--classes", "toy/c",
