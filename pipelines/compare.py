@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import load_config
+from pipelines.config import ConfigError, load_config
 from pipelines.exits import InputError
 from pipelines.jobs import Job, job_env, run_job
 from pipelines.strategies import run_strategy
@@ -139,7 +139,10 @@ def run_grid(grid: Grid, out: Path, jobs: int = 1, processes: int = 2, port: int
 def run_cell(grid: Grid, job: Job, processes: int, port: int, env: Mapping[str, str],
              log: Path | None) -> dict[str, Any]:
     """One job: an ordinary training, or the stages of the row's ``strategy.mode`` (pipelines.strategies)."""
-    cfg = load_config(grid.config, list(job.overrides))
+    try:
+        cfg = load_config(grid.config, list(job.overrides))
+    except ConfigError:  # a bad row fails as its own job (named, its log kept), not the whole comparison
+        return run_job(job, processes, port, env, log)
     if cfg.strategy.mode == "joint":
         return run_job(job, processes, port, env, log)
     return run_strategy(job, cfg, processes, port, env, log)
