@@ -102,15 +102,11 @@ def non_finite(model: Any, optimizer: Any = None) -> str:
     """The first floating-point parameter, buffer or optimizer-state tensor holding NaN or inf ('' if none)."""
     import torch
 
-    named = [*(("parameter", n, t) for n, t in model.named_parameters()),
-             *(("buffer", n, t) for n, t in model.named_buffers())]
-    for kind, name, tensor in named:
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor.detach()).all()):
-            return f"{kind} {name}"
-    for index, tensor in enumerate(optimizer_tensors(optimizer)):
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor.detach()).all()):
-            return f"optimizer state tensor {index}"
-    return ""
+    named = [*((f"parameter {n}", t) for n, t in model.named_parameters()),
+             *((f"buffer {n}", t) for n, t in model.named_buffers()),
+             *((f"optimizer state tensor {i}", t) for i, t in enumerate(optimizer_tensors(optimizer)))]
+    return next((what for what, t in named if t.is_floating_point() and not bool(torch.isfinite(t.detach()).all())),
+                "")
 
 
 def optimizer_tensors(optimizer: Any) -> Iterator[Any]:

@@ -47,7 +47,7 @@ from pipelines.early_stop import judge
 from pipelines.exact_reader import exact_loader, first_samples
 from pipelines.exits import InputError
 from pipelines.labels import Labels
-from pipelines.model import build_model, read_info, read_safetensors
+from pipelines.model import build_model, load_weights, read_info
 from pipelines.monitor import (
     Meter,
     class_separation,
@@ -405,13 +405,13 @@ def trained_classes(run: Run) -> list[str]:
 
 
 def start_from_export(model: Any, export: str) -> None:
-    """The student's weights from an export (strict: same keys and shapes), before anything is prepared."""
+    """The student's weights from an export (keys, shapes and dtypes the model's), before anything is prepared."""
     path = Path(export) / "model.safetensors"
     try:
-        model.load_trainable_state_dict(read_safetensors(path), strict=True)
-    except (RuntimeError, ValueError) as err:
-        raise InputError(f"train.init_from={export}: {path} does not fit this model (teacher, projector and "
-                         f"image scales must be the export's): {str(err).splitlines()[0]}") from None
+        load_weights(model, path)  # one InputError naming the file and the first tensor that does not fit
+    except InputError as err:
+        raise InputError(f"train.init_from={export}: {err} (teacher, projector and scales must be the export's)") \
+            from None
     log.info("student weights from %s", path)
 
 
