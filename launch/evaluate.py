@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="export directory (RUN/export)")
     p.add_argument("--config", help="instead of an export: a config whose model.checkpoint is an RD4AD checkpoint")
-    p.add_argument("--shards", action="append", default=[], help="shard build directory (repeatable)")
+    p.add_argument("--shards", action="append", default=[],
+                   help="shard build: a folder or an s3:// gs:// https:// prefix (repeatable)")
     p.add_argument("--out", help="output directory (default: eval/ beside the export; run.dir/eval with --config)")
     p.add_argument("--vis", type=int, help="heatmaps of the N highest/lowest-scoring images per group")
     p.add_argument("--maps", help="standalone: directory of anomaly maps (.npy or 16-bit PNG)")

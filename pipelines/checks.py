@@ -9,9 +9,9 @@ from ccl.models.offline_weights import OFFLINE
 from pipelines.config import Config, ConfigError
 from pipelines.distributed import collective_timeout
 from pipelines.labels import Labels, load_labels
-from pipelines.train_classes import TrainData, replay_batch, select_classes
+from pipelines.train_classes import TrainData, open_shards, replay_batch, select_classes
 from shard_format.atomic import check_writable
-from shard_format.builds import open_builds, shard_file_problems
+from shard_format.builds import shard_file_problems
 from shard_format.errors import ShardError
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ def check_inputs(cfg: Config, world: int) -> tuple[TrainData, Labels]:
     check_compile(cfg)
     check_stopping(cfg)
     check_run_dir(cfg.run.dir)  # the class selection is written there
-    data = select_classes(cfg, open_builds(list(cfg.data.shards)))
+    data = select_classes(cfg, open_shards(cfg))
     check_replay(cfg, data, world)
     shard_set = data.all
     for build, manifest in zip(shard_set.builds, shard_set.manifests):

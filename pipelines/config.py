@@ -83,7 +83,11 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    shards: tuple[str, ...] = ()  # shard build directories (one = domain-in-all, several = all-in-all)
+    shards: tuple[str, ...] = ()  # shard builds (one = domain-in-all, several = all-in-all): folders or s3:// gs:// https://
+    # Remote shards are fetched and checked (size, sha256) before they are read: into cache_dir ("" = the
+    # system's temp folder), shared by the ranks of a node, kept up to cache_gb (0 = deleted once read).
+    cache_dir: str = ""
+    cache_gb: float = 0.0
     batch_size: int = 16  # global, over all ranks
     classes_per_batch: int = 8  # P; K = batch_size // P samples per class, K >= 2
     num_workers: int = 2
@@ -296,7 +300,7 @@ RANGES: dict[type, dict[str, Range]] = {
         # The teacher's coarsest scale used (out_indices up to 3) is 1/16 and the neck halves it once more:
         # 32 px is the smallest image the model runs at; 4096 px keeps one image's features within memory.
         "image_size": Range(32, 4096, multiple_of=32), "shuffle_buffer": COUNT, "max_corrupt": COUNT,
-        "plan_ranks": COUNT, "replay_fraction": FRACTION},
+        "plan_ranks": COUNT, "replay_fraction": FRACTION, "cache_gb": NON_NEGATIVE},
     ModelConfig: {"out_indices": Range(0, 8), "noise_prob": PROBABILITY, "noise_std": NON_NEGATIVE},
     LossConfig: {
         "lambda_local": NON_NEGATIVE, "lambda_global": NON_NEGATIVE, "temperature": POSITIVE,

@@ -44,8 +44,9 @@ from pipelines.html_report import write_report
 from pipelines.map_files import iter_map_files, list_map_files
 from pipelines.model import WEIGHTS_NAME, build_model, export_config, model_of_export, read_info, write_info
 from pipelines.tracking import Tracker
+from pipelines.train_classes import open_shards
 from shard_format.atomic import check_writable, set_aside, write_atomic
-from shard_format.builds import ShardSet, open_builds, shard_file_problems
+from shard_format.builds import ShardSet, shard_file_problems
 from shard_format.errors import ShardError
 from shard_format.schema import class_key_form, safe_name
 from shard_format.writer import file_sha256
@@ -105,7 +106,7 @@ def evaluate_model(model: torch.nn.Module, shards: ShardSet | Sequence[str | Pat
     ``accelerator`` None runs single-process. The main process writes reports to ``out_dir``
     (when given) and logs to ``tracker``. Call it on all ranks together.
     """
-    shard_set = shards if isinstance(shards, ShardSet) else open_builds(list(shards))
+    shard_set = shards if isinstance(shards, ShardSet) else open_shards(cfg, [str(s) for s in shards])
     rank, world = (0, 1) if accelerator is None else (accelerator.process_index, accelerator.num_processes)
     net = model if accelerator is None else accelerator.unwrap_model(model)
     device = next(net.parameters()).device
@@ -279,7 +280,7 @@ def run_evaluation(checkpoint: str | Path | None, shards: Sequence[str | Path], 
     """
     export = Path(checkpoint) if checkpoint is not None else None
     cfg = export_config(export, overrides) if export is not None else _checkpoint_config(config, overrides)
-    shard_set = open_builds(list(shards))  # bad shards fail here, before any process group exists
+    shard_set = open_shards(cfg, [str(s) for s in shards])  # bad shards fail here, before any process group exists
     class_test_count(shard_set, resolve_classes(shard_set, cfg.eval.classes))  # and an unknown eval.classes entry
     missing, resized = shard_file_problems(shard_set, ("test",))
     for problem in resized:

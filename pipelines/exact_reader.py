@@ -29,6 +29,7 @@ from pipelines.data_plan import Segment, exact_segments
 from pipelines.distributed import make_loader
 from shard_format.builds import ShardSet
 from shard_format.errors import ShardError, lost_count
+from shard_format.fetch import ShardOpener
 from shard_format.reader import iter_range, read_ranges
 from shard_format.record import Record, decode_record
 
@@ -104,8 +105,10 @@ class ExactReader(IterableDataset):
     """The batches of one rank; DataLoader worker i reads the rank's segments i, i + W, ... of the plan."""
 
     def __init__(self, segments: Sequence[Segment], batch_size: int, image_size: int,
-                 class_index: Mapping[str, int], classes: tuple[str, ...] = (), split: str | None = None) -> None:
+                 class_index: Mapping[str, int], classes: tuple[str, ...] = (), split: str | None = None,
+                 opener: ShardOpener | None = None) -> None:
         self.segments, self.batch_size, self.image_size = list(segments), batch_size, image_size
+        self.opener = opener or ShardOpener()  # remote shards: fetched and checked before they are read
         self.split = split  # the shards' split: a record of another split, or not shaped as verify wants, is refused
         self.class_index = dict(class_index)
         self.prefixes = tuple(f"{c}/" for c in classes)  # keys start with "dataset/class/"
@@ -116,7 +119,7 @@ class ExactReader(IterableDataset):
         batch = _Batching(self.image_size, self.class_index)
         seen: set[str] = set()  # a key twice would be scored twice (and counted against the manifest)
         for segment in mine:
-            for sample in read_ranges(segment.ranges):
+            for sample in read_ranges(segment.ranges, self.opener):
                 if isinstance(sample, ShardError):  # a missing or truncated shard: the rest of its range is lost
                     batch.error(str(sample), lost_count(sample))
                     continue
@@ -158,15 +161,16 @@ def exact_loader(shard_set: ShardSet, split: str, image_size: int, batch_size: i
                  rank: int = 0, world: int = 1, max_images: int = 0, classes: tuple[str, ...] = ()) -> DataLoader:
     """This rank's loader of ``split`` (not to be prepared by Accelerate); ``classes`` keeps only those classes."""
     plan = exact_plan(shard_set, split, world, max(1, num_workers), max_images)
-    reader = ExactReader(plan[rank], batch_size, image_size, shard_set.class_index, tuple(classes), split)
+    reader = ExactReader(plan[rank], batch_size, image_size, shard_set.class_index, tuple(classes), split,
+                         shard_set.opener())
     return make_loader(reader, num_workers)
 
 
 def first_samples(shard_set: ShardSet, split: str, n: int, size: int) -> tuple[torch.Tensor | None, list[str]]:
     """The first ``n`` decodable samples of ``split``, resized (the fixed images of the heatmap panel)."""
-    images, keys = [], []
+    images, keys, opener = [], [], shard_set.opener()
     for url, _ in shard_set.sizes(split):
-        for sample in iter_range(url, 0, None):
+        for sample in iter_range(url, 0, None, opener=opener):
             if len(images) >= n:
                 break
             try:

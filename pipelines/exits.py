@@ -53,7 +53,7 @@ def _on_error(err: BaseException, expected: tuple[type[BaseException], ...]) -> 
     quiet = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGCHLD, signal.SIG_DFL) if quiet else None
     if isinstance(err, expected):
-        code = exit_on_error(f"error: {err}", 2)  # an OSError's text names its file
+        code = exit_on_error(f"error: {one_line(err)}", 2)  # an OSError's text names its file
     elif isinstance(err, KeyboardInterrupt):
         code = exit_on_error("interrupted", 130)
     else:  # a bug, or a collective that failed because a peer is gone: the traceback says which
@@ -63,25 +63,46 @@ def _on_error(err: BaseException, expected: tuple[type[BaseException], ...]) -> 
     return code
 
 
+def one_line(err: BaseException) -> str:
+    """The error's message; for one a DataLoader worker raised, the original message without the worker's
+    traceback that torch wraps around it (the exception keeps its class, so it is still the user's)."""
+    text = str(err)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = text.rstrip().splitlines()[-1]  # "package.module.ErrorClass: the message"
+        text = last.partition(": ")[2] or last
+    return text
+
+
 def exit_on_error(message: str, code: int) -> int:
     """The error path of an entry point: print ``message``; in a multi-process run, leave at once.
 
     Once a process group exists, peers may be blocked in a collective waiting for this rank, so no
     collective and no interpreter finalisation (which waits for loader workers and may abort in
     gloo) may run: the loader workers are killed and the process ends with ``os._exit(code)``; the
-    launcher sees the status and ends the other ranks. Without a process group it returns ``code``.
+    launcher sees the status and ends the other ranks. Without a process group it kills the loader workers
+    and returns ``code``.
     """
     rank, world = world_from_env()
     print((f"[rank {rank}] " if world > 1 else "") + message, file=sys.stderr, flush=True)
     if process_group_exists():
         leave_now(code)
+    kill_workers()  # a loader worker whose error ended the run waits for work; it inherited the SIGTERM handler
     return code
+
+
+def kill_workers() -> None:
+    """Kill this process's loader workers (multiprocessing's exit would wait for them: SIGTERM only asks them
+    to stop, and they inherited the trainer's handler of it)."""
+    children = multiprocessing.active_children()
+    for child in children:
+        child.kill()
+    for child in children:
+        child.join(5)  # reaped here, while _on_error holds SIGCHLD at its default: torch's handler never sees them
 
 
 def leave_now(code: int) -> None:
     """Kill this process's loader workers and exit with ``code`` without finalisation (nothing left behind)."""
-    for child in multiprocessing.active_children():
-        child.kill()
+    kill_workers()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -15,7 +15,10 @@ from typing import Any
 from pipelines.config import ClassSource
 from shard_format.builds import ShardSet
 from shard_format.errors import ERROR_KEY, ShardError
+from shard_format.location import is_remote, join, read_small
 from shard_format.schema import META_EXTENSION, PSEUDO_CLASSES_NAME, class_key
+
+MAX_SIDECAR_BYTES = 1 << 30  # ~20 bytes per key: tens of millions of samples
 
 
 @dataclass(frozen=True)
@@ -50,12 +53,9 @@ def load_labels(shard_set: ShardSet, class_source: ClassSource, pseudo_file: str
     k = 0
     for build in shard_set.builds:
         name = pseudo_file or PSEUDO_CLASSES_NAME
-        path = Path(name) if ("/" in name or Path(name).is_absolute()) else Path(build) / name
-        if not path.is_file():
-            raise ShardError(f"data.class_source=pseudo but {path} does not exist "
-                             "(make it with shard_tools/pseudo_classes.py)")
+        path = name if "/" in name else join(build, name)
         try:
-            doc = json.loads(path.read_text())
+            doc = json.loads(read_sidecar(path))
         except json.JSONDecodeError as err:
             raise ShardError(f"{path}: pseudo-class file is not valid JSON ({err})") from None
         if not isinstance(doc, dict) or "k" not in doc or "labels" not in doc:
@@ -63,6 +63,15 @@ def load_labels(shard_set: ShardSet, class_source: ClassSource, pseudo_file: str
         k = max(k, int(doc["k"]))
         merged.update({str(key): int(v) for key, v in doc["labels"].items()})
     return Labels(dict(shard_set.class_index), merged, k)
+
+
+def read_sidecar(path: str) -> bytes:
+    """A pseudo-class file's bytes (local or remote); ShardError naming it when it does not exist."""
+    try:
+        return read_small(path, MAX_SIDECAR_BYTES) if is_remote(path) else Path(path).read_bytes()
+    except (FileNotFoundError, IsADirectoryError):
+        raise ShardError(f"data.class_source=pseudo but {path} does not exist "
+                         "(make it with shard_tools/pseudo_classes.py)") from None
 
 
 def train_class_count(shard_set: ShardSet) -> int:

@@ -1,6 +1,6 @@
 """Which classes a run trains on: all of them, ``data.classes`` only, or those plus replayed ``data.replay_classes``.
 
-    data = select_classes(cfg, open_builds(cfg.data.shards))
+    data = select_classes(cfg, open_shards(cfg))
     data.current    the builds each epoch walks through (subsets of data.classes, or the builds as given)
     data.replay     the builds replay batches are drawn from (None without replay)
     data.all        what the run validates on and names in its exports: current and replay classes
@@ -13,12 +13,14 @@ from an export (``train.init_from``) keeps the export's class ids and appends ne
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipelines.config import Config, ConfigError
 from pipelines.model import read_info
 from shard_format.builds import ShardSet, open_builds
+from shard_format.fetch import ShardCache
 from shard_format.subset import subset_name, write_subset
 
 
@@ -79,8 +81,15 @@ def subsets(shard_set: ShardSet, classes: tuple[str, ...], run_dir: Path) -> lis
     for build, manifest in zip(shard_set.builds, shard_set.manifests):
         mine = sorted(set(classes) & set(manifest["classes"]))
         if mine:
-            out.append(write_subset(build, mine, run_dir / "data" / subset_name(build, mine)))
+            out.append(write_subset(build, mine, run_dir / "data" / subset_name(build, mine), shard_set.opener()))
     return out
+
+
+def open_shards(cfg: Config, builds: Sequence[str] = ()) -> ShardSet:
+    """``builds`` (default ``data.shards``) as one set; remote shards are fetched into ``data.cache_dir``, kept up
+    to ``data.cache_gb``."""
+    cache = ShardCache(cfg.data.cache_dir, int(cfg.data.cache_gb * (1 << 30)))
+    return open_builds(list(builds or cfg.data.shards), cache)
 
 
 def with_export_ids(shard_set: ShardSet, export: str) -> ShardSet:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ from pipelines.labels import Labels, train_class_count
 from pipelines.train_classes import replay_batch
 from shard_format.builds import ShardSet
 from shard_format.errors import ShardError, lost_count
+from shard_format.fetch import ShardOpener
 from shard_format.reader import read_ranges
 from shard_format.record import decode_record
 
@@ -62,6 +63,7 @@ class StreamSpec:
     shuffle_buffer: int = 64
     skip_batches: int = 0  # batches of this epoch already trained (resume mid-epoch)
     record_keys: bool = False  # attach dropped keys to the stats (tests of exactly-once)
+    opener: ShardOpener = field(default_factory=ShardOpener)  # remote shards: fetched and checked first
 
 
 class TrainStream(IterableDataset):
@@ -125,7 +127,7 @@ class TrainStream(IterableDataset):
             return out
 
         made, held = 0, None
-        for sample in _shuffled(read_ranges(segment.ranges), s.shuffle_buffer, rng):
+        for sample in _shuffled(read_ranges(segment.ranges, s.opener), s.shuffle_buffer, rng):
             if isinstance(sample, ShardError):  # a missing, truncated or corrupt shard: its lost samples count
                 log.warning("skipping the rest of a shard: %s", sample)
                 unreadable["lost"] += lost_count(sample)
@@ -267,12 +269,14 @@ def train_loader(cfg: Any, shard_set: ShardSet, labels: Labels, rank: int, world
     current = d.batch_size - (replay_batch(cfg) if replay is not None else 0)
     spec = StreamSpec(shard_set.sizes("train"), current, layout(cfg, current, shard_set, world),
                       plan_ranks(cfg, world), world, rank, workers, cfg.run.seed, epoch, d.image_size,
-                      augment_params(**asdict(d.augment)), labels, d.shuffle_buffer, skip_batches)
+                      augment_params(**asdict(d.augment)), labels, d.shuffle_buffer, skip_batches,
+                      opener=shard_set.opener())
     stream: IterableDataset = TrainStream(spec)
     if replay is not None:
         replayed = d.batch_size - current
         stream = ReplayMix(stream, replace(spec, shards=replay.sizes("train"), global_batch=replayed,
-                                           layout=layout(cfg, replayed, replay, world), skip_batches=0))
+                                           layout=layout(cfg, replayed, replay, world), skip_batches=0,
+                                           opener=replay.opener()))
     return make_loader(stream, d.num_workers, pin_memory)
 
 

@@ -1,6 +1,7 @@
-"""Shard builds on disk seen as one data set: the merged class index and every shard of a split.
+"""Shard builds seen as one data set: the merged class index and every shard of a split.
 
-A build is a directory written by ``shard_tools/build.py``: ``{split}-NNNNNN.tar`` plus ``manifest.json``.
+A build is a directory written by ``shard_tools/build.py``: ``{split}-NNNNNN.tar`` plus ``manifest.json``,
+on local disk or under an object-store prefix (``shard_format.location``).
 Training on several builds at once (all-in-all) merges their class indexes by name
 (``dataset/class``), so class ids are those of the merged index, not the ``cls`` member.
 """
@@ -8,11 +9,13 @@ Training on several builds at once (all-in-all) merges their class indexes by na
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from shard_format.errors import ShardError
+from shard_format.fetch import ShardCache, ShardOpener
+from shard_format.location import is_remote, join, object_size
 from shard_format.manifest import ShardInfo, read_manifest
 from shard_format.schema import MANIFEST_NAME, SPLITS
 
@@ -24,6 +27,7 @@ class ShardSet:
     builds: tuple[str, ...]
     manifests: tuple[Mapping[str, Any], ...]
     class_index: Mapping[str, int]  # merged "dataset/class" -> id, ids in sorted-name order
+    cache: ShardCache = field(default_factory=ShardCache)  # where remote shards are fetched to
 
     @property
     def class_names(self) -> list[str]:
@@ -55,15 +59,22 @@ class ShardSet:
     def datasets(self) -> list[str]:
         return [m["dataset"] for m in self.manifests]
 
+    def opener(self) -> ShardOpener:
+        """What the readers open this set's shards with: remote ones are fetched into ``self.cache`` and
+        checked against their manifest entries (size, sha256)."""
+        expected = {s.url: (s.bytes, s.sha256) for split in SPLITS for s in self.shards(split) if is_remote(s.url)}
+        return ShardOpener(expected, self.cache)
 
-def open_builds(builds: Sequence[str | Path]) -> ShardSet:
-    """Read the manifests of ``builds`` and merge their class indexes by name."""
+
+def open_builds(builds: Sequence[str | Path], cache: ShardCache | None = None) -> ShardSet:
+    """Read the manifests of ``builds`` and merge their class indexes by name; remote shards will be fetched
+    into ``cache`` (default: not kept)."""
     if not builds:
         raise ShardError("no shard builds given (set data.shards)")
     manifests = tuple(read_manifest(b) for b in builds)
     names = sorted({name for m in manifests for name in m["classes"]})
     class_index = {name: i for i, name in enumerate(names)}
-    return ShardSet(tuple(str(b) for b in builds), manifests, class_index)
+    return ShardSet(tuple(str(b) for b in builds), manifests, class_index, cache or ShardCache())
 
 
 def shard_file_problems(shard_set: ShardSet, splits: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -72,10 +83,17 @@ def shard_file_problems(shard_set: ShardSet, splits: Sequence[str]) -> tuple[lis
     missing, resized = [], []
     for split in splits:
         for info in shard_set.shards(split):
-            path = Path(info.url)
-            if not path.is_file():
-                missing.append(f"shard {path} listed in {info.build}/{MANIFEST_NAME} does not exist")
-            elif info.bytes >= 0 and (size := path.stat().st_size) != info.bytes:
-                resized.append(f"shard {path}: {size} bytes, {info.build}/{MANIFEST_NAME} says "
+            size = _size(info.url)
+            if size is None:
+                missing.append(f"shard {info.url} listed in {join(info.build, MANIFEST_NAME)} does not exist")
+            elif info.bytes >= 0 and size != info.bytes:
+                resized.append(f"shard {info.url}: {size} bytes, {join(info.build, MANIFEST_NAME)} says "
                                f"{info.bytes} (truncated or replaced)")
     return missing, resized
+
+
+def _size(url: str) -> int | None:
+    if is_remote(url):
+        return object_size(url)
+    path = Path(url)
+    return path.stat().st_size if path.is_file() else None

@@ -1,4 +1,5 @@
-"""One writer per folder at a time: an advisory ``flock`` whose holder the refused writer can name.
+"""One writer per folder at a time: an advisory ``flock`` whose holder the refused writer can name
+(``hold_lock``), or one process at a time on a shared piece of work (``wait_lock``).
 
 The lock file names its holder while it is held; the kernel releases the lock when the holder exits,
 however it exits (killed too), so no stale lock is ever left behind. Used by the shard builder (one
@@ -45,3 +46,16 @@ def hold_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             f.truncate(0)  # an empty file when nobody holds it: a build's output stays byte-identical
+
+
+@contextmanager
+def wait_lock(path: Path) -> Iterator[None]:
+    """Hold the lock file ``path``, waiting for its holder first (processes that share work, such as the ranks
+    fetching one shard into a cache they share: the first fetches, the others wait and find the result)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from shard_format.errors import ShardError
+from shard_format.location import is_remote, join, read_small
 from shard_format.schema import (
     BUILDER_VERSION,
     MANIFEST_NAME,
@@ -20,6 +21,8 @@ from shard_format.schema import (
     SchemaError,
     validate_manifest,
 )
+
+MAX_MANIFEST_BYTES = 1 << 30  # a manifest of millions of shards is ~100 MB; nothing legitimate is larger
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,8 @@ class ShardInfo:
 
     @property
     def url(self) -> str:
-        """The local path of the shard file (never a URL a reader would fetch or run)."""
-        return str(Path(self.build) / self.name)
+        """The shard file's location: inside its build (a local path, or a URL under the build's remote prefix)."""
+        return join(self.build, self.name)
 
     def to_json(self) -> dict[str, Any]:
         """The manifest entry."""
@@ -74,15 +77,10 @@ def make_manifest(dataset: str, args: dict, classes: dict[str, int], entries: li
 
 
 def read_manifest(build: str | Path) -> dict[str, Any]:
-    """``manifest.json`` of a build, with a clear error when the directory is not a build."""
-    build = Path(build)
-    if not build.is_dir():
-        raise ShardError(f"shard build {build} does not exist (build it with shard_tools/build.py)")
-    path = manifest_path(build)
-    if not path.is_file():
-        raise ShardError(f"{build} has no {MANIFEST_NAME}: not a shard build (or the build did not finish)")
+    """``manifest.json`` of a build (a local folder or a remote prefix), with a clear error when it is not a build."""
+    path, text = _manifest_text(str(build))
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ShardError(f"{path}: not valid JSON ({err})") from None
     try:
@@ -90,3 +88,29 @@ def read_manifest(build: str | Path) -> dict[str, Any]:
     except SchemaError as err:
         raise ShardError(str(err)) from None
     return manifest
+
+
+def manifest_bytes(build: str | Path) -> bytes:
+    """The raw ``manifest.json`` of a build (what digests of a build are taken over)."""
+    return _manifest_text(str(build))[1]
+
+
+def _manifest_text(build: str) -> tuple[str, bytes]:
+    """(where, bytes) of a build's manifest; ShardError when the build or its manifest does not exist."""
+    if is_remote(build):
+        url = join(build, MANIFEST_NAME)
+        try:
+            return url, read_small(url, MAX_MANIFEST_BYTES)
+        except FileNotFoundError:
+            raise ShardError(f"{build} has no {MANIFEST_NAME}: not a shard build (or its upload did not finish)") \
+                from None
+        except ShardError:
+            raise
+        except Exception as err:  # noqa: BLE001 - the clients' errors are of many kinds (OSError, botocore, aiohttp)
+            raise ShardError(f"{url}: cannot read the manifest ({type(err).__name__}: {err})") from None
+    if not Path(build).is_dir():
+        raise ShardError(f"shard build {build} does not exist (build it with shard_tools/build.py)")
+    path = manifest_path(Path(build))
+    if not path.is_file():
+        raise ShardError(f"{build} has no {MANIFEST_NAME}: not a shard build (or the build did not finish)")
+    return str(path), path.read_bytes()

@@ -5,7 +5,8 @@ data plan cuts at sample level), and the members before the range are skipped by
 their data. Members group into samples by key as in WebDataset (``<key>.<ext>``, key up to the
 first dot of the file name).
 
-A shard is data: the reader opens a local file and nothing else (no ``pipe:`` command, no URL),
+A shard is data: the reader opens a local file and nothing else (no ``pipe:`` command; a remote shard is
+fetched and checked by ``shard_format.fetch`` first, and read from the local copy),
 never extracts members to disk, and reads no member larger than its kind's cap
 (``shard_format.schema.member_limit``; an oversized member marks its sample ``__error__``). Only the members
 a record uses are read (image, mask, json, cls); the names of others are listed under ``__unread__``
@@ -22,9 +23,10 @@ from __future__ import annotations
 import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from shard_format.errors import ERROR_KEY, LostSamples, ShardError
+from shard_format.fetch import StorageError
 from shard_format.schema import MAX_MEMBERS_PER_SAMPLE, RECORD_EXTENSIONS, member_limit
 
 UNREAD_KEY = "__unread__"  # extensions of members a sample had but the record does not use (not read)
@@ -37,14 +39,17 @@ def split_member(name: str) -> tuple[str, str]:
     return (f"{head}/{stem}" if head else stem), ext
 
 
-def iter_range(path: str, start: int = 0, stop: int | None = None, total: int = -1) -> Iterator[dict[str, Any]]:
+def iter_range(path: str, start: int = 0, stop: int | None = None, total: int = -1,
+               opener: Opener | None = None) -> Iterator[dict[str, Any]]:
     """Samples ``start <= i < stop`` of the shard file ``path`` as ``{"__key__", "__url__", ext: bytes}``.
 
     A missing file, a corrupt tar, or one that ends before ``stop`` raises ``LostSamples`` after the
     samples read so far were yielded; ``lost`` counts the planned samples not delivered (None when
     ``stop`` is None: the caller compares with the manifest itself). ``total``: the shard's count in its
     manifest; a range that ends there raises ``ShardError`` when the tar holds another sample after it (a
-    manifest that undercounts would otherwise hide samples from every exactly-once count).
+    manifest that undercounts would otherwise hide samples from every exactly-once count). ``opener``: how
+    ``path`` is opened (``fetch.ShardOpener`` for remote builds: its ``StorageError`` passes through); a
+    local file by default.
     """
     delivered = 0
 
@@ -52,14 +57,18 @@ def iter_range(path: str, start: int = 0, stop: int | None = None, total: int = 
         count = None if stop is None else stop - start - delivered
         return LostSamples(f"{path}: {problem}" + (f"; {count} planned sample(s) lost" if count else ""), count)
 
-    file = Path(path)
-    if not file.is_file():
-        raise lost("shard file does not exist")
     try:
-        tar = tarfile.open(file, mode="r:")
+        fileobj = (opener or _open_local)(path)
+    except FileNotFoundError:
+        raise lost("shard file does not exist") from None
+    except OSError as err:
+        raise lost(f"cannot open the shard ({err})") from None
+    try:
+        tar = tarfile.open(fileobj=fileobj, mode="r:")
     except (tarfile.TarError, OSError) as err:
+        fileobj.close()
         raise lost(f"not a readable tar ({err})") from None
-    with tar:
+    with fileobj, tar:
         index, current, count = -1, None, 0
         try:
             for member in _members(tar):
@@ -90,20 +99,33 @@ def iter_range(path: str, start: int = 0, stop: int | None = None, total: int = 
                        "(a truncated shard reads as a short one)")
 
 
+class Opener(Protocol):
+    def __call__(self, url: str) -> BinaryIO: ...
+
+
 class Range(Protocol):
     url: str
     start: int
     stop: int
 
 
-def read_ranges(ranges: Iterable[Range]) -> Iterator[dict[str, Any] | ShardError]:
+def read_ranges(ranges: Iterable[Range], opener: Opener | None = None) -> Iterator[dict[str, Any] | ShardError]:
     """The samples of consecutive ranges; a broken shard yields its error in place of the samples it lost
-    (a ``LostSamples`` counts them) and reading goes on with the next range."""
+    (a ``LostSamples`` counts them) and reading goes on with the next range. A remote shard that cannot be
+    fetched as its manifest promised (``StorageError``) ends the reading: it is raised."""
     for r in ranges:
         try:
-            yield from iter_range(r.url, r.start, r.stop, getattr(r, "total", -1))
+            yield from iter_range(r.url, r.start, r.stop, getattr(r, "total", -1), opener)
+        except StorageError:
+            raise
         except ShardError as err:
             yield err
+
+
+def _open_local(path: str) -> BinaryIO:
+    if not Path(path).is_file():
+        raise FileNotFoundError(path)
+    return open(path, "rb")
 
 
 def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:

@@ -28,8 +28,9 @@ from typing import Any
 
 from shard_format.atomic import write_atomic
 from shard_format.errors import ERROR_KEY, ShardError
-from shard_format.manifest import manifest_path, read_manifest, sum_counts
-from shard_format.reader import iter_range
+from shard_format.location import is_remote, join
+from shard_format.manifest import manifest_bytes, read_manifest, sum_counts
+from shard_format.reader import Opener, iter_range
 from shard_format.schema import META_EXTENSION, SPLITS, class_key, shard_name
 from shard_format.writer import ShardWriter, file_sha256
 
@@ -39,14 +40,15 @@ MAX_SUBSET_SHARD_BYTES = 256 << 20
 def subset_name(build: str | Path, classes: Sequence[str]) -> str:
     """``<dataset>-<digest>``: the folder name of a subset (digest of the source manifest and the classes)."""
     manifest = read_manifest(build)
-    digest = hashlib.sha256(manifest_path(Path(build)).read_bytes())
+    digest = hashlib.sha256(manifest_bytes(build))
     digest.update(json.dumps(sorted(classes)).encode())
     return f"{manifest['dataset']}-{digest.hexdigest()[:12]}"
 
 
-def write_subset(build: str | Path, classes: Sequence[str], out: str | Path) -> Path:
-    """Write (or reuse) the subset of ``build`` holding only ``classes`` ("dataset/class") at ``out``."""
-    build, out = Path(build), Path(out)
+def write_subset(build: str | Path, classes: Sequence[str], out: str | Path, opener: Opener | None = None) -> Path:
+    """Write (or reuse) the subset of ``build`` holding only ``classes`` ("dataset/class") at ``out`` (local).
+    ``opener``: how the source's shards are opened (``ShardSet.opener()`` for a remote build)."""
+    build, out = str(build), Path(out)
     manifest = read_manifest(build)
     wanted = set(classes)
     unknown = sorted(wanted - set(manifest["classes"]))
@@ -59,7 +61,7 @@ def write_subset(build: str | Path, classes: Sequence[str], out: str | Path) -> 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        entries = _copy_selected(build, manifest, wanted, tmp)
+        entries = _copy_selected(build, manifest, wanted, tmp, opener)
         subset = {**manifest, "args": {"subset_of": manifest.get("args", {}), "classes": sorted(wanted)},
                   "counts": sum_counts(entries), "shards": [{k: e[k] for k in e if k != "counts"} for e in entries],
                   "skipped": []}
@@ -74,7 +76,7 @@ def write_subset(build: str | Path, classes: Sequence[str], out: str | Path) -> 
     return _reuse(out, build, wanted)
 
 
-def _reuse(out: Path, build: Path, wanted: set[str]) -> Path:
+def _reuse(out: Path, build: str, wanted: set[str]) -> Path:
     """``out`` if it is the subset asked for; ShardError naming it otherwise."""
     found = read_manifest(out).get("args", {}).get("classes")
     if found != sorted(wanted):
@@ -83,15 +85,17 @@ def _reuse(out: Path, build: Path, wanted: set[str]) -> Path:
     return out
 
 
-def _copy_selected(build: Path, manifest: dict[str, Any], wanted: set[str], out: Path) -> list[dict[str, Any]]:
+def _copy_selected(build: str, manifest: dict[str, Any], wanted: set[str], out: Path,
+                   opener: Opener | None) -> list[dict[str, Any]]:
     """Copy the selected samples of every shard, split by split; returns the new shards' manifest entries."""
     entries: list[dict[str, Any]] = []
     for split in SPLITS:
         writer, index, counts = None, 0, {}
         for entry in (e for e in manifest["shards"] if e["split"] == split):
-            path = build / entry["name"]
-            _check_shard(path, entry, build)
-            for sample in iter_range(str(path), 0, entry["samples"], entry["samples"]):
+            path = join(build, entry["name"])
+            if not is_remote(path):  # a remote shard is checked as it is fetched
+                _check_shard(Path(path), entry, build)
+            for sample in iter_range(path, 0, entry["samples"], entry["samples"], opener):
                 if ERROR_KEY in sample or META_EXTENSION not in sample:
                     raise ShardError(f"{path}: sample {sample['__key__']} cannot be copied into a subset: "
                                      f"{sample.get(ERROR_KEY, 'it has no json member')}")
@@ -113,7 +117,7 @@ def _copy_selected(build: Path, manifest: dict[str, Any], wanted: set[str], out:
     return entries
 
 
-def _check_shard(path: Path, entry: dict[str, Any], build: Path) -> None:
+def _check_shard(path: Path, entry: dict[str, Any], build: str) -> None:
     """The source shard is the one its manifest lists (size and sha256), or ShardError naming it."""
     if not path.is_file():
         raise ShardError(f"shard {path} listed in {build}/manifest.json does not exist")

@@ -49,6 +49,8 @@ from ccl.models import build_teacher  # noqa: E402
 from shard_format.atomic import write_atomic  # noqa: E402
 from shard_format.builds import open_builds  # noqa: E402
 from shard_format.errors import ShardError  # noqa: E402
+from shard_format.fetch import ShardOpener  # noqa: E402
+from shard_format.location import is_remote, join, write_small  # noqa: E402
 from shard_format.manifest import ShardInfo  # noqa: E402
 from shard_format.reader import iter_range  # noqa: E402
 from shard_format.record import decode_record  # noqa: E402
@@ -86,11 +88,12 @@ class Embedded:
 def iter_samples(shards: Sequence[ShardInfo]) -> Iterator[dict[str, Any]]:
     """Raw samples of ``shards`` in order, every one the manifest promises (a short shard is an error).
 
-    Through ``shard_format.reader``: a manifest entry is a local file of its build, never a URL that
-    webdataset would run through a shell (``pipe:``).
+    Through ``shard_format.reader``: a manifest entry is a file of its build, never a URL that webdataset
+    would run through a shell (``pipe:``); a remote one is fetched and checked against its entry first.
     """
     for shard in shards:
-        yield from iter_range(shard.url, 0, shard.samples)
+        opener = ShardOpener({shard.url: (shard.bytes, shard.sha256)} if is_remote(shard.url) else {})
+        yield from iter_range(shard.url, 0, shard.samples, opener=opener)
 
 
 def _prepare(sample: dict[str, Any], size: int) -> tuple[str, str, str, str, torch.Tensor]:
@@ -176,22 +179,29 @@ def pseudo_classes(builds: Sequence[str | Path], k: int, teacher: str = DEFAULT_
 
 
 def write_sidecars(result: Mapping[str, Any], builds: Sequence[str | Path],
-                   out: str = PSEUDO_CLASSES_NAME) -> list[Path]:
+                   out: str = PSEUDO_CLASSES_NAME) -> list[str]:
     """A bare name: one file per build with its own keys; a path with a directory: one file, all keys."""
     meta = {k: v for k, v in result.items() if k not in ("labels", "build_of")}
     if os.sep in out or "/" in out:
-        targets = {Path(out): None}
+        targets = {out: None}
     else:
-        targets = {Path(b) / out: str(b) for b in builds}
+        targets = {join(str(b), out): str(b) for b in builds}
     written = []
     for path, build in targets.items():
         labels = {key: i for key, i in result["labels"].items()
-                  if build is None or Path(result["build_of"][key]) == Path(build)}
-        content = {**meta, "builds": [str(b) for b in builds], "labels": labels}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, json.dumps(content, indent=1, sort_keys=True))
+                  if build is None or _same_build(result["build_of"][key], build)}
+        content = json.dumps({**meta, "builds": [str(b) for b in builds], "labels": labels}, indent=1, sort_keys=True)
+        if is_remote(path):
+            write_small(path, content.encode())
+        else:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(Path(path), content)
         written.append(path)
     return written
+
+
+def _same_build(a: str, b: str) -> bool:
+    return a == b or not (is_remote(a) or is_remote(b)) and Path(a) == Path(b)
 
 
 # ---------------------------------------------------------------- CLI
@@ -200,7 +210,8 @@ def write_sidecars(result: Mapping[str, Any], builds: Sequence[str | Path],
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line (its defaults are the paper's encoder and stage)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--shards", nargs="+", action="extend", required=True, help="shard build directories")
+    p.add_argument("--shards", nargs="+", action="extend", required=True,
+                   help="shard builds (folders or s3:// gs:// https:// prefixes)")
     p.add_argument("--k", type=int, required=True, help="number of pseudo classes")
     p.add_argument("--teacher", default=DEFAULT_ENCODER, help="timm model with features_only (default: the paper's)")
     p.add_argument("--level", type=int, default=LAST_LEVEL, help="its feature level (default -1: the last stage)")

@@ -1,6 +1,7 @@
 """Re-read a build and check it against its manifest and the record contract.
 
     python shard_tools/verify.py OUT/<dataset>
+    python shard_tools/verify.py s3://bucket/prefix/<dataset>     (a build in object storage)
 
 Exit 0 with a one-line summary, or 1 with the list of problems.
 """
@@ -20,7 +21,9 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from shard_format.errors import ERROR_KEY, ShardError  # noqa: E402
+from shard_format.fetch import ShardOpener, StorageError  # noqa: E402
 from shard_format.image_header import ImageRefused, check_image_header, max_pixels  # noqa: E402
+from shard_format.location import filesystem, is_remote, join  # noqa: E402
 from shard_format.manifest import read_manifest, sum_counts  # noqa: E402
 from shard_format.reader import UNREAD_KEY, iter_range  # noqa: E402
 from shard_format.record import structure_problems  # noqa: E402
@@ -42,19 +45,19 @@ MAX_PROBLEMS_PER_SHARD = 20  # a broken shard should not drown the report
 
 
 def verify_build(path: Path | str) -> list[str]:
-    """Every problem found in the build at ``path`` (empty when it is sound)."""
-    directory = Path(path)
+    """Every problem found in the build at ``path`` (a folder or a remote prefix; empty when it is sound)."""
+    directory = str(path)
     try:
         manifest = read_manifest(directory)
     except ShardError as exc:  # not a build, not JSON, or not the manifest's structure
         return [str(exc)]
     except OSError as exc:
-        return [f"{directory / MANIFEST_NAME}: cannot read the manifest ({exc.__class__.__name__}: {exc})"]
+        return [f"{join(directory, MANIFEST_NAME)}: cannot read the manifest ({exc.__class__.__name__}: {exc})"]
     shards, classes = manifest["shards"], manifest["classes"]
     problems: list[str] = []
     listed = {s["name"] for s in shards}
-    problems += [f"{p}: shard file not listed in the manifest" for p in sorted(directory.iterdir())
-                 if parse_shard_name(p.name) and p.name not in listed]
+    problems += [f"{join(directory, name)}: shard file not listed in the manifest" for name in _file_names(directory)
+                 if parse_shard_name(name) and name not in listed]
     entries, seen_keys = [], set()
     for shard in shards:
         found, counts = _check_shard(directory, shard, classes, seen_keys)
@@ -62,24 +65,34 @@ def verify_build(path: Path | str) -> list[str]:
         entries.append({"split": shard["split"], "counts": counts})
     recomputed = sum_counts(entries)
     if recomputed != manifest.get("counts"):
-        problems.append(f"{directory / MANIFEST_NAME}: counts per split and class {manifest.get('counts')} "
+        problems.append(f"{join(directory, MANIFEST_NAME)}: counts per split and class {manifest.get('counts')} "
                         f"differ from the shards' {recomputed}")
     return problems
 
 
-def _check_shard(directory: Path, shard: dict, classes: dict, seen_keys: set) -> tuple[list[str], dict]:
-    path = directory / shard["name"]
+def _file_names(directory: str) -> list[str]:
+    if is_remote(directory):
+        fs = filesystem(directory)
+        return sorted(p.rstrip("/").rpartition("/")[2] for p in fs.ls(directory, detail=False))
+    return sorted(p.name for p in Path(directory).iterdir())
+
+
+def _check_shard(directory: str, shard: dict, classes: dict, seen_keys: set) -> tuple[list[str], dict]:
+    path = join(directory, shard["name"])
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    if not path.is_file():
+    problems, opener = [], None
+    if is_remote(path):  # fetched and checked against the manifest (size, sha256) before it is read
+        opener = ShardOpener({path: (shard["bytes"], shard["sha256"])})
+    elif not Path(path).is_file():
         return [f"{path}: missing"], counts
-    problems = []
-    if path.stat().st_size != shard["bytes"]:
-        problems.append(f"{path}: {path.stat().st_size} bytes, manifest says {shard['bytes']}")
-    if file_sha256(path) != shard["sha256"]:
-        problems.append(f"{path}: sha256 differs from the manifest (corrupt or replaced)")
+    else:
+        if (size := Path(path).stat().st_size) != shard["bytes"]:
+            problems.append(f"{path}: {size} bytes, manifest says {shard['bytes']}")
+        if file_sha256(Path(path)) != shard["sha256"]:
+            problems.append(f"{path}: sha256 differs from the manifest (corrupt or replaced)")
     read = 0
     try:  # streamed sample by sample: memory holds one sample, not one shard
-        for sample in iter_range(str(path)):
+        for sample in iter_range(path, opener=opener):
             read += 1
             key = sample["__key__"]
             where = f"{path}:{key}"
@@ -94,6 +107,8 @@ def _check_shard(directory: Path, shard: dict, classes: dict, seen_keys: set) ->
             problems += _check_sample(where, key, members, shard["split"], classes, counts, unread)
             if len(problems) > MAX_PROBLEMS_PER_SHARD:
                 return problems + [f"{path}: more problems not listed"], counts
+    except StorageError as exc:
+        return problems + [str(exc)], counts
     except ShardError as exc:
         return problems + [f"{path}: not a readable tar ({exc})"], counts
     if read != shard["samples"]:
@@ -161,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1 or args[0].startswith("-"):
         print("usage: python shard_tools/verify.py OUT/<dataset>", file=sys.stderr)
         return 2
-    directory = Path(args[0])
+    directory = args[0]
     try:
         max_pixels()  # a bad CCL_MAX_IMAGE_PIXELS is one line up front, not a problem on every image
     except ShardError as exc:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+# a real S3 server on localhost (SeaweedFS) and a fault-injecting proxy in front of it, for any test package
+from tests.object_store import fault_proxy_fixture, s3_server_fixture  # noqa: F401
+
 
 @pytest.fixture
 def offline_hub(monkeypatch: pytest.MonkeyPatch) -> None:

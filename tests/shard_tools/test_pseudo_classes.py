@@ -93,14 +93,14 @@ def test_several_builds_share_ids_and_split_keys_per_build(tmp_path: Path) -> No
     result = pc.pseudo_classes([tmp_path / "a", tmp_path / "b"], k=3, teacher="resnet18", pretrained="none",
                                image_size=48, batch_size=16, workers=1)
     written = pc.write_sidecars(result, [tmp_path / "a", tmp_path / "b"], "pseudo_classes_k3.json")
-    assert written == [tmp_path / "a" / "pseudo_classes_k3.json", tmp_path / "b" / "pseudo_classes_k3.json"]
-    side_a, side_b = (json.loads(p.read_text()) for p in written)
+    assert written == [str(tmp_path / "a" / "pseudo_classes_k3.json"), str(tmp_path / "b" / "pseudo_classes_k3.json")]
+    side_a, side_b = (json.loads(Path(p).read_text()) for p in written)
     assert {k for k in side_a["labels"] if "/train/" in k} == set(a)
     assert {k for k in side_b["labels"] if "/train/" in k} == set(b)
     # Joint clustering: the same colour in both datasets gets the same pseudo id.
     assert side_a["labels"]["dsa/red/train/good/000"] == side_b["labels"]["dsb/red/train/good/000"]
     single = pc.write_sidecars(result, [tmp_path / "a", tmp_path / "b"], str(tmp_path / "all.json"))
-    assert len(json.loads(single[0].read_text())["labels"]) == len(side_a["labels"]) + len(side_b["labels"])
+    assert len(json.loads(Path(single[0]).read_text())["labels"]) == len(side_a["labels"]) + len(side_b["labels"])
 
 
 def test_too_many_clusters_is_a_clear_error(tmp_path: Path) -> None:
