@@ -29,7 +29,7 @@ test-fast: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest -q -m "not slow" tests
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pipelines.demo --out runs/demo
+	HF_HUB_OFFLINE=1 $(PY) -m pipelines.experiments.demo --out runs/demo
 
 clean:
 	rm -rf runs/demo

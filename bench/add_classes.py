@@ -25,8 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ccl.metrics.report import mean_over  # noqa: E402
-from pipelines.jobs import REPO, Job, job_env, run, run_job  # noqa: E402
-from pipelines.strategies import training_classes  # noqa: E402
+from pipelines.experiments.jobs import REPO, Job, job_env, run, run_job  # noqa: E402
+from pipelines.experiments.strategies import training_classes  # noqa: E402
 from shard_format.builds import open_builds  # noqa: E402
 
 METRICS = ("I-AUROC", "P-AUROC", "AUPRO")

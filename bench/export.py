@@ -42,10 +42,10 @@ RUNTIMES = ("torch eager", "onnxruntime", "openvino")
 
 def bench_model(name: str, repeats: int, work: Path) -> None:
     from ccl.models.inference_graph import InferenceGraph
-    from pipelines.config import load_config
-    from pipelines.export import export_model
-    from pipelines.model import build_model, save_export
-    from pipelines.runtime import load_deployed
+    from pipelines.base.config import load_config
+    from pipelines.base.model import build_model, save_export
+    from pipelines.deploy.export import export_model
+    from pipelines.deploy.runtime import load_deployed
 
     cfg = load_config(None, MODELS[name])
     model = build_model(cfg).eval()

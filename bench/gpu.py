@@ -12,10 +12,10 @@ Sections (wide_resnet50_2 without weights, 256 px, classes of 2 samples as in th
   2. the parts of one training step at batch 16 (fp32 and bf16): bench/step.py's breakdown, synchronised
      after every part (which a real step is not).
   3. evaluation: the model's inference images/s (forward + anomaly maps) against the evaluator's loop
-     (pipelines.evaluate.score_shards: device-to-host copy, AnomalyMetrics.update, extremes) on the same
+     (pipelines.evaluation.evaluate.score_shards: device-to-host copy, AnomalyMetrics.update, extremes) on the same
      batches; the metric work must stay <= 25 % of the inference time per batch, else the histogram
      update belongs on the device.
-  4. the training loader (pipelines.train_data.train_loader) with the node's cores: samples/s of
+  4. the training loader (pipelines.data.train_data.train_loader) with the node's cores: samples/s of
      augmented 8 x 2 batches from synthetic 256 px shards, workers = cores - 1.
 Output: bench/results/gpu-<device>.md (dry run: gpu-dryrun-cpu.md), also printed.
 """
@@ -161,10 +161,10 @@ def section_breakdown(b: Bench, models: dict[str, RDCCL]) -> list[str]:
 
 
 def eval_batches(b: Bench, n: int, batch: int) -> list[Any]:
-    """Batches of the evaluation loader (pipelines.exact_reader.ExactBatch): half the images carry a mask."""
+    """Batches of the evaluation loader (pipelines.data.exact_reader.ExactBatch): half the images carry a mask."""
     import cv2
 
-    from pipelines.exact_reader import ExactBatch
+    from pipelines.data.exact_reader import ExactBatch
 
     rng = np.random.default_rng(0)
     out = []
@@ -185,9 +185,9 @@ def eval_batches(b: Bench, n: int, batch: int) -> list[Any]:
 def section_eval(b: Bench, model: RDCCL, batch: int, n: int) -> list[str]:
     from ccl.data.transforms import normalize_batch
     from ccl.metrics import AnomalyMetrics
-    from pipelines.config import EvalConfig
-    from pipelines.evaluate import score_shards
-    from pipelines.extremes import Extremes
+    from pipelines.base.config import EvalConfig
+    from pipelines.evaluation.evaluate import score_shards
+    from pipelines.evaluation.extremes import Extremes
 
     batches = eval_batches(b, n, batch)
     model.eval()
@@ -230,9 +230,9 @@ def section_eval(b: Bench, model: RDCCL, batch: int, n: int) -> list[str]:
 
 def section_loader(b: Bench, samples: int) -> list[str]:
     from bench.loader import write_build  # synthetic 16-class shards
-    from pipelines.config import load_config
-    from pipelines.labels import load_labels
-    from pipelines.train_data import train_loader
+    from pipelines.base.config import load_config
+    from pipelines.data.labels import load_labels
+    from pipelines.data.train_data import train_loader
     from shard_format.builds import open_builds
 
     workers = 1 if b.dry else max(1, (os.cpu_count() or 2) - 1)

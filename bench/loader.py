@@ -32,10 +32,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ccl.data.transforms import augment_params, normalize_batch  # noqa: E402
-from pipelines.class_batches import batch_layout  # noqa: E402
-from pipelines.config import AugmentConfig  # noqa: E402
-from pipelines.labels import load_labels  # noqa: E402
-from pipelines.train_data import StreamSpec, TrainStream  # noqa: E402
+from pipelines.base.config import AugmentConfig  # noqa: E402
+from pipelines.data.class_batches import batch_layout  # noqa: E402
+from pipelines.data.labels import load_labels  # noqa: E402
+from pipelines.data.train_data import StreamSpec, TrainStream  # noqa: E402
 from shard_format.builds import open_builds  # noqa: E402
 from shard_format.reader import iter_range  # noqa: E402
 from shard_format.record import decode_record  # noqa: E402

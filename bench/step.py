@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from bench.timing import interleaved_parts, timed  # noqa: E402
-from pipelines.jobs import free_port  # noqa: E402
+from pipelines.experiments.jobs import free_port  # noqa: E402
 
 if TYPE_CHECKING:
     from ccl.models import RDCCL

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.exits import USER_ERRORS, run_entry  # noqa: E402
+from pipelines.base.exits import USER_ERRORS, run_entry  # noqa: E402
 from shard_format.errors import ShardError  # noqa: E402
 
 
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     def body() -> int:
-        from pipelines.strategies import add_classes
+        from pipelines.experiments.strategies import add_classes
 
         result = add_classes(a.export, a.shards, a.classes, a.out, a.replay, a.overrides, a.processes)
         print(f"done: {result['mean']}")

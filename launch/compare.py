@@ -1,4 +1,4 @@
-"""Compare models over seeds and training budgets on shard builds (see pipelines/compare.py).
+"""Compare models over seeds and training budgets on shard builds (see pipelines/experiments/compare.py).
 
     python launch/compare.py --config configs/demo.yaml --bench demo=runs/demo/shards/demo \
         [--model "NAME=k=v k=v" ...] --seeds 0 1 2 --budgets 16 --out runs/compare \
@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.compare import DEFAULT_MODELS, Grid, main_grid, parse_named  # noqa: E402
-from pipelines.exits import InputError  # noqa: E402
+from pipelines.base.exits import InputError  # noqa: E402
+from pipelines.experiments.compare import DEFAULT_MODELS, Grid, main_grid, parse_named  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

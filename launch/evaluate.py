@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
 
 from ccl.metrics import to_markdown  # noqa: E402
-from pipelines.exits import USER_ERRORS, run_entry  # noqa: E402
+from pipelines.base.exits import USER_ERRORS, run_entry  # noqa: E402
 from shard_format.errors import ShardError  # noqa: E402
 
 EXPECTED = USER_ERRORS + (ShardError,)  # one line, status 2; anything else is a bug: its traceback, status 1
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     score_range = tuple(args.score_range) if args.score_range else "auto"
 
     def body() -> int:
-        from pipelines.evaluate import evaluate_maps, run_evaluation
+        from pipelines.evaluation.evaluate import evaluate_maps, run_evaluation
 
         if args.maps:
             result = evaluate_maps(args.maps, args.masks, args.out, args.group_depth, score_range=score_range)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
 
-from pipelines.exits import USER_ERRORS, InputError, run_entry  # noqa: E402
+from pipelines.base.exits import USER_ERRORS, InputError, run_entry  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         try:  # onnx, onnxruntime and openvino are imported when their format is written
-            from pipelines.export import export_model
+            from pipelines.deploy.export import export_model
 
             info = export_model(args.checkpoint, args.format, args.out, args.image_size, args.batch, args.input)
         except ImportError as err:

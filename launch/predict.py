@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
 
-from pipelines.exits import USER_ERRORS, InputError, run_entry  # noqa: E402
+from pipelines.base.exits import USER_ERRORS, InputError, run_entry  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_intermixed_args(argv)  # overrides anywhere
 
     def body() -> int:
-        from pipelines.predict import check_batch_size, predict
+        from pipelines.deploy.predict import check_batch_size, predict
         from shard_format.image_header import max_pixels
 
         check_batch_size(args.batch_size)  # before any model is loaded
@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _exported(args: argparse.Namespace):  # numpy, OpenCV and the model's runtime only: no torch
-    from pipelines.predict import resolve_threshold
-    from pipelines.runtime import load_deployed
+    from pipelines.deploy.predict import resolve_threshold
+    from pipelines.deploy.runtime import load_deployed
 
     if args.overrides:
         raise InputError(f"config overrides {args.overrides} apply to --checkpoint only; an exported graph is fixed")
@@ -81,8 +81,8 @@ def _torch(args: argparse.Namespace):
     import torch
 
     from ccl.models.inference_graph import InferenceGraph
-    from pipelines.model import load_export
-    from pipelines.predict import resolve_threshold
+    from pipelines.base.model import load_export
+    from pipelines.deploy.predict import resolve_threshold
 
     threshold = resolve_threshold(args.threshold, args.checkpoint)
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.config import ConfigError  # noqa: E402
-from pipelines.sweep import load_sweep, plan_sweep, run_sweep  # noqa: E402
+from pipelines.base.config import ConfigError  # noqa: E402
+from pipelines.experiments.sweep import load_sweep, plan_sweep, run_sweep  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

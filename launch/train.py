@@ -2,7 +2,7 @@
 
     accelerate launch [--config_file configs/accelerate/ddp.yaml] launch/train.py \
         --config configs/demo.yaml [train.epochs=3 data.batch_size=16 ...] [--resume RUN_DIR|auto] [--overwrite]
-    # one model per class, or the classes one after another (pipelines/strategies.py): a plain process that
+    # one model per class, or the classes one after another (pipelines/experiments/strategies.py): a plain process that
     # launches every stage on --processes ranks and scores the result in RUN/eval
     python launch/train.py --config configs/demo.yaml strategy.mode=one-for-one|sequential|continual [--processes 2]
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
 
-from pipelines.config import load_config  # noqa: E402
-from pipelines.exits import USER_ERRORS, run_entry  # noqa: E402
+from pipelines.base.config import load_config  # noqa: E402
+from pipelines.base.exits import USER_ERRORS, run_entry  # noqa: E402
 from shard_format.errors import ShardError  # noqa: E402
 
 # One line and status 2: bad input (config, shards, files) and a training that diverged (non-finite losses).
@@ -42,15 +42,17 @@ def main(argv: list[str] | None = None) -> int:
                         format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
 
     def body() -> int:
-        from pipelines.train import train
+        from pipelines.training.train import train
 
         cfg = load_config(args.config, args.overrides)
         if cfg.strategy.mode != "joint":
-            from pipelines.strategies import train_strategy
+            from pipelines.experiments.strategies import train_strategy
 
             result = train_strategy(cfg, args.config, args.overrides, args.processes)["mean"]
         else:
-            result = train(cfg, args.resume, args.overwrite)
+            from pipelines.evaluation.evaluate import evaluate_model  # train.eval_every's test-set evaluation
+
+            result = train(cfg, args.resume, args.overwrite, evaluate_model)
         if rank == 0:
             print(f"done: {result}")
         return 0

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 ERROR_KEY = "__error__"  # on a raw sample whose member the reader refused (over its size cap)
 
 
@@ -15,6 +18,18 @@ class LostSamples(ShardError):
     def __init__(self, message: str, lost: int | None) -> None:
         super().__init__(message)
         self.lost = lost
+
+
+def refusal(sample: Mapping[str, Any]) -> str | None:
+    """Why the reader refused this raw sample (a member over its cap, a sparse member, too many members), or
+    None: the one place that knows how a refusal is marked."""
+    return sample.get(ERROR_KEY)
+
+
+def check_not_refused(sample: Mapping[str, Any]) -> None:
+    """ShardError with the reader's reason when it refused the sample."""
+    if (reason := refusal(sample)) is not None:
+        raise ShardError(reason)
 
 
 def lost_count(err: ShardError) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from shard_format.errors import ERROR_KEY, ShardError
+from shard_format.errors import ShardError, check_not_refused
 from shard_format.image_header import ImageRefused, check_image_header
 from shard_format.reader import UNREAD_KEY
 from shard_format.schema import (
@@ -84,8 +84,7 @@ def decode_record(sample: Mapping[str, Any], split: str | None = None) -> Record
     split of the shard it came from), a record that ``structure_problems`` refuses is broken too."""
     key = sample.get("__key__", "?")
     where = f"{sample.get('__url__', 'shard')}:{key}"
-    if ERROR_KEY in sample:
-        raise ShardError(sample[ERROR_KEY])
+    check_not_refused(sample)
     if META_EXTENSION not in sample:
         raise ShardError(f"{where}: sample has no {META_EXTENSION} member")
     try:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from shard_format.atomic import write_atomic
-from shard_format.errors import ERROR_KEY, ShardError
+from shard_format.errors import ShardError, refusal
 from shard_format.location import is_remote, join
 from shard_format.manifest import manifest_bytes, read_manifest, sum_counts
 from shard_format.reader import Opener, iter_range
@@ -96,9 +96,9 @@ def _copy_selected(build: str, manifest: dict[str, Any], wanted: set[str], out: 
             if not is_remote(path):  # a remote shard is checked as it is fetched
                 _check_shard(Path(path), entry, build)
             for sample in iter_range(path, 0, entry["samples"], entry["samples"], opener):
-                if ERROR_KEY in sample or META_EXTENSION not in sample:
+                if refusal(sample) is not None or META_EXTENSION not in sample:
                     raise ShardError(f"{path}: sample {sample['__key__']} cannot be copied into a subset: "
-                                     f"{sample.get(ERROR_KEY, 'it has no json member')}")
+                                     f"{refusal(sample) or 'it has no json member'}")
                 meta = json.loads(sample[META_EXTENSION])
                 if class_key(meta["dataset"], meta["class_name"]) not in wanted:
                     continue

@@ -20,7 +20,7 @@ if __package__ in (None, ""):
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from shard_format.errors import ERROR_KEY, ShardError  # noqa: E402
+from shard_format.errors import ShardError, refusal  # noqa: E402
 from shard_format.fetch import ShardOpener, StorageError  # noqa: E402
 from shard_format.image_header import ImageRefused, check_image_header, max_pixels  # noqa: E402
 from shard_format.location import filesystem, is_remote, join  # noqa: E402
@@ -99,8 +99,8 @@ def _check_shard(directory: str, shard: dict, classes: dict, seen_keys: set) -> 
             if key in seen_keys:  # also a key whose members are not adjacent in the tar
                 problems.append(f"{where}: duplicate key")
             seen_keys.add(key)
-            if ERROR_KEY in sample:  # a member over its size cap: not read
-                problems.append(sample[ERROR_KEY])
+            if (reason := refusal(sample)) is not None:  # a member over its size cap: not read
+                problems.append(reason)
                 continue
             members = {ext: data for ext, data in sample.items() if not ext.startswith("__")}
             unread = sample.get(UNREAD_KEY, [])  # members no record uses: the reader noted them, never read them

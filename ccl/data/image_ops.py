@@ -1,7 +1,7 @@
 """Image preprocessing in numpy / OpenCV only: what a deployed model needs without torch.
 
 The resize and ImageNet constants of DESIGN.md section 2; ``ccl.data.transforms`` builds the
-torch tensors of training and evaluation on these, and ``pipelines.runtime`` feeds exported models
+torch tensors of training and evaluation on these, and ``pipelines.deploy.runtime`` feeds exported models
 with them, so both paths see the same pixels.
 """
 

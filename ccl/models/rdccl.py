@@ -69,6 +69,23 @@ def require_rd4ad_teacher(weights: str, where: str, teacher: str, pretrained: st
             f"wide_resnet50_2-95faca4d.pth")
 
 
+def setting_problems(local_window: int | str, local_scales: Sequence[int], scales: int, noise_prob: float,
+                     noise_std: float) -> dict[str, str]:
+    """What is wrong with these ``RDCCL`` settings, by parameter name (empty when nothing is): the one check of
+    them, for the constructor and for a config checked before anything is built."""
+    problems = {}
+    w = int(local_window) if isinstance(local_window, str) and local_window.isdigit() else local_window
+    if w != "full" and not (isinstance(w, int) and w >= 1 and w % 2 == 1):
+        problems["local_window"] = "must be a positive odd integer or 'full'"
+    if not local_scales or any(not 0 <= s < scales for s in local_scales):
+        problems["local_scales"] = f"must index the {scales} teacher scales"
+    if not 0.0 <= noise_prob <= 1.0:
+        problems["noise_prob"] = "must be in [0, 1]"
+    if noise_std < 0:
+        problems["noise_std"] = "must be >= 0"
+    return problems
+
+
 class RDCCL(nn.Module):
     """Teacher + projector + neck + decoder; forward returns a dict of losses (and maps at inference)."""
 
@@ -110,11 +127,10 @@ class RDCCL(nn.Module):
                                      ("local_match", local_match, MATCHES), ("reduction", reduction, REDUCTIONS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        bad = [s for s in local_scales if not 0 <= s < len(channels)]
-        if bad or not local_scales:
-            raise ValueError(f"local_scales {tuple(local_scales)} must index the {len(channels)} teacher scales")
-        if not 0.0 <= noise_prob <= 1.0 or noise_std < 0:
-            raise ValueError(f"noise_prob must be in [0, 1] and noise_std >= 0, got {noise_prob} / {noise_std}")
+        given = {"local_window": local_window, "local_scales": tuple(local_scales), "noise_prob": noise_prob,
+                 "noise_std": noise_std}
+        for name, problem in setting_problems(local_window, local_scales, len(channels), noise_prob, noise_std).items():
+            raise ValueError(f"{name}={given[name]!r} {problem}")
         self.local_positives, self.local_negatives, self.local_match = local_positives, local_negatives, local_match
         self.reduction, self.noise_prob, self.noise_std = reduction, float(noise_prob), float(noise_std)
         self.lambda_local, self.lambda_global = float(lambda_local), float(lambda_global)

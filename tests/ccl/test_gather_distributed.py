@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ccl.losses import gather, global_contrastive_loss, local_contrastive_loss, supcon_loss
-from pipelines.jobs import free_port
+from pipelines.experiments.jobs import free_port
 
 WORLD = 2
 N = 8

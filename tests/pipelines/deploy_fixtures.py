@@ -47,9 +47,9 @@ class DeployRuns:
     def export(self, name: str) -> Path:
         """The evaluated training export of model ``name`` (info.json holds the image threshold)."""
         if name not in self._exports:
-            from pipelines.config import load_config
-            from pipelines.evaluate import run_evaluation
-            from pipelines.model import build_model, save_export
+            from pipelines.base.config import load_config
+            from pipelines.base.model import build_model, save_export
+            from pipelines.evaluation.evaluate import run_evaluation
 
             cfg = load_config(None, BASE + MODELS[name])
             export = save_export(build_model(cfg).eval(), cfg, self.root / name / "export",

@@ -116,8 +116,8 @@ def tiny_export(out: str | Path, image_size: int = 64, seed: int = 0, overrides:
     import timm
     import torch
 
-    from pipelines.config import load_config
-    from pipelines.model import build_model, save_export
+    from pipelines.base.config import load_config
+    from pipelines.base.model import build_model, save_export
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,7 @@ def test_a_bomb_is_refused_before_decoding(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_builder_and_predict_skip_a_bomb(tmp_path: Path) -> None:
-    from pipelines.predict import read_rgb
+    from pipelines.deploy.predict import read_rgb
     from shard_tools.images import ImageError, sniff
 
     with pytest.raises(ImageError, match="over the limit"):

@@ -174,7 +174,7 @@ def _digest_of(args: tuple) -> str:
 
 
 def test_a_pseudo_class_sidecar_is_written_beside_a_remote_build_and_read_back(uploaded: str) -> None:
-    from pipelines.labels import load_labels
+    from pipelines.data.labels import load_labels
     from shard_tools.pseudo_classes import write_sidecars
 
     shard_set = open_builds([uploaded])
