@@ -1,7 +1,7 @@
 #!/bin/bash
 # The search behind README "RD + CCL vs Joint RD: what we measured": every grid, as run.
 #
-#   bash bench/ccl_search.sh search|residual|final|long|budget48 [OUT]     (DRY=--dry-run lists the jobs)
+#   bash bench/ccl_search.sh search|residual|final|long|budget48|lookalike [OUT]     (DRY=--dry-run lists the jobs)
 #
 # search:   18 models (Joint RD, RD + CCL and one change each), seed 0, both benchmarks, 16 epochs
 # residual: the residual (ReZero) projector, seeds 0 1
@@ -9,6 +9,9 @@
 # long:     Joint RD, RD + CCL and the official code's choices at 48 epochs, seed 0
 # budget48: Joint RD and RD + CCL with the residual projector (configs/demo.yaml's model) at 48 epochs,
 #           seeds 0 1 2 (the demo's budget since; ~1.5 h on 2 idle CPU cores)
+# lookalike: on the lookalike benchmark (configs/lookalike.yaml: the demo's model, robust early stopping), seed 0,
+#           24 epochs: Joint RD, RD + CCL and 12 variants (one change each, then the global-only family);
+#           2 CPU cores, 2 single-rank jobs at a time (~1.5 h). Needs the lookalike build (README).
 # The first two and "long" ran on a lent GPU (JOBS=10 PROCESSES=1), "final" and "budget48" on 2 CPU
 #  cores (the defaults).
 # Needs the shards: python shard_tools/build.py --datasets demo --out runs/demo/shards --val-fraction 0.15
@@ -16,8 +19,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-GRID=${1:?search|residual|final|long|budget48}
+GRID=${1:?search|residual|final|long|budget48|lookalike}
 OUT=${2:-runs/ccl_$GRID}
+if [[ $GRID == lookalike ]]; then
+  G="loss.lambda_local=0"
+  exec $PY launch/compare.py ${DRY:-} --config configs/lookalike.yaml \
+    --bench lookalike=${LOOKALIKE_SHARDS:-runs/bench/shards/lookalike} --seeds 0 --budgets 24 --out "$OUT" \
+    --jobs ${JOBS:-2} --processes ${PROCESSES:-1} --vis 0 \
+    --model "Joint RD=loss.lambda_local=0 loss.lambda_global=0 model.projector=none" --model "RD + CCL=" \
+    --model "CCL global only=$G" --model "CCL lambda 0.1=loss.lambda_local=0.1 loss.lambda_global=0.1" \
+    --model "CCL local only=loss.lambda_global=0" --model "CCL paper projector=model.projector_residual=false" \
+    --model "CCL negatives all=loss.local_negatives=all" --model "CCL match teacher=loss.local_match=teacher" \
+    --model "CCL tau 0.5=loss.temperature=0.5" --model "CCL warm-up 6 ep=loss.contrastive_warmup=444" \
+    --model "CCL global only, no projector=$G model.projector=none" \
+    --model "CCL global only, lambda 2=$G loss.lambda_global=2" \
+    --model "CCL global only, tau 0.2=$G loss.temperature=0.2"
+fi
 VT="loss.local_positives=view loss.local_match=teacher loss.local_window=full"
 JOINT="Joint RD=loss.lambda_local=0 loss.lambda_global=0 model.projector=none"
 OFFICIAL="$VT model.noise_prob=0.31 loss.temperature=0.05 data.augment.preset=official"

@@ -91,7 +91,8 @@ def fetch(url: str, size: int, sha256: str, cache: ShardCache) -> BinaryIO:
             finally:
                 part.unlink(missing_ok=True)
             evict(directory, cache.max_bytes, keep=kept)
-        os.utime(kept)  # most recently used
+        now = time.time_ns()  # most recently used; explicit: the file system's own stamps are jiffy-coarse
+        os.utime(kept, ns=(now, now))
         return open(kept, "rb")  # an open file survives its eviction by another process
 
 

@@ -657,8 +657,8 @@ class FaultProxy:
                     # no body read: answer at once and close, so an unread body (or a client waiting for
                     # 100-continue) cannot desynchronise the connection
                     self._consume(slow)
+                    self._record(Request(method, target, 503, "slowdown"))  # logged before the client can see it
                     client.sendall(_slow_down_response(target, with_body=method != "HEAD"))
-                    self._record(Request(method, target, 503, "slowdown"))
                     return
 
                 if upstream is None:
@@ -696,6 +696,8 @@ class FaultProxy:
                 cut = self._take("cut", method, target) if status in (200, 206) else None
                 if cut is not None and not (rkind == "length" and rlength == 0) and rkind != "empty":
                     self._consume(cut)
+                    keep = min(cut.after, rlength - 1) if rkind == "length" else cut.after
+                    self._record(Request(method, target, status, f"cut@{keep}/{cut.how}"))  # before the client sees it
                     client.sendall(rhead)
                     sent = 0
 
@@ -704,17 +706,16 @@ class FaultProxy:
                         client.sendall(data)
                         sent += len(data)
 
-                    keep = min(cut.after, rlength - 1) if rkind == "length" else cut.after
                     with contextlib.suppress(OSError):
                         if rkind == "length":
                             uin.copy(keep, send)
                         else:
                             while sent < keep and (data := uin.some(keep - sent)):
                                 send(data)
-                    self._record(Request(method, target, status, f"cut@{sent}/{cut.how}"))
                     _abort(client, cut.how)
                     return
 
+                self._record(Request(method, target, status))  # logged before the client can have the response
                 client.sendall(rhead)
                 if rkind == "length":
                     uin.copy(rlength, client.sendall)
@@ -722,9 +723,7 @@ class FaultProxy:
                     uin.copy_chunked(client.sendall)
                 elif rkind == "to-end":
                     uin.copy_to_end(client.sendall)
-                    self._record(Request(method, target, status))
                     return
-                self._record(Request(method, target, status))
                 if "close" in (headers.get("connection", "").lower(), rheaders.get("connection", "").lower()):
                     return
         except (OSError, ValueError, IndexError):

@@ -26,9 +26,10 @@ pytestmark = pytest.mark.slow  # end to end: evaluated exports through the three
 
 # (model, format, extra export arguments): each format for both models; a fixed batch (padded by the
 # runtime: 30 images in chunks of 4) and a graph taking normalised float input ride along.
+# Every format with each model's graph once in all; OpenVINO converts the ONNX graph, so the CCL model's case
+# covers its path for both (the Joint RD one cost a minute of CI for nothing the others do not check).
 CASES = [("ccl", "onnx", ()), ("ccl", "openvino", ()), ("ccl", "torchscript", ()),
-         ("joint_rd", "onnx", ("--batch", "4")), ("joint_rd", "openvino", ()),
-         ("joint_rd", "torchscript", ("--input", "float"))]
+         ("joint_rd", "onnx", ("--batch", "4")), ("joint_rd", "torchscript", ("--input", "float"))]
 _reference: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
 

@@ -28,7 +28,7 @@ from tests.pipelines.shard_fixtures import tiny_export, write_test_build
 from tests.pipelines.training.test_train import _args, data  # noqa: F401 (data: test_train's shard fixture)
 
 ROOT = Path(__file__).resolve().parents[3]
-ENTRY = Path(__file__).with_name("fault_entry.py")
+ENTRY = Path(__file__).parents[1] / "fault_entry.py"
 LIMIT = 60.0  # seconds from the fault to the launcher's exit
 pytestmark = pytest.mark.slow
 
