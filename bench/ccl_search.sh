@@ -22,15 +22,16 @@ PY=${PY:-.venv/bin/python}
 GRID=${1:?search|residual|final|long|budget48|lookalike}
 OUT=${2:-runs/ccl_$GRID}
 if [[ $GRID == lookalike ]]; then
-  G="loss.lambda_local=0"
+  # configs/lookalike.yaml now defaults to the global-only losses: every row pins its own (L: the paper's).
+  G="loss.lambda_local=0"; L="loss.lambda_local=1"
   exec $PY launch/compare.py ${DRY:-} --config configs/lookalike.yaml \
     --bench lookalike=${LOOKALIKE_SHARDS:-runs/bench/shards/lookalike} --seeds 0 --budgets 24 --out "$OUT" \
     --jobs ${JOBS:-2} --processes ${PROCESSES:-1} --vis 0 \
-    --model "Joint RD=loss.lambda_local=0 loss.lambda_global=0 model.projector=none" --model "RD + CCL=" \
+    --model "Joint RD=loss.lambda_local=0 loss.lambda_global=0 model.projector=none" --model "RD + CCL=$L" \
     --model "CCL global only=$G" --model "CCL lambda 0.1=loss.lambda_local=0.1 loss.lambda_global=0.1" \
-    --model "CCL local only=loss.lambda_global=0" --model "CCL paper projector=model.projector_residual=false" \
-    --model "CCL negatives all=loss.local_negatives=all" --model "CCL match teacher=loss.local_match=teacher" \
-    --model "CCL tau 0.5=loss.temperature=0.5" --model "CCL warm-up 6 ep=loss.contrastive_warmup=444" \
+    --model "CCL local only=$L loss.lambda_global=0" --model "CCL paper projector=$L model.projector_residual=false" \
+    --model "CCL negatives all=$L loss.local_negatives=all" --model "CCL match teacher=$L loss.local_match=teacher" \
+    --model "CCL tau 0.5=$L loss.temperature=0.5" --model "CCL warm-up 6 ep=$L loss.contrastive_warmup=444" \
     --model "CCL global only, no projector=$G model.projector=none" \
     --model "CCL global only, lambda 2=$G loss.lambda_global=2" \
     --model "CCL global only, tau 0.2=$G loss.temperature=0.2"
