@@ -186,7 +186,7 @@ def section_eval(b: Bench, model: RDCCL, batch: int, n: int) -> list[str]:
     from ccl.data.transforms import normalize_batch
     from ccl.metrics import AnomalyMetrics
     from pipelines.base.config import EvalConfig
-    from pipelines.evaluation.evaluate import score_shards
+    from pipelines.evaluation.evaluate import score_shards, torch_scorer
     from pipelines.evaluation.extremes import Extremes
 
     batches = eval_batches(b, n, batch)
@@ -206,7 +206,7 @@ def section_eval(b: Bench, model: RDCCL, batch: int, n: int) -> list[str]:
         def evaluator(context=context) -> None:
             metrics = AnomalyMetrics(bins=EvalConfig().bins)
             with torch.no_grad(), context():
-                score_shards(model, batches, metrics, Extremes(EvalConfig().vis), b.device, None)
+                score_shards(torch_scorer(model, b.device), batches, metrics, Extremes(EvalConfig().vis), None)
 
         inference_only()  # warm-up
         times = {"inference": [], "evaluator": []}

@@ -4,6 +4,8 @@
         [--shards ...] [--out RUN/eval] [--vis 8] [eval.batch_size=32 ...]
     accelerate launch launch/evaluate.py --config configs/rd4ad.yaml --shards /data/shards/mvtec \
         model.checkpoint=wres50_bottle.pth "eval.classes=[mvtec/bottle]"      # an official RD4AD checkpoint
+    python launch/evaluate.py --model DEPLOY/model.xml --shards /data/shards/mvtec [--threads N]   # an exported
+        graph (launch/export.py, any format and precision) in its runtime, one process
     python launch/evaluate.py --maps DIR [--masks DIR] [--group-depth 1] --out DIR
 """
 
@@ -27,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="export directory (RUN/export)")
     p.add_argument("--config", help="instead of an export: a config whose model.checkpoint is an RD4AD checkpoint")
+    p.add_argument("--model", help="instead of an export: an exported graph, DIR/model.onnx, model.xml or model.pt")
+    p.add_argument("--threads", type=int, help="--model: CPU threads of the runtime (default: its own choice)")
+    p.add_argument("--trust-torchscript", action="store_true", help="--model: load a TorchScript file (runs code)")
     p.add_argument("--shards", action="append", default=[],
                    help="shard build: a folder or an s3:// gs:// https:// prefix (repeatable)")
     p.add_argument("--out", help="output directory (default: eval/ beside the export; run.dir/eval with --config)")
@@ -38,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="linear bins over a known score range (default: scale-free log-linear bins)")
     p.add_argument("overrides", nargs="*", help="config overrides a.b=value")
     args = p.parse_intermixed_args(argv)  # overrides anywhere
-    if not args.maps and not ((args.checkpoint or args.config) and args.shards):
-        p.error("give --checkpoint (or --config) and --shards, or --maps")
-    if args.checkpoint and args.config:
-        p.error("give --checkpoint (an export) or --config (an RD4AD checkpoint), not both")
+    if not args.maps and not ((args.checkpoint or args.config or args.model) and args.shards):
+        p.error("give --checkpoint (or --config, or --model) and --shards, or --maps")
+    if sum(bool(a) for a in (args.checkpoint, args.config, args.model)) > 1:
+        p.error("give one of --checkpoint (an export), --config (an RD4AD checkpoint) and --model (an exported graph)")
     score_range = tuple(args.score_range) if args.score_range else "auto"
 
     def body() -> int:
@@ -49,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.maps:
             result = evaluate_maps(args.maps, args.masks, args.out, args.group_depth, score_range=score_range)
+        elif args.model:
+            from pipelines.deploy.evaluate_deployed import run_deployed_evaluation
+
+            result = run_deployed_evaluation(args.model, args.shards, args.out, args.vis, args.overrides,
+                                             args.threads, score_range, args.trust_torchscript)
         else:
             result = run_evaluation(args.checkpoint, args.shards, args.out, args.vis, args.overrides, score_range,
                                     args.config)

@@ -5,11 +5,14 @@
 The graph is ``ccl.models.inference_graph.InferenceGraph``: a uint8 RGB (or normalised) batch in,
 (anomaly map, image score) out, the Gaussian smoothing included. ONNX comes from torch.export
 (``torch.onnx.export(dynamo=True)``); OpenVINO IR is converted from that ONNX graph (OpenVINO's
-PyTorch frontend has no cosine similarity) and saved in float32; TorchScript is a trace.
+PyTorch frontend has no cosine similarity); TorchScript is a trace. ``precision`` fp16 or int8 turns the
+fp32 file into a reduced-precision one (``pipelines.deploy.precision``; INT8 calibrated on normal training
+images, ``pipelines.deploy.calibration``); info.json records the precision and the calibration set.
 
 info.json lists the sha256 of every model file written (``files``; the runtime refuses a file that
 differs). Before anything replaces ``out``, the written file is run by its runtime on a fixed batch and
-compared with the torch model: a map more than 1e-4 of the map range away fails the export.
+compared with the torch model: a map further from it than the precision's tolerance (fp32: 1e-4 of the
+map range) fails the export.
 The directory is written under a temporary name and swapped in, so a reader never sees half an
 export; an existing ``out`` that is not a deploy export is never replaced.
 """
@@ -21,6 +24,7 @@ import json
 import shutil
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,16 @@ from ccl.models.inference_graph import INPUT_KINDS, InferenceGraph
 from pipelines.base.config import Config, to_dict
 from pipelines.base.exits import InputError
 from pipelines.base.model import INFO_NAME, load_export, read_info
+from pipelines.data.train_classes import open_shards
+from pipelines.deploy.calibration import read_calibration_images
+from pipelines.deploy.precision import (
+    PARITY_MIN_CORRELATION,
+    PARITY_TOLERANCE,
+    check_precision,
+    onnx_to_fp16,
+    openvino_model,
+    quantize_onnx,
+)
 from pipelines.deploy.runtime import (
     DEPLOY_VERSION,
     FORMATS,
@@ -44,8 +58,6 @@ from pipelines.deploy.runtime import (
     load_deployed,
 )
 from pipelines.training.checkpoint import replace_dir
-
-PARITY_TOLERANCE = 1e-4  # largest map difference allowed, relative to the map range
 
 
 def config_hash(cfg: Config) -> str:
@@ -75,8 +87,7 @@ def example_input(input_kind: str, n: int, size: int, seed: int = 0) -> torch.Te
 # ---------------------------------------------------------------- writers: graph -> files in a directory
 
 
-def _write_onnx(graph: InferenceGraph, example: torch.Tensor, out: Path, dynamic: bool,
-                name: str = "model.onnx") -> Path:
+def _onnx_file(graph: InferenceGraph, example: torch.Tensor, out: Path, dynamic: bool, name: str) -> Path:
     path = out / name
     shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic else None
     with warnings.catch_warnings():
@@ -86,17 +97,30 @@ def _write_onnx(graph: InferenceGraph, example: torch.Tensor, out: Path, dynamic
     return path
 
 
-def _write_openvino(graph: InferenceGraph, example: torch.Tensor, out: Path, dynamic: bool) -> Path:
+def _write_onnx(graph: InferenceGraph, example: torch.Tensor, out: Path, dynamic: bool, precision: str,
+                calibration: np.ndarray | None) -> Path:
+    path = _onnx_file(graph, example, out, dynamic, FORMATS["onnx"])
+    if precision == "fp16":
+        onnx_to_fp16(path)
+    elif precision == "int8":
+        quantize_onnx(path, calibration)
+    return path
+
+
+def _write_openvino(graph: InferenceGraph, example: torch.Tensor, out: Path, dynamic: bool, precision: str,
+                    calibration: np.ndarray | None) -> Path:
     import openvino as ov
 
-    onnx_path = _write_onnx(graph, example, out, dynamic, name="intermediate.onnx")
+    onnx_path = _onnx_file(graph, example, out, dynamic, "intermediate.onnx")
+    model, fp16_weights = openvino_model(onnx_path, precision, calibration)
     path = out / FORMATS["openvino"]
-    ov.save_model(ov.convert_model(str(onnx_path)), str(path), compress_to_fp16=False)  # fp16 would break parity
+    ov.save_model(model, str(path), compress_to_fp16=fp16_weights)  # fp32 and int8 keep their float weights exact
     onnx_path.unlink()
     return path
 
 
-def _write_torchscript(graph: InferenceGraph, example: torch.Tensor, out: Path, dynamic: bool) -> Path:
+def _write_torchscript(graph: InferenceGraph, example: torch.Tensor, out: Path, dynamic: bool, precision: str,
+                       calibration: np.ndarray | None) -> Path:
     path = out / FORMATS["torchscript"]
     with warnings.catch_warnings():
         # The image size is fixed in an export: the tracer may record it as a constant.
@@ -114,10 +138,13 @@ WRITERS = {"onnx": _write_onnx, "openvino": _write_openvino, "torchscript": _wri
 
 
 def export_model(checkpoint: str | Path, fmt: str, out_dir: str | Path, image_size: int | None = None,
-                 batch: str | int = "dynamic", input_kind: str = "uint8") -> dict[str, Any]:
-    """Write ``out_dir/model.{onnx,xml,pt}`` and ``out_dir/info.json``; returns the info."""
+                 batch: str | int = "dynamic", input_kind: str = "uint8", precision: str = "fp32",
+                 calibration_shards: Sequence[str] = (), calibration_images: int = 64) -> dict[str, Any]:
+    """Write ``out_dir/model.{onnx,xml,pt}`` and ``out_dir/info.json``; returns the info. INT8 is calibrated on
+    ``calibration_images`` normal training images of ``calibration_shards`` (default: the training's shards)."""
     if fmt not in WRITERS:
         raise InputError(f"--format must be one of {sorted(WRITERS)}, got {fmt!r}")
+    check_precision(fmt, precision)
     if input_kind not in INPUT_KINDS:
         raise InputError(f"--input must be one of {INPUT_KINDS}, got {input_kind!r}")
     fixed = parse_batch(batch)
@@ -130,18 +157,28 @@ def export_model(checkpoint: str | Path, fmt: str, out_dir: str | Path, image_si
     size = int(image_size or cfg.data.image_size)
     graph = InferenceGraph(model, input_kind)
     _check_size(graph, size)
+    calibration, calibrated = None, None
+    if precision == "int8":  # read before anything is written: a build that cannot be read fails here
+        builds = list(calibration_shards) or list(cfg.data.shards)
+        if calibration_images < 1 or not builds:
+            raise InputError(f"--calibration-images must be at least 1, got {calibration_images}" if builds else
+                             f"{checkpoint}: its training config names no shards; give --calibration-shards")
+        shard_set = open_shards(cfg, builds)
+        calibration, calibrated = read_calibration_images(shard_set, calibration_images, size)
     tmp = out.with_name(f".tmp-{out.name}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
         started = time.perf_counter()
-        path = WRITERS[fmt](graph, example_input(input_kind, fixed or 2, size), tmp, fixed is None)
+        path = WRITERS[fmt](graph, example_input(input_kind, fixed or 2, size), tmp, fixed is None, precision,
+                            calibration)
         seconds = time.perf_counter() - started
         info = deploy_info(cfg, read_info(checkpoint), fmt, size, fixed, input_kind, Path(checkpoint), seconds)
+        info.update(precision=precision, calibration=calibrated)
         info["files"] = {name: file_sha256(tmp / name) for name in MODEL_FILES[fmt]}  # checked by every load
         (tmp / INFO_NAME).write_text(json.dumps(info, indent=2))
-        info["parity"] = check_parity(graph, path, fixed or 2, size)
+        info["parity"] = check_parity(graph, path, fixed or 2, size, precision, calibration)
         (tmp / INFO_NAME).write_text(json.dumps(info, indent=2))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -220,17 +257,37 @@ def _runtime_versions(fmt: str) -> dict[str, str]:
     return {module: __import__(module).__version__} if module else {}
 
 
-def check_parity(graph: InferenceGraph, path: Path, n: int, size: int) -> dict[str, Any]:
-    """Run the written file with its runtime on a fixed uint8 batch and compare with the torch graph."""
+def map_correlation(maps: np.ndarray, reference: np.ndarray) -> float:
+    """Mean over images of the Pearson correlation of two (B, S, S) map stacks (a flat map counts as 0)."""
+    values = []
+    for got, want in zip(maps.reshape(len(maps), -1), reference.reshape(len(reference), -1), strict=True):
+        flat = got.std() == 0 or want.std() == 0
+        values.append(0.0 if flat else float(np.corrcoef(got, want)[0, 1]))
+    return float(np.mean(values))
+
+
+def check_parity(graph: InferenceGraph, path: Path, n: int, size: int, precision: str = "fp32",
+                 calibration: np.ndarray | None = None) -> dict[str, Any]:
+    """Run the written file with its runtime on a fixed uint8 batch and compare with the torch graph: random
+    images, or for INT8 the calibration images (the ranges it was quantized for; random pixels lie outside)."""
     uint8 = InferenceGraph(graph.model, "uint8")
-    images = example_input("uint8", n, size, seed=1)
+    images = torch.from_numpy(calibration[:max(n, 8)]) if calibration is not None else example_input("uint8", n, size,
+                                                                                                     seed=1)
+    n = len(images)
     with torch.no_grad():
         want_maps, want_scores = (t.numpy() for t in uint8(images))
     maps, scores = load_deployed(path, trust_torchscript=True)(images.numpy())  # the file written just now
     span = float(want_maps.max() - want_maps.min()) or 1.0
     worst = float(np.abs(maps - want_maps).max()) / span
-    if not worst <= PARITY_TOLERANCE:
-        raise DeployError(f"{path}: the exported graph's maps differ from the torch model's by {worst:.2e} of the "
-                          f"map range (tolerance {PARITY_TOLERANCE:g}); the export was not written")
-    return {"images": n, "max_map_difference_relative": worst,
+    correlation = map_correlation(maps, want_maps)
+    if precision in PARITY_MIN_CORRELATION:
+        bound = PARITY_MIN_CORRELATION[precision]
+        if not correlation >= bound:
+            raise DeployError(f"{path}: the exported {precision} graph's maps correlate with the torch model's by "
+                              f"{correlation:.2f} on its calibration images (at least {bound:g} expected); the "
+                              f"export was not written")
+    elif not worst <= PARITY_TOLERANCE[precision]:
+        raise DeployError(f"{path}: the exported {precision} graph's maps differ from the torch model's by {worst:.2e} "
+                          f"of the map range (tolerance {PARITY_TOLERANCE[precision]:g}); the export was not written")
+    return {"images": n, "max_map_difference_relative": worst, "map_correlation": correlation,
             "max_score_difference": float(np.abs(scores - want_scores).max())}

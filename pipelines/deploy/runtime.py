@@ -14,8 +14,10 @@ Trust: info.json lists the sha256 of every model file of the export (``files``);
 can read and write any file when loaded): ``load_deployed`` refuses one unless ``trust_torchscript=True``
 (``predict.py --trust-torchscript``); ONNX and OpenVINO IR are graphs their runtimes only evaluate.
 
-Inference runs in float32: OpenVINO's CPU plugin would otherwise pick bf16 on CPUs that have it,
-and its maps then differ from the trained model's in the second decimal.
+Inference runs in the export's precision (info.json ``precision``: fp32, fp16, int8): OpenVINO's CPU plugin
+is held to f32 arithmetic for fp32 and INT8 exports (it would otherwise pick bf16 on CPUs that have it,
+and the maps then differ from the trained model's in the second decimal), f16 for an fp16 export where
+the CPU has fp16 units.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pipelines.base.exits import InputError
 DEPLOY_VERSION = 1  # bumped when the layout of an export directory or its graph's interface changes
 INFO_NAME = "info.json"
 FORMATS = {"onnx": "model.onnx", "openvino": "model.xml", "torchscript": "model.pt"}
+PRECISIONS = ("fp32", "fp16", "int8")
 INPUT_NAME, OUTPUT_NAMES = "images", ("anomaly_map", "score")
 # torch marks torch.jit deprecated; TorchScript files still trace, save and load (see the README).
 JIT_DEPRECATION = r".*torch\.jit.* is deprecated"
@@ -119,7 +122,11 @@ class DeployedModel:
         self.image_size = int(self.info["image_size"])
         self.batch = None if self.info["batch"] == "dynamic" else int(self.info["batch"])
         self.input_kind = self.info["input"]["kind"]
-        self._run, shape = _BACKENDS[self.info["format"]](self.path, threads)
+        self.precision = str(self.info.get("precision", "fp32"))  # exports before precisions existed are fp32
+        if self.precision not in PRECISIONS:
+            raise DeployError(f"{self.path.parent / INFO_NAME}: precision {self.precision!r}, this code runs "
+                              f"{list(PRECISIONS)}")
+        self._run, shape = _BACKENDS[self.info["format"]](self.path, threads, self.precision)
         self._check_graph_input(shape)
 
     def _expected_input(self) -> list[int | None]:
@@ -161,7 +168,7 @@ def load_deployed(path: str | Path, threads: int | None = None, trust_torchscrip
 # ---------------------------------------------------------------- backends: path -> (run, graph input shape)
 
 
-def _onnxruntime(path: Path, threads: int | None) -> tuple[Run, list[int | None]]:
+def _onnxruntime(path: Path, threads: int | None, precision: str) -> tuple[Run, list[int | None]]:
     ort = _import("onnxruntime", "onnxruntime")
     options = ort.SessionOptions()
     if threads:
@@ -183,7 +190,7 @@ def _onnxruntime(path: Path, threads: int | None) -> tuple[Run, list[int | None]
     return run, [d if isinstance(d, int) else None for d in inputs[0].shape]
 
 
-def _openvino(path: Path, threads: int | None) -> tuple[Run, list[int | None]]:
+def _openvino(path: Path, threads: int | None, precision: str) -> tuple[Run, list[int | None]]:
     ov = _import("openvino", "openvino")
     weights = path.with_suffix(".bin")
     try:  # parse first: OpenVINO tries every frontend on a broken file and reports none of them clearly
@@ -194,7 +201,7 @@ def _openvino(path: Path, threads: int | None) -> tuple[Run, list[int | None]]:
     if not weights.is_file():
         raise DeployError(f"{weights} is missing: the weights of {path.name}")
     core = ov.Core()
-    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": openvino_compute(core, precision)}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     try:
@@ -214,7 +221,14 @@ def _openvino(path: Path, threads: int | None) -> tuple[Run, list[int | None]]:
     return run, [None if d.is_dynamic else d.get_length() for d in shape]
 
 
-def _torchscript(path: Path, threads: int | None) -> tuple[Run, None]:
+def openvino_compute(core: Any, precision: str) -> str:
+    """The CPU plugin's arithmetic for an export: f16 for an fp16 export where the CPU has fp16 units, else f32
+    (an INT8 graph's quantized layers run in INT8 either way; the rest stays in f32)."""
+    has_fp16 = "FP16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "f16" if precision == "fp16" and has_fp16 else "f32"
+
+
+def _torchscript(path: Path, threads: int | None, precision: str) -> tuple[Run, None]:
     torch = _import("torch", "torch (TorchScript needs it; use model.onnx or model.xml without torch)")
     if threads:
         torch.set_num_threads(threads)
@@ -233,7 +247,7 @@ def _torchscript(path: Path, threads: int | None) -> tuple[Run, None]:
     return run, None  # a traced module does not declare its input shape
 
 
-_BACKENDS: dict[str, Callable[[Path, int | None], tuple[Run, list[int | None] | None]]] = {
+_BACKENDS: dict[str, Callable[[Path, int | None, str], tuple[Run, list[int | None] | None]]] = {
     "onnx": _onnxruntime, "openvino": _openvino, "torchscript": _torchscript}
 
 

@@ -20,7 +20,7 @@ import csv
 import json
 import logging
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,19 +74,31 @@ def _payload(batch: ExactBatch, maps: torch.Tensor, i: int) -> Payload:
                     batch.masks[i].numpy() if bool(batch.has_mask[i]) else None)
 
 
-def score_shards(model: torch.nn.Module, loader: Iterable[ExactBatch], metrics: AnomalyMetrics, extremes: Extremes,
-                 device: torch.device, progress: tqdm | None) -> tuple[list[str], list[str]]:
-    """Run the model over the loader; update metrics and extremes. Returns (scored keys, skipped messages)."""
+Scorer = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # (B, 3, S, S) uint8 -> (B, S, S), (B,)
+
+
+def torch_scorer(net: torch.nn.Module, device: torch.device) -> Scorer:
+    """A model's forward as a scorer: uint8 batches normalised on ``device``, float32 maps and scores on the CPU."""
+    dtype = next(net.parameters()).dtype
+
+    def score(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # contiguous NCHW, the layout the evaluator has always fed the model
+        out = net(normalize_batch(images.to(device), dtype).contiguous())
+        return out["anomaly_map"].float().cpu(), out["score"].float().cpu()
+
+    return score
+
+
+def score_shards(score: Scorer, loader: Iterable[ExactBatch], metrics: AnomalyMetrics, extremes: Extremes,
+                 progress: tqdm | None) -> tuple[list[str], list[str]]:
+    """Score the loader's batches; update metrics and extremes. Returns (scored keys, skipped messages)."""
     keys, skipped = [], []
-    dtype = next(model.parameters()).dtype
     for batch in loader:
         for message in batch.errors:
             print(f"warning: skipped {message}", file=sys.stderr, flush=True)
         skipped += batch.errors
         if batch.size:
-            # contiguous NCHW, the layout the evaluator has always fed the model
-            out = model(normalize_batch(batch.images.to(device), dtype).contiguous())
-            maps, scores = out["anomaly_map"].float().cpu(), out["score"].float().cpu()
+            maps, scores = score(batch.images)
             masks = [m if h else None for m, h in zip(batch.masks.numpy(), batch.has_mask.tolist(), strict=True)]
             metrics.update(maps, masks, batch.groups, image_scores=scores, image_labels=batch.labels)
             for i, (group, key) in enumerate(zip(batch.groups, batch.keys, strict=True)):
@@ -101,15 +113,28 @@ def evaluate_model(model: torch.nn.Module, shards: ShardSet | Sequence[str | Pat
                    accelerator: Any = None, out_dir: str | Path | None = None, tracker: Any = None,
                    step: int | None = None, vis: int | None = None,
                    score_range: tuple[float, float] | str | None = "auto", prefix: str = "eval") -> dict[str, Any]:
-    """Score the test split of ``shards`` on every rank and return the merged metrics (on every rank).
-
-    ``accelerator`` None runs single-process. The main process writes reports to ``out_dir``
-    (when given) and logs to ``tracker``. Call it on all ranks together.
+    """Score the test split of ``shards`` with ``model`` on every rank and return the merged metrics (on every
+    rank). ``accelerator`` None runs single-process. The main process writes reports to ``out_dir`` (when given)
+    and logs to ``tracker``. Call it on all ranks together.
     """
+    net = model if accelerator is None else accelerator.unwrap_model(model)
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            return evaluate_scorer(torch_scorer(net, next(net.parameters()).device), shards, cfg, accelerator,
+                                   out_dir, tracker, step, vis, score_range, prefix)
+    finally:
+        net.train(was_training)
+
+
+def evaluate_scorer(score: Scorer, shards: ShardSet | Sequence[str | Path], cfg: Config, accelerator: Any = None,
+                    out_dir: str | Path | None = None, tracker: Any = None, step: int | None = None,
+                    vis: int | None = None, score_range: tuple[float, float] | str | None = "auto",
+                    prefix: str = "eval") -> dict[str, Any]:
+    """``evaluate_model`` for any scorer (a torch model's forward, an exported graph's runtime)."""
     shard_set = shards if isinstance(shards, ShardSet) else open_shards(cfg, [str(s) for s in shards])
     rank, world = (0, 1) if accelerator is None else (accelerator.process_index, accelerator.num_processes)
-    net = model if accelerator is None else accelerator.unwrap_model(model)
-    device = next(net.parameters()).device
     e = cfg.eval
     classes = resolve_classes(shard_set, e.classes)
     total = class_test_count(shard_set, classes)  # an unknown class fails here, before any scoring
@@ -120,13 +145,9 @@ def evaluate_model(model: torch.nn.Module, shards: ShardSet | Sequence[str | Pat
     metrics = AnomalyMetrics(bins=e.bins, score_range=score_range, fpr_limit=e.fpr_limit)
     extremes = Extremes(e.vis if vis is None else vis)
     progress = tqdm(total=planned, desc="evaluate", unit="img", disable=rank != 0, file=sys.stderr)
-    was_training = net.training
-    net.eval()
     try:
-        with torch.no_grad():
-            keys, skipped = score_shards(net, loader, metrics, extremes, device, progress)
+        keys, skipped = score_shards(score, loader, metrics, extremes, progress)
     finally:
-        net.train(was_training)
         progress.close()
         del loader
     sync_metrics(metrics, accelerator)
@@ -280,14 +301,7 @@ def run_evaluation(checkpoint: str | Path | None, shards: Sequence[str | Path], 
     """
     export = Path(checkpoint) if checkpoint is not None else None
     cfg = export_config(export, overrides) if export is not None else _checkpoint_config(config, overrides)
-    shard_set = open_shards(cfg, [str(s) for s in shards])  # bad shards fail here, before any process group exists
-    class_test_count(shard_set, resolve_classes(shard_set, cfg.eval.classes))  # and an unknown eval.classes entry
-    missing, resized = shard_file_problems(shard_set, ("test",))
-    for problem in resized:
-        log.warning("%s", problem)
-    if missing and not cfg.eval.allow_partial:
-        raise ShardError(f"{missing[0]} ({len(missing)} test shard(s) missing; "
-                         "eval.allow_partial=true scores the rest)")
+    shard_set = open_test_shards(cfg, shards)  # bad shards fail here, before any process group exists
     out = Path(out_dir) if out_dir is not None else (export.parent if export else Path(cfg.run.dir)) / "eval"
     # The weights the threshold belongs to: hashed before they are read, compared after scoring.
     weights_sha256 = file_sha256(export / WEIGHTS_NAME) if export is not None else None
@@ -321,6 +335,20 @@ def run_evaluation(checkpoint: str | Path | None, shards: Sequence[str | Path], 
     del model
     shutdown(accelerator)  # every rank got here
     return result
+
+
+def open_test_shards(cfg: Config, shards: Sequence[str | Path]) -> ShardSet:
+    """The builds to score, checked: readable manifests, every ``eval.classes`` entry known, the test shard
+    files present (or ``eval.allow_partial``)."""
+    shard_set = open_shards(cfg, [str(s) for s in shards])
+    class_test_count(shard_set, resolve_classes(shard_set, cfg.eval.classes))
+    missing, resized = shard_file_problems(shard_set, ("test",))
+    for problem in resized:
+        log.warning("%s", problem)
+    if missing and not cfg.eval.allow_partial:
+        raise ShardError(f"{missing[0]} ({len(missing)} test shard(s) missing; "
+                         "eval.allow_partial=true scores the rest)")
+    return shard_set
 
 
 def set_aside_outputs(out: Path) -> None:
