@@ -5,7 +5,8 @@
 #   BENCH=demo SEEDS="0 1 2" bash bench/fig1a.sh [k=v ...]     demo, 48 epochs, 2 ranks as make demo (~45 min per seed)
 #   BENCH=inspect ...                                          inspect, as the demo
 # Builds: python shard_tools/build.py --datasets lookalike --out runs/bench/shards --val-fraction 0.15
-# (apt-get install extremetuxracer-data first); --datasets inspect likewise; the demo's is make demo's.
+# (apt-get install extremetuxracer-data first); --datasets inspect likewise; the demo's is make demo's
+# (--val-fraction 0.15; SHARDS=DIR names another build).
 # lookalike: every row pins its losses (configs/lookalike.yaml's default is the global-only row).
 # THREADS=2 (BLAS threads per rank) is the numeric perturbation that stands in for another machine.
 set -u
@@ -23,7 +24,7 @@ if [[ $BENCH == lookalike ]]; then
 else
   # configs/demo.yaml's protocol, the one of the README's demo / inspect tables and of make demo
   BUDGET=${BUDGET:-48}
-  SHARDS=$([[ $BENCH == demo ]] && echo runs/demo/shards/demo || echo "runs/bench/shards/$BENCH")
+  SHARDS=${SHARDS:-$([[ $BENCH == demo ]] && echo runs/demo/shards/demo || echo "runs/bench/shards/$BENCH")}
   ARGS=(--config configs/demo.yaml --bench "$BENCH=$SHARDS" --out "${OUT:-runs/fig1a_$BENCH}"
     --jobs "${JOBS:-1}" --processes "${PROCESSES:-2}" --model "Joint RD=$RD" "${STRATEGIES[@]}" --model "RD + CCL=")
 fi
