@@ -26,7 +26,8 @@ def fake_export(root: Path, fmt: str, files: dict[str, bytes]) -> Path:
 
 def test_torchscript_needs_the_opt_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     opened = []
-    monkeypatch.setitem(runtime._BACKENDS, "torchscript", lambda path, threads, precision: (opened.append(path), (None, None))[1])
+    monkeypatch.setitem(runtime._BACKENDS, "torchscript",
+                        lambda path, threads, precision: (opened.append(path), (None, None))[1])
     path = fake_export(tmp_path / "pt", "torchscript", {"model.pt": b"a program"})
     with pytest.raises(DeployError, match="a TorchScript file is a program: loading it runs whatever code") as err:
         load_deployed(path)
@@ -46,7 +47,8 @@ def test_torchscript_needs_the_opt_in(tmp_path: Path, monkeypatch: pytest.Monkey
 ])
 def test_a_swapped_model_file_is_refused_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str,
                                                  files: dict[str, bytes], swapped: str) -> None:
-    monkeypatch.setitem(runtime._BACKENDS, fmt, lambda path, threads, precision: pytest.fail("the runtime opened the file"))
+    monkeypatch.setitem(runtime._BACKENDS, fmt,
+                        lambda path, threads, precision: pytest.fail("the runtime opened the file"))
     path = fake_export(tmp_path / fmt, fmt, files)
     (path.parent / swapped).write_bytes(b"someone else's " + files[swapped])
     with pytest.raises(DeployError, match=rf"{swapped}: sha256 [0-9a-f]{{16}}\.\.\. differs from .*info\.json"):
