@@ -47,13 +47,23 @@ def join(build: str, name: str) -> str:
     return str(Path(build) / name)
 
 
+# Every client this process made, kept alive for good. fsspec drops its cached instances in a forked child (a loader
+# worker); a client inherited that way would then be collected there, and its finalizer closes the parent's session
+# on whatever event loop runs the collection, the child's own I/O loop included: "attached to a different loop",
+# logged as a traceback. Held here, an inherited client is never collected in the child (which ends with os._exit).
+_CLIENTS: list[Any] = []
+
+
 def filesystem(url: str) -> Any:
     """fsspec's filesystem for ``url`` (one per process: fsspec caches instances and drops them after a fork)."""
     scheme = scheme_of(url)
     try:
         import fsspec
 
-        return fsspec.filesystem(scheme)
+        fs = fsspec.filesystem(scheme)
+        if not any(fs is kept for kept in _CLIENTS):
+            _CLIENTS.append(fs)
+        return fs
     except ImportError as err:
         raise ShardError(f"{url}: reading {scheme}:// needs {CLIENT_PACKAGE[scheme]} "
                          f"(pip install {CLIENT_PACKAGE[scheme]}): {err}") from None

@@ -103,7 +103,7 @@ def _write_onnx(graph: InferenceGraph, example: torch.Tensor, out: Path, dynamic
     if precision == "fp16":
         onnx_to_fp16(path)
     elif precision == "int8":
-        quantize_onnx(path, calibration)
+        quantize_onnx(path, calibration, None if dynamic else len(example))
     return path
 
 
@@ -112,7 +112,7 @@ def _write_openvino(graph: InferenceGraph, example: torch.Tensor, out: Path, dyn
     import openvino as ov
 
     onnx_path = _onnx_file(graph, example, out, dynamic, "intermediate.onnx")
-    model, fp16_weights = openvino_model(onnx_path, precision, calibration)
+    model, fp16_weights = openvino_model(onnx_path, precision, calibration, None if dynamic else len(example))
     path = out / FORMATS["openvino"]
     ov.save_model(model, str(path), compress_to_fp16=fp16_weights)  # fp32 and int8 keep their float weights exact
     onnx_path.unlink()

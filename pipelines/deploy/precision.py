@@ -2,8 +2,8 @@
 
     check_precision("onnx", "int8")                      # InputError (one line) where a format lacks it
     onnx_to_fp16(path)                                   # weights and activations in float16, uint8 in / float32 out
-    quantize_onnx(path, calibration)                     # ONNX Runtime static INT8 (QDQ), per-channel weights
-    model = openvino_model(onnx_path, "int8", calibration)   # NNCF post-training INT8, then ov.save_model
+    quantize_onnx(path, calibration, batch)              # ONNX Runtime static INT8 (QDQ), per-channel weights
+    model = openvino_model(onnx_path, "int8", calibration, batch)  # NNCF post-training INT8, then ov.save_model
 
 INT8 is post-training quantization (ONNX Runtime's static QDQ with per-channel weights; NNCF's default
 preset for OpenVINO) calibrated on normal training images (``pipelines.deploy.calibration``):
@@ -48,9 +48,17 @@ def check_precision(fmt: str, precision: str) -> None:
         raise InputError(f"--format {fmt} has no {precision} export (offered: {offered})")
 
 
-def _batches(images: np.ndarray) -> Iterator[np.ndarray]:
-    for start in range(0, len(images), CALIBRATION_BATCH):
-        yield images[start:start + CALIBRATION_BATCH]
+def calibration_batches(images: np.ndarray, batch: int | None) -> list[np.ndarray]:
+    """The calibration images in batches the graph takes: ``CALIBRATION_BATCH`` for a dynamic batch, else exactly
+    ``batch`` (the last one filled up with images from the start, so every image is seen and no shape differs)."""
+    step = batch or CALIBRATION_BATCH
+    out = []
+    for start in range(0, len(images), step):
+        chunk = images[start:start + step]
+        if batch is not None and len(chunk) < batch:
+            chunk = np.concatenate([chunk, np.resize(images, (batch - len(chunk), *images.shape[1:]))])
+        out.append(chunk)
+    return out
 
 
 def onnx_to_fp16(path: Path) -> None:
@@ -61,13 +69,14 @@ def onnx_to_fp16(path: Path) -> None:
     onnx.save(convert_float_to_float16(onnx.load(str(path)), keep_io_types=True), str(path))
 
 
-def quantize_onnx(path: Path, calibration: np.ndarray) -> None:
-    """Rewrite the ONNX file at ``path`` as ONNX Runtime's static INT8 graph (QDQ, per-channel weights)."""
+def quantize_onnx(path: Path, calibration: np.ndarray, batch: int | None) -> None:
+    """Rewrite the ONNX file at ``path`` as ONNX Runtime's static INT8 graph (QDQ, per-channel weights); ``batch``:
+    the graph's fixed batch size, None for a dynamic one."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = _batches(calibration)
+            self.batches = iter(calibration_batches(calibration, batch))
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             batch = next(self.batches, None)
@@ -103,8 +112,10 @@ def _onnx_blur_nodes(path: Path) -> list[str]:
     return [n.name for n in graph.node if n.op_type == "Conv" and n.input[1] not in weights]
 
 
-def openvino_model(onnx_path: Path, precision: str, calibration: np.ndarray | None) -> tuple[Any, bool]:
-    """The OpenVINO model of ``onnx_path`` at ``precision``; and whether to store its weights in fp16."""
+def openvino_model(onnx_path: Path, precision: str, calibration: np.ndarray | None,
+                   batch: int | None) -> tuple[Any, bool]:
+    """The OpenVINO model of ``onnx_path`` at ``precision``; and whether to store its weights in fp16. ``batch``:
+    the graph's fixed batch size, None for a dynamic one."""
     import openvino as ov
 
     model = ov.convert_model(str(onnx_path))
@@ -114,7 +125,7 @@ def openvino_model(onnx_path: Path, precision: str, calibration: np.ndarray | No
 
     blur = [op.get_friendly_name() for op in model.get_ordered_ops()
             if op.get_type_name() in CONV_TYPES and not _weight_name(op).startswith("model.")]
-    batches = list(_batches(calibration))
+    batches = calibration_batches(calibration, batch)
     quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches),
                               ignored_scope=nncf.IgnoredScope(names=blur, validate=False))
     return quantized, False

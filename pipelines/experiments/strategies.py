@@ -17,7 +17,8 @@ A staged strategy runs in ``RUN``: ``RUN/stages/NN-<class>/`` is one ordinary ru
 exports; one-for-one also its evaluation), ``RUN/strategy.json`` records the mode, class order and
 epochs per stage, and ``RUN/eval/metrics.json`` the strategy's result (``"strategy"`` names it). Each
 stage is a joint training of its own classes through the real ``launch/train.py``; finished stages are
-skipped, so a stopped strategy resumes where it stopped.
+skipped, so a stopped strategy resumes where it stopped. ``data.classes`` (when given) limits the stages to
+those classes; otherwise they cover every training class of the builds.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ccl.metrics.report import summarize
 from pipelines.base.config import Config, ConfigError
 from pipelines.base.distributed import world_from_env
 from pipelines.base.model import read_info
+from pipelines.data.train_classes import check_selection
 from pipelines.experiments.jobs import Job, evaluate_job, job_env, run_job, train_job
 from shard_format.atomic import write_atomic
 from shard_format.builds import ShardSet, open_builds
@@ -51,6 +53,15 @@ def training_classes(shard_set: ShardSet) -> list[str]:
     """Every "dataset/class" with training samples, in the class index's order."""
     have = {f"{m['dataset']}/{c}" for m in shard_set.manifests for c in m.get("counts", {}).get("train", {})}
     return [name for name in shard_set.class_names if name in have]
+
+
+def strategy_classes(cfg: Config, shard_set: ShardSet) -> list[str]:
+    """The classes the strategy's stages cover: ``data.classes`` when given (checked against the builds), else
+    every training class."""
+    if not cfg.data.classes:
+        return training_classes(shard_set)
+    check_selection(cfg, shard_set)
+    return [name for name in training_classes(shard_set) if name in cfg.data.classes]
 
 
 def class_order(cfg: Config, classes: list[str]) -> list[str]:
@@ -90,8 +101,7 @@ def run_strategy(job: Job, cfg: Config, processes: int, port: int | None, env: M
     final = job.run_dir / "eval" / "metrics.json"
     if final.is_file():
         return json.loads(final.read_text())
-    classes = training_classes(open_builds(list(job.builds)))
-    stages = stage_plan(cfg, classes, job.run_dir)
+    stages = stage_plan(cfg, strategy_classes(cfg, open_builds(list(job.builds))), job.run_dir)
     record = {"mode": cfg.strategy.mode, "order": [c for st in stages for c in st.classes],
               "stage_epochs": cfg.strategy.stage_epochs or cfg.train.epochs,
               "replay_fraction": cfg.strategy.replay_fraction if cfg.strategy.mode == "continual" else 0.0,

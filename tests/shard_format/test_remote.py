@@ -4,18 +4,23 @@ verify, the readers' samples equal the local build's, a changed object is refuse
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
+import logging
 import multiprocessing
+import sys
+import time
 from pathlib import Path
 
 import pytest
+from fsspec.asyn import sync as fsspec_sync
 
 from shard_format import fetch
 from shard_format.builds import open_builds, shard_file_problems
 from shard_format.errors import ShardError
 from shard_format.fetch import ShardCache, StorageError
-from shard_format.location import is_remote, join, scheme_of
+from shard_format.location import filesystem, is_remote, join, scheme_of
 from shard_format.reader import read_ranges
 from shard_format.schema import SPLITS
 from shard_tools.upload import upload_build
@@ -169,6 +174,34 @@ def _digest_of(args: tuple) -> str:
     opener, url = args
     with opener(url) as f:
         return hashlib.sha256(f.read()).hexdigest()
+
+
+def test_a_forked_worker_never_closes_the_client_it_inherited(uploaded: str, capfd: pytest.CaptureFixture) -> None:
+    """A loader worker is forked from a process that already read the build. Collected in the worker (here on the
+    worker's own fsspec I/O thread, where a collection can happen to run), the inherited client would close the
+    parent's session on the wrong event loop and log a traceback, which once broke a training's one-line error."""
+    manifest = join(uploaded, "manifest.json")
+    filesystem(manifest).cat_file(manifest)
+    worker = multiprocessing.get_context("fork").Process(target=_read_and_collect, args=(manifest,))
+    worker.start()
+    worker.join(60)
+    err = capfd.readouterr().err
+    assert worker.exitcode == 0, err[-3000:]
+    assert "Traceback" not in err and "different loop" not in err, err[-3000:]
+
+
+def _read_and_collect(url: str) -> None:
+    logging.getLogger("asyncio").addHandler(logging.StreamHandler(sys.stderr))  # not pytest's, inherited: in memory
+    fs = filesystem(url)  # fsspec's cache, emptied after the fork: the worker's own client
+    fs.cat_file(url)
+
+    async def collect() -> None:
+        gc.collect()
+
+    fsspec_sync(fs.loop, collect)
+    for _ in range(3):  # a failed close task is only logged when it is collected itself
+        gc.collect()
+        time.sleep(0.1)
 
 
 def test_a_pseudo_class_sidecar_is_written_beside_a_remote_build_and_read_back(uploaded: str) -> None:

@@ -33,24 +33,27 @@ def relative_difference(maps: np.ndarray, reference: np.ndarray) -> float:
     return float(np.abs(maps - reference).max() / (reference.max() - reference.min()))
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
-def test_fp16_export_keeps_the_fp32_maps_within_its_tolerance(deploy_runs: DeployRuns, fmt: str) -> None:
-    want_maps, want_scores = deployed_outputs(deploy_runs, fmt)
-    maps, scores = deployed_outputs(deploy_runs, fmt, "--precision", "fp16")
+# The reduced-precision exports take a fixed batch (4): a dynamic batch doubles torch.onnx.export's time and is
+# covered by the fp32 exports (tests/pipelines/deploy/test_export.py). OpenVINO's fp16 (its fp32 graph saved with
+# fp16 weights) is measured by bench/precision_accuracy.py, not here: each export costs CI half a minute.
+FIXED = ("--batch", "4")
+
+
+def test_fp16_export_keeps_the_fp32_maps_within_its_tolerance(deploy_runs: DeployRuns) -> None:
+    want_maps, want_scores = deployed_outputs(deploy_runs, "onnx")
+    maps, scores = deployed_outputs(deploy_runs, "onnx", "--precision", "fp16", *FIXED)
     assert relative_difference(maps, want_maps) <= PARITY_TOLERANCE["fp16"]
     assert relative_difference(maps, want_maps) > 0  # really another precision, not the fp32 file again
-    path = deploy_runs.deployed("ccl", fmt, "--precision", "fp16")
+    path = deploy_runs.deployed("ccl", "onnx", "--precision", "fp16", *FIXED)
     info = json.loads((path.parent / "info.json").read_text())
     assert info["precision"] == "fp16" and info["calibration"] is None
-    weights = path if fmt == "onnx" else path.with_suffix(".bin")
-    fp32_weights = deploy_runs.deployed("ccl", fmt)
-    fp32_weights = fp32_weights if fmt == "onnx" else fp32_weights.with_suffix(".bin")
-    assert weights.stat().st_size < 0.6 * fp32_weights.stat().st_size  # half-width weights
+    # half-width weights
+    assert path.stat().st_size < 0.6 * deploy_runs.deployed("ccl", "onnx").stat().st_size
 
 
 def int8_args(runs: DeployRuns) -> tuple[str, ...]:
     # the fixture's training config names no shards of its own: the calibration build is given
-    return ("--precision", "int8", "--calibration-images", "6", "--calibration-shards", str(runs.build))
+    return ("--precision", "int8", "--calibration-images", "6", "--calibration-shards", str(runs.build), *FIXED)
 
 
 def normal_train_keys(build: Path, n: int) -> list[str]:

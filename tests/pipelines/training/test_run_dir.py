@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -98,7 +99,8 @@ def test_a_second_launch_into_a_training_run_dir_stops_and_a_finished_run_is_kep
     data = toy_training_dir(tmp_path)
     run = data / "r"
     first = subprocess.Popen([*launcher(1), "launch/train.py", *_args(data, "r", "train.epochs=100")], cwd=ROOT,
-                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
     log = run / "log.jsonl"
     deadline = time.time() + 180
     while time.time() < deadline and not (log.is_file() and log.read_text().count("\n") >= 2):
@@ -110,10 +112,13 @@ def test_a_second_launch_into_a_training_run_dir_stops_and_a_finished_run_is_kep
         assert f"error: run.dir={run} is in use by another training (pid " in second.stderr, second.stderr[-3000:]
         assert first.poll() is None  # the first goes on
     finally:
-        first.send_signal(signal.SIGTERM) if first.poll() is None else None
-        out, err = first.communicate(timeout=180)
+        # to the process group, as a shell or a scheduler signals a job: accelerate's one-process launcher does
+        # not forward SIGTERM to its rank (it dies, and the rank would train on to its last epoch)
+        os.killpg(first.pid, signal.SIGTERM) if first.poll() is None else None
+        out, err = first.communicate(timeout=120)
     # accelerate launch returns 1 or dies of the SIGTERM itself, after its rank saved the checkpoint
     assert first.returncode in (0, 1, -signal.SIGTERM), err[-3000:]
+    assert "'interrupted': True" in out, out[-2000:]  # stopped by the signal, not at its last epoch
     lines = [json.loads(x) for x in log.read_text().splitlines()]
     steps = [r["step"] for r in lines if "train/loss" in r]
     assert steps == sorted(steps) and len(steps) == len(set(steps))  # one run's log, not two interleaved
