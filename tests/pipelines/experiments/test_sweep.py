@@ -195,38 +195,6 @@ def test_sweep_runs_rows_writes_the_table_and_resumes(tmp_path: Path, capsys) ->
     assert len(calls) == 6 and "loss.temperature=0.05" in calls[-1]
 
 
-@pytest.mark.slow
-def test_toy_sweep_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two real rows through the real trainer and evaluator produce the table."""
-    build = _toy_build(tmp_path)
-    sweep_file = tmp_path / "table8.yaml"
-    sweep_file.write_text("table: 8\ntitle: toy\nrows:\n"
-                          "  - {name: Joint RD, overrides: [loss.lambda_local=0, loss.lambda_global=0,"
-                          " model.projector=none]}\n  - {name: CCL, overrides: []}\n")
-    extra = ["model.teacher=resnet18", "model.pretrained=none", "data.image_size=64", "train.max_steps=2",
-             f"data.shards=[{build}]", "data.num_workers=0", "eval.num_workers=0", "data.batch_size=4",
-             "data.classes_per_batch=2", "tracking.vis_images=0"]
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the subprocesses' too; restored after the test
-    sweep = load_sweep(sweep_file)
-    plans = plan_sweep(sweep, CONFIGS / "base.yaml", extra, tmp_path / "sweep", launcher=sys.executable)
-    table = run_sweep(sweep, plans)
-    for plan in plans:
-        assert read_mean_metrics(plan.metrics_file) is not None, plan.row.name
-    assert "| Joint RD |" in table and "| CCL |" in table and " - |" not in table.split("| CCL |")[1]
-
-
-def _toy_build(tmp_path: Path) -> Path:
-    """A complete toy build (train / val / test with masks): a small demo folder through the real builder."""
-    from shard_tools.build import run as build_shards
-    from shard_tools.demo_data import DemoSpec, write_demo
-
-    source = tmp_path / "source"
-    write_demo(source, spec=DemoSpec(size=64, per_class=6, test_good=2, test_defect=2))
-    build_shards(["--datasets", "demo", "--root", f"demo={source}", "--out", str(tmp_path / "shards"),
-                  "--val-fraction", "0.2"])
-    return tmp_path / "shards" / "demo"
-
-
 def test_cli_reports_an_unknown_table_without_a_traceback(capsys) -> None:
     from launch.sweep import main
 
