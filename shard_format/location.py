@@ -51,7 +51,7 @@ def join(build: str, name: str) -> str:
 # worker); a client inherited that way would then be collected there, and its finalizer closes the parent's session
 # on whatever event loop runs the collection, the child's own I/O loop included: "attached to a different loop",
 # logged as a traceback. Held here, an inherited client is never collected in the child (which ends with os._exit).
-_CLIENTS: list[Any] = []
+_CLIENTS: dict[int, Any] = {}
 
 
 def filesystem(url: str) -> Any:
@@ -61,8 +61,7 @@ def filesystem(url: str) -> Any:
         import fsspec
 
         fs = fsspec.filesystem(scheme)
-        if not any(fs is kept for kept in _CLIENTS):
-            _CLIENTS.append(fs)
+        _CLIENTS.setdefault(id(fs), fs)  # a kept client's id is never reused
         return fs
     except ImportError as err:
         raise ShardError(f"{url}: reading {scheme}:// needs {CLIENT_PACKAGE[scheme]} "

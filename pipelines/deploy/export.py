@@ -160,9 +160,8 @@ def export_model(checkpoint: str | Path, fmt: str, out_dir: str | Path, image_si
     calibration, calibrated = None, None
     if precision == "int8":  # read before anything is written: a build that cannot be read fails here
         builds = list(calibration_shards) or list(cfg.data.shards)
-        if calibration_images < 1 or not builds:
-            raise InputError(f"--calibration-images must be at least 1, got {calibration_images}" if builds else
-                             f"{checkpoint}: its training config names no shards; give --calibration-shards")
+        if not builds:
+            raise InputError(f"{checkpoint}: its training config names no shards; give --calibration-shards")
         shard_set = open_shards(cfg, builds)
         calibration, calibrated = read_calibration_images(shard_set, calibration_images, size)
     tmp = out.with_name(f".tmp-{out.name}")

@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from pipelines.base.exits import InputError
+from pipelines.deploy.runtime import PRECISIONS
 
-PRECISIONS = {"onnx": ("fp32", "fp16", "int8"), "openvino": ("fp32", "fp16", "int8"), "torchscript": ("fp32",)}
+FORMAT_PRECISIONS = {"onnx": PRECISIONS, "openvino": PRECISIONS, "torchscript": ("fp32",)}
 # Parity with the torch model, checked on every export before it is written. fp32 and fp16: the largest map
 # difference, relative to the map range (fp32 is exact up to kernel order, measured a few 1e-6; fp16 rounds
 # every activation to 11 bits, measured ~1e-2 at 128 px). INT8 is another model of the same weights (on a
@@ -41,10 +42,10 @@ CONV_TYPES = ("Convolution", "GroupConvolution", "ConvolutionBackpropData")
 
 def check_precision(fmt: str, precision: str) -> None:
     """One line naming what each format offers, for a precision it does not."""
-    if precision not in PRECISIONS["onnx"]:
-        raise InputError(f"--precision must be one of {list(PRECISIONS['onnx'])}, got {precision!r}")
-    if precision not in PRECISIONS[fmt]:
-        offered = {f: list(p) for f, p in PRECISIONS.items()}
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if precision not in FORMAT_PRECISIONS[fmt]:
+        offered = {f: list(p) for f, p in FORMAT_PRECISIONS.items()}
         raise InputError(f"--format {fmt} has no {precision} export (offered: {offered})")
 
 
