@@ -4,14 +4,17 @@ For each model: every (runtime, precision) export written by launch/export.py's 
 normal training images of --calibration), then per-image latency at batch 1 (p50 / p99 over --calls calls)
 and images/s at batch 16, on one core (the process pinned, 1 runtime thread) and on all cores (the runtimes'
 own thread choice). The candidates alternate call by call so that load drifts hit all of them alike.
-Goal (issue 24): INT8 >= 2x fp32 per image on CPU.
+Goal (issue 24): INT8 >= 2x fp32 per image on CPU, and ahead of anomalib's fp32 OpenVINO model: with
+--anomalib (its export by ``bench/anomalib_rd.py``, made in anomalib's own environment), that graph runs beside
+the paper model's in the same alternation, fed the same images (uint8 -> its float [0, 1] NCHW input).
 
 Models (random trainable weights and, for the paper model, a random teacher; speed does not depend on them):
     demo    RD + CCL on the offline MobileNetV2 at 128 px (configs/demo.yaml's model)
     paper   RD + CCL on wide_resnet50_2 at 256 px with the 4-conv-block projector
 
 Usage: HF_HUB_OFFLINE=1 .venv/bin/python bench/precision.py --calibration runs/demo/shards/demo
-           [--models demo,paper] [--calls 30] [--out bench/results/precision-<cpu>.md]
+           [--models demo,paper] [--calls 30] [--anomalib runs/bench/anomalib_rd/weights/openvino/model.xml]
+           [--out bench/results/precision-<cpu>.md]
 """
 
 from __future__ import annotations
@@ -36,6 +39,18 @@ MODELS = {
 }
 CANDIDATES = [(fmt, precision) for fmt in ("onnx", "openvino") for precision in ("fp32", "fp16", "int8")]
 BATCH = 16
+ANOMALIB = ("anomalib 2.7.0 openvino", "fp32")
+
+
+def anomalib_model(path: Path, threads: int | None) -> Callable[[np.ndarray], object]:
+    """anomalib's OpenVINO export compiled as the project's runtime compiles its own (threads, f32 inference);
+    called on the same uint8 (B, S, S, 3) batches, converted to its float [0, 1] (B, 3, S, S) input."""
+    import openvino as ov
+
+    config = {"INFERENCE_PRECISION_HINT": "f32", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    request = compiled.create_infer_request()
+    return lambda images: request.infer(np.ascontiguousarray(images.transpose(0, 3, 1, 2), np.float32) / 255)
 
 
 def write_exports(name: str, calibration: str, work: Path) -> dict[tuple[str, str], Path]:
@@ -70,22 +85,26 @@ def call_times(calls: dict[str, Callable[[], object]], n: int) -> dict[str, list
     return times
 
 
-def measure(paths: dict[tuple[str, str], Path], size: int, threads: int | None, n: int) -> list[str]:
+def measure(paths: dict[tuple[str, str], Path], size: int, threads: int | None, n: int,
+            anomalib: Path | None = None) -> list[str]:
     from pipelines.deploy.runtime import load_deployed
 
     models = {key: load_deployed(path, threads=threads) for key, path in paths.items()}
+    if anomalib is not None:
+        models[ANOMALIB] = anomalib_model(anomalib, threads)
     rng = np.random.default_rng(0)
     one = rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8)
     batch = rng.integers(0, 256, (BATCH, size, size, 3), dtype=np.uint8)
     single = call_times({key: (lambda m=m: m(one)) for key, m in models.items()}, n)
     batched = call_times({key: (lambda m=m: m(batch)) for key, m in models.items()}, max(3, n // 5))
     rows = []
-    for fmt, precision in paths:
+    for fmt, precision in models:
         base = np.median(single[fmt, "fp32"])
         p50, p99 = np.median(single[fmt, precision]), np.percentile(single[fmt, precision], 99)
         rate = BATCH / np.median(batched[fmt, precision])
+        peer = f" {np.median(single[ANOMALIB]) / p50:.2f}x |" if anomalib is not None else ""
         rows.append(f"| {fmt} | {precision} | {1e3 * p50:.1f} | {1e3 * p99:.1f} | {rate:.1f} | "
-                    f"{base / p50:.2f}x |")
+                    f"{base / p50:.2f}x |{peer}")
     return rows
 
 
@@ -94,6 +113,8 @@ def main() -> None:
     p.add_argument("--calibration", required=True, help="shard build whose normal training images calibrate INT8")
     p.add_argument("--models", default="demo,paper", help=f"comma list of {sorted(MODELS)}")
     p.add_argument("--calls", type=int, default=30, help="batch-1 calls per candidate (p99 needs many)")
+    p.add_argument("--anomalib", type=Path, help="anomalib's OpenVINO model.xml (bench/anomalib_rd.py), timed beside "
+                   "the paper model")
     p.add_argument("--out", help="also write the tables to this markdown file")
     args = p.parse_args()
     import onnxruntime
@@ -116,11 +137,14 @@ def main() -> None:
                     os.sched_setaffinity(0, {0})
                 else:
                     os.sched_setaffinity(0, set(range(cores)))
+                peer = args.anomalib if name == "paper" else None
                 lines += ["", f"## {name}, {label}", "",
                           "| runtime | precision | latency p50 ms | latency p99 ms | images/s at batch 16 | "
-                          "batch-1 speed vs fp32 |", "|---|---|---:|---:|---:|---:|"]
-                lines += measure(paths, size, threads, args.calls)
-                print("\n".join(lines[-(len(CANDIDATES) + 4):]), flush=True)
+                          "batch-1 speed vs fp32 |" + (" vs anomalib's OpenVINO fp32 |" if peer else ""),
+                          "|---|---|---:|---:|---:|---:|" + ("---:|" if peer else "")]
+                rows = measure(paths, size, threads, args.calls, peer)
+                lines += rows
+                print("\n".join(lines[-(len(rows) + 4):]), flush=True)
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n")
 

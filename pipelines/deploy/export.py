@@ -246,7 +246,8 @@ def deploy_info(cfg: Config, trained: dict[str, Any], fmt: str, size: int, batch
         "classes": sorted(trained.get("class_index", {})),
         "datasets": trained.get("datasets", []),
         "training": {"config_sha256": config_hash(cfg), "step": trained.get("step"), "epoch": trained.get("epoch"),
-                     "weights": trained.get("weights"), "checkpoint": str(checkpoint)},
+                     "weights": trained.get("weights"), "checkpoint": str(checkpoint),
+                     "qat": trained.get("qat")},  # fine-tuned for INT8 (launch/qat.py), or None
         "exporter": {"torch": torch.__version__, "seconds": round(seconds, 2), **_runtime_versions(fmt)},
     }
 

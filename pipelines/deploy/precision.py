@@ -71,8 +71,8 @@ def onnx_to_fp16(path: Path) -> None:
 
 
 def quantize_onnx(path: Path, calibration: np.ndarray, batch: int | None) -> None:
-    """Rewrite the ONNX file at ``path`` as ONNX Runtime's static INT8 graph (QDQ, per-channel weights); ``batch``:
-    the graph's fixed batch size, None for a dynamic one."""
+    """Rewrite the ONNX file at ``path`` as ONNX Runtime's static INT8 graph (QDQ, per-channel 7-bit weights);
+    ``batch``: the graph's fixed batch size, None for a dynamic one."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -86,8 +86,11 @@ def quantize_onnx(path: Path, calibration: np.ndarray, batch: int | None) -> Non
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp, _quiet_root_logger():
         source = Path(tmp) / "fp32.onnx"
         path.replace(source)
+        # reduce_range: 7-bit weights. x86 CPUs without VNNI multiply uint8 by int8 in 16-bit sums that saturate
+        # (ONNX Runtime's u8s8 kernels): measured on lookalike's fine-tuned model (AVX2, no VNNI), 8-bit weights
+        # lost 3.8 I-AUROC to fp32, 7-bit weights 0.1 (bench/results/int8_ablation_lookalike.md).
         quantize_static(str(source), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         nodes_to_exclude=_onnx_blur_nodes(source))
 
 
