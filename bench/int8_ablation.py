@@ -58,26 +58,18 @@ def conv_nodes(model: Path, prefixes: tuple[str, ...]) -> list[str]:
 
 def quantized(base: Path, out: Path, calibration: Any, options: dict[str, Any]) -> Path:
     """``base``'s fp32 export quantized with ``options`` into ``out`` (info.json's file hashes renewed)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from pipelines.deploy.precision import _onnx_blur_nodes, _quiet_root_logger, calibration_batches
+    from pipelines.deploy.precision import _onnx_blur_nodes, _quiet_root_logger, calibration_reader
     from pipelines.deploy.runtime import file_sha256
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter(calibration_batches(calibration, 8))
-
-        def get_next(self) -> dict[str, Any] | None:
-            batch = next(self.batches, None)
-            return None if batch is None else {"images": batch}
 
     shutil.copytree(base, out)
     (out / "model.onnx").unlink()
     options = {"activation_type": QuantType.QUInt8, "weight_type": QuantType.QInt8, **options}
     options["nodes_to_exclude"] = options.get("nodes_to_exclude", []) + _onnx_blur_nodes(base / "model.onnx")
     with _quiet_root_logger():
-        quantize_static(str(base / "model.onnx"), str(out / "model.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, **options)
+        quantize_static(str(base / "model.onnx"), str(out / "model.onnx"), calibration_reader(calibration, 8),
+                        quant_format=QuantFormat.QDQ, per_channel=True, **options)
     info = json.loads((out / "info.json").read_text())
     info.update(precision="int8", files={"model.onnx": file_sha256(out / "model.onnx")})
     (out / "info.json").write_text(json.dumps(info))

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  next: evaluate {args.out} (its threshold), then launch/export.py --precision int8")
         return 0
 
-    return run_entry(body, USER_ERRORS + (ShardError,))
+    return run_entry(body, USER_ERRORS + (ShardError, FloatingPointError))  # FloatingPointError: diverged weights
 
 
 if __name__ == "__main__":

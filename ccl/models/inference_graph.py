@@ -49,12 +49,16 @@ class InferenceGraph(nn.Module):
         x = images.permute(0, 3, 1, 2).to(self.mean.dtype) / 255.0
         return (x - self.mean) / self.std
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.normalized(images)
+    def features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The teacher's and the student's maps of a normalised (B, 3, H, W) batch, scale by scale."""
         m = self.model
         teacher = m.teacher.body(x)  # the frozen encoder's maps (Teacher.forward minus its no_grad block)
-        student = m.decoder(m.neck(m.projector(teacher)))
-        maps = anomaly_map(teacher, student, x.shape[-2:], sigma=m.sigma)
+        return teacher, m.decoder(m.neck(m.projector(teacher)))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.normalized(images)
+        teacher, student = self.features(x)
+        maps = anomaly_map(teacher, student, x.shape[-2:], sigma=self.model.sigma)
         return maps, image_score(maps)
 
     @torch.no_grad()

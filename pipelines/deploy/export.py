@@ -57,7 +57,7 @@ from pipelines.deploy.runtime import (
     file_sha256,
     load_deployed,
 )
-from pipelines.training.checkpoint import replace_dir
+from pipelines.training.checkpoint import check_replaceable, replace_dir
 
 
 def config_hash(cfg: Config) -> str:
@@ -149,7 +149,8 @@ def export_model(checkpoint: str | Path, fmt: str, out_dir: str | Path, image_si
         raise InputError(f"--input must be one of {INPUT_KINDS}, got {input_kind!r}")
     fixed = parse_batch(batch)
     out = Path(out_dir)
-    _check_replaceable(out, Path(checkpoint))
+    # only an earlier deploy export (or nothing) may be replaced: never a training export or other files
+    check_replaceable(out, Path(checkpoint), "deploy_version", "an export of launch/export.py")
     try:
         model, cfg = load_export(checkpoint)
     except RuntimeError as err:  # weights that do not fit the config: another version of the model code
@@ -195,19 +196,6 @@ def _check_size(graph: InferenceGraph, size: int) -> None:
         step = 2 * max(graph.model.teacher.reductions)
         raise InputError(f"--image-size {size}: the model does not run at this size (use a multiple of {step}): "
                          f"{str(err).splitlines()[0]}") from None
-
-
-def _check_replaceable(out: Path, checkpoint: Path) -> None:
-    """Only an earlier deploy export (or nothing) may be replaced: never a training export or other files."""
-    if out.resolve() == checkpoint.resolve():
-        raise InputError(f"--out {out} is the checkpoint itself; choose another directory")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file; choose a directory")
-    if out.exists() and any(out.iterdir()):
-        previous = read_info(out) if (out / INFO_NAME).is_file() else {}
-        if "deploy_version" not in previous:
-            raise InputError(f"--out {out} exists and is not an export of launch/export.py; "
-                             f"refusing to replace it (choose an empty or new directory)")
 
 
 def deploy_info(cfg: Config, trained: dict[str, Any], fmt: str, size: int, batch: int | None, input_kind: str,

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.base.exits import InputError
-from pipelines.deploy.runtime import PRECISIONS
+from pipelines.deploy.runtime import INPUT_NAME, PRECISIONS
 
 FORMAT_PRECISIONS = {"onnx": PRECISIONS, "openvino": PRECISIONS, "torchscript": ("fp32",)}
 # Parity with the torch model, checked on every export before it is written. fp32 and fp16: the largest map
@@ -70,18 +70,25 @@ def onnx_to_fp16(path: Path) -> None:
     onnx.save(convert_float_to_float16(onnx.load(str(path)), keep_io_types=True), str(path))
 
 
-def quantize_onnx(path: Path, calibration: np.ndarray, batch: int | None) -> None:
-    """Rewrite the ONNX file at ``path`` as ONNX Runtime's static INT8 graph (QDQ, per-channel 7-bit weights);
-    ``batch``: the graph's fixed batch size, None for a dynamic one."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+def calibration_reader(calibration: np.ndarray, batch: int | None) -> Any:
+    """ONNX Runtime's calibration input: the images in ``calibration_batches``, fed to the graph's input."""
+    from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self.batches = iter(calibration_batches(calibration, batch))
 
         def get_next(self) -> dict[str, np.ndarray] | None:
-            batch = next(self.batches, None)
-            return None if batch is None else {"images": batch}
+            images = next(self.batches, None)
+            return None if images is None else {INPUT_NAME: images}
+
+    return Reader()
+
+
+def quantize_onnx(path: Path, calibration: np.ndarray, batch: int | None) -> None:
+    """Rewrite the ONNX file at ``path`` as ONNX Runtime's static INT8 graph (QDQ, per-channel 7-bit weights);
+    ``batch``: the graph's fixed batch size, None for a dynamic one."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp, _quiet_root_logger():
         source = Path(tmp) / "fp32.onnx"
@@ -89,9 +96,9 @@ def quantize_onnx(path: Path, calibration: np.ndarray, batch: int | None) -> Non
         # reduce_range: 7-bit weights. x86 CPUs without VNNI multiply uint8 by int8 in 16-bit sums that saturate
         # (ONNX Runtime's u8s8 kernels): measured on lookalike's fine-tuned model (AVX2, no VNNI), 8-bit weights
         # lost 3.8 I-AUROC to fp32, 7-bit weights 0.1 (bench/results/int8_ablation_lookalike.md).
-        quantize_static(str(source), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=_onnx_blur_nodes(source))
+        quantize_static(str(source), str(path), calibration_reader(calibration, batch), quant_format=QuantFormat.QDQ,
+                        per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, nodes_to_exclude=_onnx_blur_nodes(source))
 
 
 @contextlib.contextmanager

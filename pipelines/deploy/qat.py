@@ -13,7 +13,6 @@ ordinary training export (float weights, the same config, classes and ids) for `
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,10 +26,10 @@ from ccl.losses.kd import kd_loss
 from ccl.models.fake_quant import Int8Simulation
 from ccl.models.inference_graph import InferenceGraph
 from pipelines.base.exits import InputError
-from pipelines.base.model import load_export, read_info, save_export
+from pipelines.base.model import load_export, read_info
 from pipelines.data.train_classes import open_shards
 from pipelines.deploy.calibration import read_calibration_images
-from pipelines.training.checkpoint import replace_dir
+from pipelines.training.checkpoint import check_replaceable, write_export
 
 RANGE_IMAGES = 64  # the images every activation range is measured on (the INT8 export's calibration default)
 
@@ -46,7 +45,7 @@ def finetune_for_int8(checkpoint: str | Path, out_dir: str | Path, shards: Seque
     if not lr > 0:
         raise InputError(f"--lr must be positive, got {lr}")
     out, source = Path(out_dir), Path(checkpoint)
-    _check_replaceable(out, source)
+    check_replaceable(out, source, "qat", "an output of launch/qat.py")
     model, cfg = load_export(source)
     builds = list(shards) or list(cfg.data.shards)
     if not builds:
@@ -60,15 +59,7 @@ def finetune_for_int8(checkpoint: str | Path, out_dir: str | Path, shards: Seque
                 qat={"from": str(source), "epochs": epochs, "lr": lr, "batch": batch, "seed": seed,
                      "images": record, "simulated_int8_loss": losses,
                      "seconds": round(time.perf_counter() - started, 1)})
-    tmp = out.with_name(f".tmp-{out.name}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
-        save_export(model, cfg, tmp, info)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, out)
+    write_export(model, cfg, out.parent, out.name, info)  # swapped in whole; refused if the weights diverged
     return info
 
 
@@ -82,10 +73,7 @@ def _finetune(model: torch.nn.Module, train: np.ndarray, epochs: int, lr: float,
     ranges = torch.from_numpy(train[:RANGE_IMAGES])
 
     def features(images: np.ndarray) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        x = graph.normalized(torch.from_numpy(images))  # (B, 3, S, S)
-        with torch.no_grad():
-            teacher = model.teacher.body(x)
-        return teacher, model.decoder(model.neck(model.projector(teacher)))
+        return graph.features(graph.normalized(torch.from_numpy(images)))  # the teacher's are frozen: no graph
 
     def simulated_loss() -> float:
         with torch.no_grad():
@@ -110,12 +98,3 @@ def _finetune(model: torch.nn.Module, train: np.ndarray, epochs: int, lr: float,
     return [round(v, 6) for v in losses]
 
 
-def _check_replaceable(out: Path, source: Path) -> None:
-    """``out`` is new, empty, or an earlier fine-tuning's output: never the source or another run's files."""
-    if out.resolve() == source.resolve():
-        raise InputError(f"--out {out} is the checkpoint itself; choose another directory")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file; choose a directory")
-    if out.exists() and any(out.iterdir()) and "qat" not in read_info(out):
-        raise InputError(f"--out {out} exists and is not an output of launch/qat.py; refusing to replace it "
-                         f"(choose an empty or new directory)")

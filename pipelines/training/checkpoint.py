@@ -191,6 +191,20 @@ def find_checkpoint(resume: str, run_dir: str | Path) -> Path | None:
     raise FileNotFoundError(f"--resume {resume}: no checkpoint there (expected {checkpoint_dir(given)}/{STATE_NAME})")
 
 
+def check_replaceable(out: Path, source: Path, marker: str, tool: str) -> None:
+    """``out`` may be replaced by a tool's output: new, empty, or an earlier output of ``tool`` (its info.json
+    holds ``marker``); never ``source`` itself, a file, or another run's files."""
+    from pipelines.base.model import read_info
+
+    if out.resolve() == source.resolve():
+        raise InputError(f"--out {out} is the checkpoint itself; choose another directory")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; choose a directory")
+    if out.exists() and any(out.iterdir()) and marker not in read_info(out):
+        raise InputError(f"--out {out} exists and is not {tool}; refusing to replace it "
+                         f"(choose an empty or new directory)")
+
+
 def replace_dir(tmp: Path, final: Path) -> None:
     """Swap a finished directory into place; the old one is removed only after the rename."""
     old = final.with_name(f".old-{final.name}")
