@@ -127,7 +127,7 @@ def main() -> None:
     results: dict[str, dict[str, dict[str, float]]] = {}
     for run in sorted(a.bench.glob(f"*/e{a.budget}/s*")):
         model = run.parts[-3]
-        if a.models and model not in a.models or not (run / "eval" / "metrics.json").is_file():
+        if (a.models and model not in a.models) or not (run / "eval" / "metrics.json").is_file():
             continue  # unfinished runs are not scored
         results.setdefault(model, {})[run.name] = run_aurocs(run, sets)
         print(f"{model} {run.name}: " + ", ".join(f"{k} {v:.1f}" for k, v in results[model][run.name].items()),
