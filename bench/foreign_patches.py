@@ -67,12 +67,21 @@ def exports_of(run: Path, classes: list[str]) -> dict[str, Path]:
     if (run / "export").is_dir():
         return {name: run / "export" for name in classes}
     plan = json.loads((run / "strategy.json").read_text())
-    stages = {stage["classes"][0].split("/", 1)[1]: run / "stages" / stage["name"] / "export"
-              for stage in plan["stages"]}
-    if plan["mode"] == "one-for-one":
-        return {name: stages[name] for name in classes}
-    last = run / "stages" / plan["stages"][-1]["name"] / "export"
-    return {name: last for name in classes}
+    folders = [stage_folder(run, stage["name"]) for stage in plan["stages"]]
+    if plan["mode"] != "one-for-one":
+        return {name: folders[-1] / "export" for name in classes}
+    stages = {stage["classes"][0].split("/", 1)[1]: folder / "export" for stage, folder in zip(plan["stages"], folders)}
+    missing = sorted(set(classes) - set(stages))
+    if missing:
+        raise SystemExit(f"{run / 'strategy.json'}: no class model for {missing}")
+    return {name: stages[name] for name in classes}
+
+
+def stage_folder(run: Path, name: str) -> Path:
+    """``run/stages/<name>``, refusing a recorded name that is not one plain folder name (it is read from a file)."""
+    if not name or name in (".", "..") or Path(name).name != name:
+        raise SystemExit(f"{run / 'strategy.json'}: stage name {name!r} is not a folder name under {run / 'stages'}")
+    return run / "stages" / name
 
 
 @torch.no_grad()
