@@ -13,18 +13,31 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ccl.data.image_ops import resize_image
+from pipelines.base.config import Config
 from pipelines.base.exits import InputError
+from pipelines.data.train_classes import open_shards
 from shard_format.builds import ShardSet
 from shard_format.errors import ShardError
 from shard_format.reader import iter_range
 from shard_format.record import decode_record
 
 SPLIT = "train"
+
+
+def image_shards(cfg: Config, given: Sequence[str], checkpoint: str | Path, option: str) -> ShardSet:
+    """The builds to read normal training images from: ``given``, else the ones the model was trained on
+    (InputError naming ``option`` when there are neither)."""
+    builds = list(given) or list(cfg.data.shards)
+    if not builds:
+        raise InputError(f"{checkpoint}: its training config names no shards; give {option}")
+    return open_shards(cfg, builds)
 
 
 def read_calibration_images(shard_set: ShardSet, n: int, size: int) -> tuple[np.ndarray, dict[str, Any]]:

@@ -36,8 +36,7 @@ from ccl.models.inference_graph import INPUT_KINDS, InferenceGraph
 from pipelines.base.config import Config, to_dict
 from pipelines.base.exits import InputError
 from pipelines.base.model import INFO_NAME, load_export, read_info
-from pipelines.data.train_classes import open_shards
-from pipelines.deploy.calibration import read_calibration_images
+from pipelines.deploy.calibration import image_shards, read_calibration_images
 from pipelines.deploy.precision import (
     PARITY_MIN_CORRELATION,
     PARITY_TOLERANCE,
@@ -160,10 +159,7 @@ def export_model(checkpoint: str | Path, fmt: str, out_dir: str | Path, image_si
     _check_size(graph, size)
     calibration, calibrated = None, None
     if precision == "int8":  # read before anything is written: a build that cannot be read fails here
-        builds = list(calibration_shards) or list(cfg.data.shards)
-        if not builds:
-            raise InputError(f"{checkpoint}: its training config names no shards; give --calibration-shards")
-        shard_set = open_shards(cfg, builds)
+        shard_set = image_shards(cfg, calibration_shards, checkpoint, "--calibration-shards")
         calibration, calibrated = read_calibration_images(shard_set, calibration_images, size)
     tmp = out.with_name(f".tmp-{out.name}")
     if tmp.exists():
