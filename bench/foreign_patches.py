@@ -92,16 +92,25 @@ def scores(graph: InferenceGraph, images: np.ndarray, batch: int = 32) -> np.nda
 
 def run_aurocs(run: Path, sets: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
     """{kind: mean over classes of that kind's I-AUROC against the class's normal crops} for one run."""
-    graphs: dict[Path, InferenceGraph] = {}
+    models: dict[Path, torch.nn.Module] = {}
     per_kind: dict[str, list[float]] = {kind: [] for kind in KINDS}
     for name, export in exports_of(run, sorted(sets)).items():
-        if export not in graphs:
-            graphs = {export: InferenceGraph(load_export(export)[0])}  # one model in memory at a time
-        good = scores(graphs[export], sets[name]["good"])
+        if export not in models:
+            models = {export: load_export(export)[0]}  # one model in memory at a time
+        graph = InferenceGraph(models[export], class_id=class_id(models[export], name))
+        good = scores(graph, sets[name]["good"])
         for kind in KINDS:
-            bad = scores(graphs[export], sets[name][kind])
+            bad = scores(graph, sets[name][kind])
             per_kind[kind].append(roc_auc_score([0] * len(good) + [1] * len(bad), np.concatenate([good, bad])))
     return {kind: 100 * statistics.fmean(values) for kind, values in per_kind.items()}
+
+
+def class_id(model: torch.nn.Module, name: str) -> int | None:
+    """The index of ``lookalike/<name>`` among a class-conditioned model's classes (its images are scored under
+    their own class); None for a model that scores every image alike."""
+    if model.condition is None:
+        return None
+    return model.condition.class_names.index(f"lookalike/{name}")
 
 
 def table(results: dict[str, dict[str, dict[str, float]]]) -> str:

@@ -1,7 +1,7 @@
 """Score images: anomaly score per image, scores.csv, heatmap overlays.
 
     python launch/predict.py --checkpoint RUN/export --input DIR_OR_GLOB --out DIR \
-        [--threshold auto|0.42|none] [--vis/--no-vis] [--batch-size 16] [a.b=value ...]
+        [--threshold auto|0.42|none] [--vis/--no-vis] [--batch-size 16] [--class NAME] [a.b=value ...]
     python launch/predict.py --model DEPLOY/model.onnx --input DIR_OR_GLOB --out DIR [--threads N] ...
 
 ``--checkpoint`` runs the torch model of a training export; ``--model`` an exported graph
@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threshold", default="auto", help="auto (stored by evaluation), a number, or none")
     p.add_argument("--vis", action=argparse.BooleanOptionalAction, default=True, help="write heatmap overlays")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--class", dest="class_name", default="",
+                   help="--checkpoint of a class-conditioned model: the class of every input image (dataset/class)")
     p.add_argument("--threads", type=int, help="--model: CPU threads of the runtime (default: its own choice)")
     p.add_argument("--trust-torchscript", action="store_true",
                    help="--model DIR/model.pt: load it although a TorchScript file runs arbitrary code (only a "
@@ -87,7 +89,20 @@ def _torch(args: argparse.Namespace):
     threshold = resolve_threshold(args.threshold, args.checkpoint)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, cfg = load_export(args.checkpoint, args.overrides, device=device)
-    return InferenceGraph(model, "uint8").run_numpy, cfg.data.image_size, threshold
+    return InferenceGraph(model, "uint8", class_id(model, args)).run_numpy, cfg.data.image_size, threshold
+
+
+def class_id(model, args: argparse.Namespace) -> int | None:
+    """--class as the index of a class-conditioned model's classes; None for a model without conditioning."""
+    names = model.condition.class_names if model.condition is not None else ()
+    if not names:
+        if args.class_name:
+            raise InputError(f"--class {args.class_name}: {args.checkpoint} is not class-conditioned")
+        return None
+    if args.class_name not in names:
+        raise InputError(f"{args.checkpoint} is conditioned on the image's class: give --class, one of {list(names)}"
+                         if not args.class_name else f"--class {args.class_name} is not one of {list(names)}")
+    return names.index(args.class_name)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ graph (the runtime needs no preprocessing beyond the resize); "float" takes the 
 (B, 3, H, W) batch the torch evaluation feeds the model. The map is RDCCL's inference map
 (per-scale 1 - cos, bilinear up-sampling, sum, Gaussian blur with the model's sigma), the score
 its maximum; the loss terms and global features of the training forward are left out.
+
+A class-conditioned student's graph is one class's (``class_id``, an index into ``model.condition.class_names``):
+an inspection station sees one product, and the traced graph keeps taking images only.
 """
 
 from __future__ import annotations
@@ -28,15 +31,22 @@ INPUT_KINDS = ("uint8", "float")
 class InferenceGraph(nn.Module):
     """Teacher, projector, neck, decoder and the smoothed map of an RDCCL, in eval mode."""
 
-    def __init__(self, model: nn.Module, input_kind: str = "uint8") -> None:
+    def __init__(self, model: nn.Module, input_kind: str = "uint8", class_id: int | None = None) -> None:
         super().__init__()
         if input_kind not in INPUT_KINDS:
             raise ValueError(f"input_kind must be one of {INPUT_KINDS}, got {input_kind!r}")
+        condition = getattr(model, "condition", None)
+        if (condition is None) != (class_id is None):
+            raise ValueError("a class-conditioned model's graph scores one class: give class_id" if class_id is None
+                             else "class_id is for a class-conditioned model; this one has no class conditioning")
+        if condition is not None and not 0 <= class_id < condition.num_classes:
+            raise ValueError(f"class_id={class_id} is not one of the model's {condition.num_classes} classes")
         self.model = model.eval()
         self.input_kind = input_kind
         device = next(model.parameters()).device  # the constants live where the model does (a GPU for predict)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1), persistent=False)
+        self.class_id = class_id
         self.eval()
 
     def train(self, mode: bool = True) -> InferenceGraph:
@@ -53,7 +63,11 @@ class InferenceGraph(nn.Module):
         """The teacher's and the student's maps of a normalised (B, 3, H, W) batch, scale by scale."""
         m = self.model
         teacher = m.teacher.body(x)  # the frozen encoder's maps (Teacher.forward minus its no_grad block)
-        return teacher, m.decoder(m.neck(m.projector(teacher)))
+        code = m.neck(m.projector(teacher))
+        if self.class_id is None:
+            return teacher, m.decoder(code)
+        classes = torch.full((x.shape[0],), self.class_id, dtype=torch.long, device=x.device)
+        return teacher, m.decode(code, classes)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.normalized(images)

@@ -5,7 +5,9 @@ reconstructs the detached, unprojected teacher features (KD loss); local CL
 acts on the projected maps, global CL on the pooled neck code; both views of a
 training sample go through teacher and projector (one concatenated batch) and the
 neck (one batch per view; only the anchor view moves the neck's BatchNorm running
-statistics, as only clean images are seen at inference); only the anchor view is decoded.
+statistics, as only clean images are seen at inference); only the anchor view is decoded. With
+``condition_classes`` the decoder is conditioned on the image's class (ccl.models.class_condition), and the
+wrong-class margin (ccl.losses.wrong_class) asks it not to rebuild an image under another class.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from torch import nn
 from ccl.losses.global_variants import global_losses
 from ccl.losses.kd import kd_loss
 from ccl.losses.local import NEGATIVES, POSITIVES, local_contrastive_views
+from ccl.losses.wrong_class import pixel_distance, wrong_class_loss
 from ccl.metrics.anomaly_map import anomaly_map, image_score
+from ccl.models.class_condition import ClassFiLM
 from ccl.models.decoder import build_decoder
 from ccl.models.neck import build_neck
 from ccl.models.projector import build_projector
@@ -111,6 +115,9 @@ class RDCCL(nn.Module):
         reduction: str = "mean",
         noise_prob: float = 0.0,
         noise_std: float = 1.0,
+        condition_classes: Sequence[str] = (),
+        lambda_wrong_class: float = 0.0,
+        wrong_class_margin: float = 0.2,
     ) -> None:
         super().__init__()
         self.teacher = build_teacher(teacher, pretrained, out_indices)
@@ -119,6 +126,15 @@ class RDCCL(nn.Module):
         self.projector = build_projector(channels, projector, projector_residual)
         self.neck = build_neck(channels, reductions, width_mult)
         self.decoder = build_decoder(channels, reductions, self.neck.out_channels, width_mult, self.teacher.signed())
+        # the student conditioned on the image's class (ccl.models.class_condition); None: one student for all
+        self.condition = ClassFiLM(condition_classes, self.neck.out_channels) if condition_classes else None
+        if lambda_wrong_class and (self.condition is None or self.condition.num_classes < 2):
+            raise ValueError("lambda_wrong_class > 0 needs a student conditioned on at least 2 classes "
+                             "(condition_classes)")
+        if lambda_wrong_class < 0 or wrong_class_margin < 0:
+            raise ValueError(f"lambda_wrong_class={lambda_wrong_class} and wrong_class_margin={wrong_class_margin} "
+                             "must be >= 0")
+        self.lambda_wrong_class, self.wrong_class_margin = float(lambda_wrong_class), float(wrong_class_margin)
         # pipelines' config refuses these when it loads; a model built directly (tests, bench, notebooks) fails
         # here, at construction, rather than at its first training step
         for name, value, allowed in (("global_loss", global_loss, tuple(global_losses)), ("kd_mode", kd_mode, KD_MODES),
@@ -154,10 +170,11 @@ class RDCCL(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Training with `augmented` (B, 3, H, W) and `labels` (B,); otherwise inference with anomaly maps.
 
+        ``labels`` are class indices; a class-conditioned student needs them at inference too.
         ``contrastive_weight`` scales lambda1 and lambda2 for this step (the trainer's warm-up).
         """
         if augmented is None:
-            return self._infer(images)
+            return self._infer(images, labels)
         return self._train_losses(images, augmented, labels, rank, world_size, contrastive_weight)
 
     def _train_losses(
@@ -168,6 +185,7 @@ class RDCCL(nn.Module):
         two_views = use_local or use_global
         if two_views and labels is None:
             raise ValueError("training with contrastive terms needs labels (B,)")
+        self._check_classes(labels)
         b = images.shape[0]
         teacher = self.teacher(torch.cat([images, augmented]) if two_views else images)  # [(nB, c, h, w)]
         projected = self.projector(teacher)
@@ -180,8 +198,11 @@ class RDCCL(nn.Module):
         else:  # noisy features must not enter the running statistics that clean inference uses
             with running_stats_frozen(self.neck):
                 code = self.neck(neck_input)
-        kd = kd_loss([t[:b] for t in teacher], self.decoder(code), self.kd_mode)
+        anchor = [t[:b] for t in teacher]
+        student = self.decode(code, labels)
+        kd = kd_loss(anchor, student, self.kd_mode)
         zero = kd.new_zeros(())
+        wcl = self._wrong_class(anchor, student, code, labels) if self.lambda_wrong_class else zero
         # Eq. 4-5 sum over the batch; "sum" scales the per-rank means by the global anchor count (2B per
         # rank x world size: DDP then averages the ranks' gradients into the single-process sum).
         scale = 2 * b * world_size if self.reduction == "sum" else 1
@@ -196,9 +217,28 @@ class RDCCL(nn.Module):
                 pooled(code), pooled(code_aug), labels, self.temperature, rank, world_size
             )
         w = float(contrastive_weight)
-        loss = kd + w * self.lambda_local * lcl + w * self.lambda_global * gcl
+        loss = kd + w * self.lambda_local * lcl + w * self.lambda_global * gcl + self.lambda_wrong_class * wcl
         features = F.normalize(pooled(code), dim=1).detach()
-        return {"loss": loss, "kd": kd, "lcl": lcl, "gcl": gcl, "global_features": features}
+        return {"loss": loss, "kd": kd, "lcl": lcl, "gcl": gcl, "wcl": wcl, "global_features": features}
+
+    def decode(self, code: torch.Tensor, classes: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The decoder's maps of a neck code (B, D, h, w), under the images' classes (B,) when conditioned."""
+        if self.condition is not None:
+            code = self.condition(code, classes)
+        return self.decoder(code)
+
+    def _check_classes(self, classes: torch.Tensor | None) -> None:
+        if self.condition is not None and classes is None:
+            raise ValueError(f"this student is conditioned on the class of every image ({self.condition.num_classes} "
+                             "classes): give the images' class indices (labels)")
+
+    def _wrong_class(self, anchor: list[torch.Tensor], student: list[torch.Tensor], code: torch.Tensor,
+                     labels: torch.Tensor) -> torch.Tensor:
+        """ccl.losses.wrong_class: the code decoded under another class must not rebuild the teacher's maps.
+        Not a view inference ever sees, so the decoder's running statistics stay as the right decode left them."""
+        with running_stats_frozen(self.decoder):
+            wrong = self.decode(code, self.condition.other_classes(labels))
+        return wrong_class_loss(pixel_distance(anchor, student), pixel_distance(anchor, wrong), self.wrong_class_margin)
 
     def _noisy(self, feats: list[torch.Tensor]) -> list[torch.Tensor] | None:
         """Training only, with probability noise_prob per step: Gaussian noise (std noise_std) on a random half
@@ -226,10 +266,11 @@ class RDCCL(nn.Module):
             ))
         return torch.stack(losses).mean()
 
-    def _infer(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _infer(self, images: torch.Tensor, classes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        self._check_classes(classes)
         teacher = self.teacher(images)
         code = self.neck(self.projector(teacher))
-        student = self.decoder(code)
+        student = self.decode(code, classes)
         kd = kd_loss(teacher, student, self.kd_mode)
         maps = anomaly_map(teacher, student, images.shape[-2:], sigma=self.sigma)  # (B, H, W)
         features = F.normalize(pooled(code), dim=1).detach()
@@ -251,7 +292,8 @@ class RDCCL(nn.Module):
              "lr": lr_projector},
             {
                 "name": "rest",
-                "params": [p for m in (self.neck, self.decoder) for p in m.parameters() if p.requires_grad],
+                "params": [p for m in (self.neck, self.condition, self.decoder) if m is not None
+                           for p in m.parameters() if p.requires_grad],
                 "lr": lr_rest,
             },
         ]

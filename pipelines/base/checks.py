@@ -59,6 +59,14 @@ def check_loss(cfg: Config) -> None:
     for name, problem in problems.items():
         key, value = keys[name]
         raise ConfigError(f"{key}={value} {problem} (model.out_indices={list(m.out_indices)})")
+    if loss.lambda_wrong_class and not m.class_conditioned:
+        raise ConfigError(f"loss.lambda_wrong_class={loss.lambda_wrong_class} needs model.class_conditioned=true")
+    if m.class_conditioned and cfg.data.class_source != "raw":
+        raise ConfigError(f"model.class_conditioned=true conditions on the images' classes, which inference knows; "
+                          f"data.class_source={cfg.data.class_source} labels are not: use data.class_source=raw")
+    if m.class_conditioned and cfg.data.replay_classes:
+        raise ConfigError("model.class_conditioned=true with data.replay_classes: a conditioned model is trained on "
+                          "all its classes jointly, its class table cannot grow")
 
 
 def check_model(cfg: Config) -> None:

@@ -120,6 +120,9 @@ class ModelConfig:
     # Gaussian noise of std noise_std on a random half of the positions of the neck's input. 0 = off.
     noise_prob: float = 0.0
     noise_std: float = 1.0
+    # A student conditioned on the image's class (ccl.models.class_condition): the classes are the training's
+    # (its merged class index, stored with the export); every image is scored under its own class.
+    class_conditioned: bool = False
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,10 @@ class LossConfig:
     local_match: LocalMatch = "projected"
     reduction: Reduction = "mean"  # over the anchors of the contrastive terms (Eq. 4-5 sum)
     contrastive_warmup: int = 0  # optimizer steps over which lambda1 and lambda2 ramp up from 0
+    # A class-conditioned student (model.class_conditioned) decoding under another class must miss the
+    # teacher's maps by wrong_class_margin more than under its own (ccl.losses.wrong_class). 0 = off.
+    lambda_wrong_class: float = 0.0
+    wrong_class_margin: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -305,7 +312,7 @@ RANGES: dict[type, dict[str, Range]] = {
     LossConfig: {
         "lambda_local": NON_NEGATIVE, "lambda_global": NON_NEGATIVE, "temperature": POSITIVE,
         "local_window": AT_LEAST_1, "local_scales": Range(0, 8), "local_chunk": AT_LEAST_1,
-        "contrastive_warmup": COUNT},
+        "contrastive_warmup": COUNT, "lambda_wrong_class": NON_NEGATIVE, "wrong_class_margin": NON_NEGATIVE},
     TrainConfig: {
         "epochs": AT_LEAST_1, "max_steps": COUNT, "lr_projector": NON_NEGATIVE, "lr_rest": NON_NEGATIVE,
         "lr_reference_batch": COUNT, "betas": FRACTION, "weight_decay": NON_NEGATIVE, "warmup_steps": COUNT,

@@ -11,6 +11,7 @@ An export directory (``RUN/export/``) holds:
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,22 +29,30 @@ CONFIG_NAME = "config.yaml"
 INFO_NAME = "info.json"
 
 
-def build_model(cfg: Config, start_checkpoint: bool = True) -> RDCCL:
+def build_model(cfg: Config, start_checkpoint: bool = True, class_index: Mapping[str, int] | None = None) -> RDCCL:
     """The one module Accelerate prepares: teacher, trainable parts and losses.
 
     ``start_checkpoint``: load ``model.checkpoint`` (an official RD4AD file) as the starting point.
+    ``class_index``: the training's classes, which a ``model.class_conditioned`` student is conditioned on.
     """
+    classes: tuple[str, ...] = ()
+    if cfg.model.class_conditioned:
+        if not class_index:
+            raise ValueError("model.class_conditioned=true: the model needs the class index it is conditioned on")
+        if sorted(class_index.values()) != list(range(len(class_index))):
+            raise ValueError(f"a class index numbers its classes 0..{len(class_index) - 1}, got {dict(class_index)}")
+        classes = tuple(sorted(class_index, key=class_index.get))
     # Seeded construction: a teacher with pretrained=none is not saved in the export, so evaluation
     # and prediction must rebuild the very same random weights (on every rank).
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.run.seed)
-        model = _construct(cfg)
+        model = _construct(cfg, classes)
     if start_checkpoint and cfg.model.checkpoint:
         model.load_rd4ad_checkpoint(cfg.model.checkpoint)
     return model
 
 
-def _construct(cfg: Config) -> RDCCL:
+def _construct(cfg: Config, classes: Sequence[str] = ()) -> RDCCL:
     m, loss = cfg.model, cfg.loss
     return RDCCL(
         teacher=m.teacher,
@@ -66,6 +75,9 @@ def _construct(cfg: Config) -> RDCCL:
         reduction=loss.reduction,
         noise_prob=m.noise_prob,
         noise_std=m.noise_std,
+        condition_classes=tuple(classes),
+        lambda_wrong_class=loss.lambda_wrong_class,
+        wrong_class_margin=loss.wrong_class_margin,
     )
 
 
@@ -107,7 +119,15 @@ def export_config(export_dir: str | Path, overrides: list[str] | tuple[str, ...]
 
 def model_of_export(export_dir: str | Path, cfg: Config, device: str | torch.device = "cpu") -> RDCCL:
     """The model of an export in eval mode, built from its config ``cfg`` (see ``export_config``)."""
-    model = build_model(cfg, start_checkpoint=False)  # the export supersedes any starting point
+    class_index = None
+    if cfg.model.class_conditioned:  # the classes it is conditioned on, as its training numbered them
+        class_index = read_info(export_dir).get("class_index")
+        if not isinstance(class_index, dict) or not class_index:
+            raise InputError(f"{Path(export_dir) / INFO_NAME}: a class-conditioned export needs its class_index")
+    try:
+        model = build_model(cfg, start_checkpoint=False, class_index=class_index)  # the export supersedes it
+    except ValueError as err:
+        raise InputError(f"{Path(export_dir) / INFO_NAME}: {err}") from None
     load_weights(model, Path(export_dir) / WEIGHTS_NAME)
     return model.to(device).eval()
 

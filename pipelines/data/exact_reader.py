@@ -166,18 +166,22 @@ def exact_loader(shard_set: ShardSet, split: str, image_size: int, batch_size: i
     return make_loader(reader, num_workers)
 
 
-def first_samples(shard_set: ShardSet, split: str, n: int, size: int) -> tuple[torch.Tensor | None, list[str]]:
-    """The first ``n`` decodable samples of ``split``, resized (the fixed images of the heatmap panel)."""
-    images, keys, opener = [], [], shard_set.opener()
+def first_samples(shard_set: ShardSet, split: str, n: int,
+                  size: int) -> tuple[torch.Tensor | None, list[str], torch.Tensor]:
+    """The first ``n`` decodable samples of ``split``, resized (the fixed images of the heatmap panel): images,
+    keys and class ids (B,) in the merged class index."""
+    images, keys, classes, opener = [], [], [], shard_set.opener()
     for url, _ in shard_set.sizes(split):
         for sample in iter_range(url, 0, None, opener=opener):
             if len(images) >= n:
                 break
             try:
-                images.append(resize_image(decode_record(sample).image, size))
+                record = decode_record(sample)
+                images.append(resize_image(record.image, size))
                 keys.append(sample["__key__"])
+                classes.append(shard_set.class_index.get(record.meta.class_key, -1))
             except ShardError:
                 continue
         if len(images) >= n:
             break
-    return (to_uint8_tensor(images) if images else None), keys
+    return (to_uint8_tensor(images) if images else None), keys, torch.tensor(classes, dtype=torch.long)

@@ -31,6 +31,17 @@ from shard_format.record import decode_record
 SPLIT = "train"
 
 
+def refuse_conditioned(model: Any, checkpoint: str | Path) -> None:
+    """InputError for a class-conditioned model: a deployed graph takes images only and one set of INT8 ranges,
+    while such a model scores every image under its class (launch/predict.py --checkpoint ... --class scores
+    it in torch)."""
+    condition = getattr(model, "condition", None)
+    if condition is not None:
+        raise InputError(f"{checkpoint} is class-conditioned ({condition.num_classes} classes): export and INT8 "
+                         "fine-tuning take models that score every image alike; score it with launch/predict.py "
+                         "--checkpoint ... --class NAME or launch/evaluate.py")
+
+
 def image_shards(cfg: Config, given: Sequence[str], checkpoint: str | Path, option: str) -> ShardSet:
     """The builds to read normal training images from: ``given``, else the ones the model was trained on
     (InputError naming ``option`` when there are neither)."""

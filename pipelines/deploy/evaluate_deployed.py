@@ -25,9 +25,10 @@ from shard_format.atomic import check_writable
 
 
 def deployed_scorer(model: DeployedModel) -> Scorer:
-    """The evaluator's (B, 3, S, S) uint8 batches through the exported graph."""
+    """The evaluator's (B, 3, S, S) uint8 batches through the exported graph (which takes images only: the
+    classes are not needed by a graph that is not class-conditioned, and a conditioned one is not exported)."""
 
-    def score(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def score(images: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         maps, scores = model(np.ascontiguousarray(images.permute(0, 2, 3, 1).numpy()))  # (B, S, S, 3) uint8 RGB
         return torch.from_numpy(np.asarray(maps, np.float32)), torch.from_numpy(np.asarray(scores, np.float32))
 

@@ -36,7 +36,7 @@ from ccl.models.inference_graph import INPUT_KINDS, InferenceGraph
 from pipelines.base.config import Config, to_dict
 from pipelines.base.exits import InputError
 from pipelines.base.model import INFO_NAME, load_export, read_info
-from pipelines.deploy.calibration import image_shards, read_calibration_images
+from pipelines.deploy.calibration import image_shards, read_calibration_images, refuse_conditioned
 from pipelines.deploy.precision import (
     PARITY_MIN_CORRELATION,
     PARITY_TOLERANCE,
@@ -154,6 +154,7 @@ def export_model(checkpoint: str | Path, fmt: str, out_dir: str | Path, image_si
         model, cfg = load_export(checkpoint)
     except RuntimeError as err:  # weights that do not fit the config: another version of the model code
         raise InputError(f"{Path(checkpoint)}: the weights do not fit its config.yaml ({err})") from None
+    refuse_conditioned(model, checkpoint)
     size = int(image_size or cfg.data.image_size)
     graph = InferenceGraph(model, input_kind)
     _check_size(graph, size)

@@ -27,7 +27,7 @@ from ccl.models.fake_quant import Int8Simulation
 from ccl.models.inference_graph import InferenceGraph
 from pipelines.base.exits import InputError
 from pipelines.base.model import load_export, read_info
-from pipelines.deploy.calibration import image_shards, read_calibration_images
+from pipelines.deploy.calibration import image_shards, read_calibration_images, refuse_conditioned
 from pipelines.training.checkpoint import check_replaceable, write_export
 
 RANGE_IMAGES = 64  # the images every activation range is measured on (the INT8 export's calibration default)
@@ -46,6 +46,7 @@ def finetune_for_int8(checkpoint: str | Path, out_dir: str | Path, shards: Seque
     out, source = Path(out_dir), Path(checkpoint)
     check_replaceable(out, source, "qat", "an output of launch/qat.py")
     model, cfg = load_export(source)
+    refuse_conditioned(model, source)
     train, record = read_calibration_images(image_shards(cfg, shards, source, "--shards"), images, cfg.data.image_size)
     torch.manual_seed(seed)
     started = time.perf_counter()

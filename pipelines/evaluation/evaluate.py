@@ -74,19 +74,47 @@ def _payload(batch: ExactBatch, maps: torch.Tensor, i: int) -> Payload:
                     batch.masks[i].numpy() if bool(batch.has_mask[i]) else None)
 
 
-Scorer = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # (B, 3, S, S) uint8 -> (B, S, S), (B,)
+# (B, 3, S, S) uint8 images and (B,) class ids of the scored builds' class index -> (B, S, S) maps, (B,) scores
+Scorer = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-def torch_scorer(net: torch.nn.Module, device: torch.device) -> Scorer:
-    """A model's forward as a scorer: uint8 batches normalised on ``device``, float32 maps and scores on the CPU."""
+def torch_scorer(net: torch.nn.Module, device: torch.device, shard_set: ShardSet | None = None) -> Scorer:
+    """A model's forward as a scorer: uint8 batches normalised on ``device``, float32 maps and scores on the CPU.
+    A class-conditioned net scores each image under its class, found by name (``shard_set``: the scored builds)."""
     dtype = next(net.parameters()).dtype
+    to_model = condition_lookup(net, shard_set)
 
-    def score(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def score(images: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = None if to_model is None else model_classes(to_model, classes, shard_set).to(device)
         # contiguous NCHW, the layout the evaluator has always fed the model
-        out = net(normalize_batch(images.to(device), dtype).contiguous())
+        out = net(normalize_batch(images.to(device), dtype).contiguous(), labels=labels)
         return out["anomaly_map"].float().cpu(), out["score"].float().cpu()
 
     return score
+
+
+def condition_lookup(net: torch.nn.Module, shard_set: ShardSet | None) -> torch.Tensor | None:
+    """For a class-conditioned net, (C,) its class id of every class of ``shard_set`` (-1: not one of its
+    classes); None for a net that scores every image alike."""
+    condition = getattr(net, "condition", None)
+    if condition is None:
+        return None
+    if shard_set is None:
+        raise ValueError("a class-conditioned model is scored with the class index of the builds it scores")
+    own = {name: i for i, name in enumerate(condition.class_names)}
+    return torch.tensor([own.get(name, -1) for name in shard_set.class_names], dtype=torch.long)
+
+
+def model_classes(lookup: torch.Tensor, classes: torch.Tensor, shard_set: ShardSet) -> torch.Tensor:
+    """The model's class ids (B,) of a batch's class ids (B,) in ``shard_set``'s index; InputError for an image
+    of a class the model was not conditioned on (it has no normal set for it)."""
+    known = classes >= 0
+    mapped = torch.where(known, lookup[classes.clamp(min=0)], -1)
+    if bool((mapped < 0).any()):
+        names = sorted({shard_set.class_names[int(c)] if c >= 0 else "(no class)" for c in classes[mapped < 0]})
+        raise InputError(f"{names}: not among the classes this class-conditioned model was trained on "
+                         "(eval.classes=[...] scores only some)")
+    return mapped
 
 
 def score_shards(score: Scorer, loader: Iterable[ExactBatch], metrics: AnomalyMetrics, extremes: Extremes,
@@ -98,7 +126,7 @@ def score_shards(score: Scorer, loader: Iterable[ExactBatch], metrics: AnomalyMe
             print(f"warning: skipped {message}", file=sys.stderr, flush=True)
         skipped += batch.errors
         if batch.size:
-            maps, scores = score(batch.images)
+            maps, scores = score(batch.images, batch.classes)
             masks = [m if h else None for m, h in zip(batch.masks.numpy(), batch.has_mask.tolist(), strict=True)]
             metrics.update(maps, masks, batch.groups, image_scores=scores, image_labels=batch.labels)
             for i, (group, key) in enumerate(zip(batch.groups, batch.keys, strict=True)):
@@ -118,12 +146,13 @@ def evaluate_model(model: torch.nn.Module, shards: ShardSet | Sequence[str | Pat
     and logs to ``tracker``. Call it on all ranks together.
     """
     net = model if accelerator is None else accelerator.unwrap_model(model)
+    shard_set = shards if isinstance(shards, ShardSet) else open_shards(cfg, [str(s) for s in shards])
     was_training = net.training
     net.eval()
     try:
         with torch.no_grad():
-            return evaluate_scorer(torch_scorer(net, next(net.parameters()).device), shards, cfg, accelerator,
-                                   out_dir, tracker, step, vis, score_range, prefix)
+            return evaluate_scorer(torch_scorer(net, next(net.parameters()).device, shard_set), shard_set, cfg,
+                                   accelerator, out_dir, tracker, step, vis, score_range, prefix)
     finally:
         net.train(was_training)
 

@@ -32,7 +32,7 @@ from typing import Any
 from ccl.metrics.report import summarize
 from pipelines.base.config import Config, ConfigError
 from pipelines.base.distributed import world_from_env
-from pipelines.base.model import read_info
+from pipelines.base.model import export_config, read_info
 from pipelines.data.train_classes import check_selection
 from pipelines.experiments.jobs import Job, evaluate_job, job_env, run_job, train_job
 from shard_format.atomic import write_atomic
@@ -101,6 +101,9 @@ def run_strategy(job: Job, cfg: Config, processes: int, port: int | None, env: M
     final = job.run_dir / "eval" / "metrics.json"
     if final.is_file():
         return json.loads(final.read_text())
+    if cfg.model.class_conditioned:
+        raise ConfigError(f"model.class_conditioned conditions one joint model on every class of its training; "
+                          f"strategy.mode={cfg.strategy.mode} trains on one class at a time: leave one of them off")
     stages = stage_plan(cfg, strategy_classes(cfg, open_builds(list(job.builds))), job.run_dir)
     record = {"mode": cfg.strategy.mode, "order": [c for st in stages for c in st.classes],
               "stage_epochs": cfg.strategy.stage_epochs or cfg.train.epochs,
@@ -169,6 +172,9 @@ def add_classes(export: Path, builds: list[Path], classes: list[str], out: Path,
     again = sorted(set(old) & set(classes))
     if again:
         raise ConfigError(f"{again} are classes {export} was already trained on")
+    if export_config(export).model.class_conditioned:
+        raise ConfigError(f"{export} is conditioned on its {len(info.get('class_index') or {})} classes (a "
+                          "modulation per class): new classes need a new joint training, not added ones")
     # eval.classes=[]: the export's config may hold the old evaluation's selection; the new model is scored on all
     steps = [f"train.init_from={export}", f"data.classes=[{','.join(classes)}]",
              f"data.replay_classes=[{','.join(old)}]", f"data.replay_fraction={replay_fraction}", "eval.classes=[]",

@@ -24,6 +24,8 @@ from pipelines.base.visualize import overlay
 from pipelines.data.train_data import BATCH_COUNTS
 from pipelines.training.run import Run
 
+LOSS_TERMS = ("loss", "kd", "lcl", "gcl", "wcl")  # the scalar losses of a training step, logged and debugged
+
 
 def class_separation(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
     """V-measure in [0, 1] of K-means clusters against the class labels (1 = classes perfectly apart)."""
@@ -64,11 +66,13 @@ def tsne_image(features: np.ndarray, labels: np.ndarray, names: Sequence[str], t
 
 
 @torch.no_grad()
-def heatmaps(module: Any, images: torch.Tensor, keys: Sequence[str], to_input: Any) -> list[tuple[np.ndarray, str]]:
-    """Overlays of ``images`` (B, 3, S, S) uint8 with the model's anomaly maps, captioned with key and score."""
+def heatmaps(module: Any, images: torch.Tensor, keys: Sequence[str], classes: torch.Tensor,
+             to_input: Any) -> list[tuple[np.ndarray, str]]:
+    """Overlays of ``images`` (B, 3, S, S) uint8 with the model's anomaly maps (each image under its class (B,)
+    for a conditioned student), captioned with key and score."""
     was_training = module.training
     module.eval()
-    out = module(to_input(images))
+    out = module(to_input(images), labels=classes.to(next(module.parameters()).device))
     module.train(was_training)
     maps = out["anomaly_map"].float().cpu().numpy()
     scores = out["score"].float().cpu().numpy()
@@ -152,6 +156,6 @@ def write_debug(run: Run, out: dict[str, Any], keys: list[str]) -> None:
     path = run.run_dir / "debug" / f"rank{run.accelerator.process_index}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"step": run.state.step, "checksum": param_checksum(run.accelerator.unwrap_model(run.model)),
-              **{k: float(out[k].detach()) for k in ("loss", "kd", "lcl", "gcl")}, "keys": keys}
+              **{k: float(out[k].detach()) for k in LOSS_TERMS}, "keys": keys}
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")

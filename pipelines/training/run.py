@@ -37,7 +37,7 @@ class Run:
     total_steps: int  # optimizer steps of the whole run (for the schedule)
     input_dtype: torch.dtype
     stop: StopRequest
-    vis: tuple[Any, list[str]] = (None, [])
+    vis: tuple[Any, list[str], Any] = (None, [], None)  # images, keys, classes
     nan_streak: int = 0  # skipped accumulation windows in a row
     window_bad: bool = False  # the current accumulation window had a non-finite loss: it is skipped
     window_buffers: list[torch.Tensor] | None = None  # the buffers (BatchNorm statistics) before the window

@@ -52,6 +52,7 @@ from pipelines.training.checkpoint import (
 from pipelines.training.early_stop import judge
 from pipelines.training.inputs import check_inputs
 from pipelines.training.monitor import (
+    LOSS_TERMS,
     Meter,
     class_separation,
     heatmaps,
@@ -107,7 +108,7 @@ def setup(cfg: Config, accelerator: Any, data: TrainData, labels: Labels, resume
 
     set_seed(cfg.run.seed, deterministic=cfg.run.deterministic)
     shard_set = data.all
-    model = build_model(cfg)
+    model = build_model(cfg, class_index=labels.class_index)  # the classes a conditioned student knows
     if cfg.train.init_from:
         start_from_export(model, cfg.train.init_from)
     if cfg.train.sync_bn and accelerator.num_processes > 1:
@@ -233,7 +234,7 @@ def train_step(run: Run, batch: dict[str, Any]) -> dict[str, float] | None:
         return None
     if cfg.train.debug_checksums and acc.sync_gradients:
         write_debug(run, out, batch["keys"])
-    return {k: float(out[k].detach()) for k in ("loss", "kd", "lcl", "gcl")}
+    return {k: float(out[k].detach()) for k in LOSS_TERMS}
 
 
 def contrastive_weight(step: int, warmup: int) -> float:
@@ -281,7 +282,7 @@ def validate(run: Run) -> dict[str, Any]:
             log.warning("skipping sample: %s", message)
         if batch.images is None:
             continue
-        out = module(run.to_input(batch.images))
+        out = module(run.to_input(batch.images), labels=batch.classes.to(acc.device))  # a conditioned student's
         n = batch.size
         total, count = total + float(out["kd"]) * n, count + n
         if sum(len(f) for f in feats) < cfg.tracking.max_features:
@@ -317,10 +318,10 @@ def show(run: Run) -> None:
     if not run.accelerator.is_main_process:
         return
     step, names = run.state.step, list(run.shard_set.class_names)
-    images, keys = run.vis
+    images, keys, classes = run.vis
     if images is not None:
         module = run.accelerator.unwrap_model(run.model)
-        run.tracker.log_images("val/heatmaps", heatmaps(module, images, keys, run.to_input), step)
+        run.tracker.log_images("val/heatmaps", heatmaps(module, images, keys, classes, run.to_input), step)
     f = np.concatenate([x for x in feats if len(x)]) if any(len(x) for x in feats) else None
     y = np.concatenate(labels)
     if f is not None and len(np.unique(y)) > 1:

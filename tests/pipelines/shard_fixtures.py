@@ -105,8 +105,10 @@ def tar_keys(build: str | Path, split: str = "test") -> list[str]:
     return keys
 
 
-def tiny_export(out: str | Path, image_size: int = 64, seed: int = 0, overrides: Sequence[str] = ()) -> Path:
-    """An export of an untrained RDCCL on resnet18 (random weights, maps vary per image).
+def tiny_export(out: str | Path, image_size: int = 64, seed: int = 0, overrides: Sequence[str] = (),
+                class_index: dict[str, int] | None = None) -> Path:
+    """An export of an untrained RDCCL on resnet18 (random weights, maps vary per image); with ``class_index``
+    a class-conditioned one whose per-class modulation is random too (each class scores differently).
 
     The teacher is not part of an export (it is rebuilt from ``model.pretrained``), so its random
     weights are saved as a local weights file: every process that loads the export gets the same model.
@@ -124,9 +126,16 @@ def tiny_export(out: str | Path, image_size: int = 64, seed: int = 0, overrides:
     torch.manual_seed(seed)
     teacher = out.parent / "resnet18_teacher.pth"
     torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), teacher)
+    conditioned = ["model.class_conditioned=true"] if class_index is not None else []
     cfg = load_config(None, ["model.teacher=resnet18", f"model.pretrained={teacher}", f"data.image_size={image_size}",
-                             "eval.batch_size=4", "eval.num_workers=0", "eval.bins=16384", *overrides])
-    return save_export(build_model(cfg).eval(), cfg, out, {"step": 0})
+                             "eval.batch_size=4", "eval.num_workers=0", "eval.bins=16384", *overrides, *conditioned])
+    if class_index is None:
+        return save_export(build_model(cfg).eval(), cfg, out, {"step": 0})
+    model = build_model(cfg, class_index=class_index).eval()
+    with torch.no_grad():
+        for table in (model.condition.scale, model.condition.shift):
+            table.weight.normal_(0, 0.5)
+    return save_export(model, cfg, out, {"step": 0, "class_index": class_index})
 
 
 def eval_view(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[Any, Any]:

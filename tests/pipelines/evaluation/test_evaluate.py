@@ -17,6 +17,7 @@ import torch
 
 from ccl.metrics import METRICS
 from pipelines.base.config import replace
+from pipelines.base.exits import InputError
 from pipelines.base.model import load_export, read_info
 from pipelines.data.eval_data import eval_loader, eval_plan
 from pipelines.evaluation.evaluate import evaluate_maps, evaluate_model, run_evaluation
@@ -416,3 +417,32 @@ def test_an_unwritable_out_fails_before_any_scoring(setup: dict, tmp_path: Path,
                  "--out", str(blocker / "eval")]) == 2
     err = capsys.readouterr().err
     assert "--out is not a writable directory" in err and str(blocker / "eval") in err
+
+
+@pytest.mark.slow
+def test_a_class_conditioned_model_scores_each_image_under_its_class_found_by_name(setup: dict) -> None:
+    # numbered unlike the builds' merged index (mvtec/bottle 0, mvtec/cable 1, visa/pcb 2): found by name
+    index = {"visa/pcb": 0, "mvtec/cable": 1, "mvtec/bottle": 2}
+    export = tiny_export(setup["tmp"] / "conditioned" / "export", SIZE, class_index=index)
+    model, cfg = load_export(export)
+    result = evaluate_model(model, setup["builds"], cfg, None, setup["tmp"] / "conditioned_eval", vis=0)
+    per_group: dict[str, list] = {}
+    for _, meta, x, m in read_test_samples(setup["builds"]):
+        own = torch.tensor([index[f"{meta['dataset']}/{meta['class_name']}"]])
+        with torch.no_grad():
+            amap = model(x[None], labels=own)["anomaly_map"][0].numpy()
+        per_group.setdefault(f"{meta['dataset']}/{meta['group']}", []).append((amap, m.numpy(), meta["label"]))
+    for group, items in per_group.items():
+        want = exact_metrics(np.stack([a for a, _, _ in items]), [m for _, m, _ in items],
+                             np.array([lab for _, _, lab in items]))
+        for metric in METRICS:
+            assert result["per_group"][group][metric] == pytest.approx(want[metric], abs=1e-3), (group, metric)
+    # a class the model has no normal set for is refused, naming it
+    only_mvtec = tiny_export(setup["tmp"] / "conditioned_mvtec" / "export", SIZE,
+                             class_index={"mvtec/bottle": 0, "mvtec/cable": 1})
+    model, cfg = load_export(only_mvtec)
+    with pytest.raises(InputError, match=r"\['visa/pcb'\]: not among the classes"):
+        evaluate_model(model, setup["builds"], cfg, None, None, vis=0)
+    with pytest.raises(InputError, match="needs its class_index"):
+        (export / "info.json").write_text(json.dumps({"step": 0}))
+        load_export(export)

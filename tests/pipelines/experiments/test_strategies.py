@@ -182,3 +182,17 @@ def test_adding_a_class_the_export_knows_is_refused(tmp_path: Path) -> None:
     (export / "info.json").write_text(json.dumps({"trained_classes": ["toy/a"]}))
     with pytest.raises(ConfigError, match="already trained on"):
         add_classes(export, [tmp_path], ["toy/a"], tmp_path / "out", 0.25, [], 1)
+
+
+def test_a_class_conditioned_model_is_neither_staged_nor_grown(tmp_path: Path) -> None:
+    from pipelines.experiments.jobs import Job
+    from pipelines.experiments.strategies import add_classes, run_strategy
+    from tests.pipelines.shard_fixtures import tiny_export
+
+    cfg = load_config(None, ["strategy.mode=sequential", "model.class_conditioned=true"])
+    job = Job(tmp_path / "run", Path("config.yaml"), (), (tmp_path / "no_build",))
+    with pytest.raises(ConfigError, match="trains on one class at a time"):
+        run_strategy(job, cfg, 1, None, {})
+    export = tiny_export(tmp_path / "conditioned" / "export", 32, class_index={"toy/a": 0, "toy/b": 1})
+    with pytest.raises(ConfigError, match="conditioned on its 2 classes"):
+        add_classes(export, [tmp_path], ["toy/c"], tmp_path / "out", 0.25, [], 1)

@@ -3,6 +3,7 @@ SIGTERM, W&B offline output, NaN abort and bad inputs. Tiny shards, resnet18 wit
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -12,10 +13,13 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from pipelines.experiments.jobs import launcher
-from tests.pipelines.train_fixtures import write_build
+from tests.pipelines.shard_fixtures import write_test_build
+from tests.pipelines.train_fixtures import class_image, write_build
 
 ROOT = Path(__file__).resolve().parents[3]
 PY = sys.executable
@@ -186,6 +190,7 @@ def test_nan_losses_abort_and_keep_the_last_good_checkpoint(data: Path, referenc
     ("loss.local_match=pixels", "loss.local_match='pixels' is not one of"),
     ("loss.reduction=max", "loss.reduction='max' is not one of"),
     ("model.pretrained=offline", "model.pretrained=offline has weights for"),
+    ("loss.lambda_wrong_class=1", "loss.lambda_wrong_class=1.0 needs model.class_conditioned=true"),
 ])
 def test_bad_inputs_give_clear_errors(data: Path, override: str, message: str,
                                       capsys: pytest.CaptureFixture) -> None:
@@ -194,6 +199,53 @@ def test_bad_inputs_give_clear_errors(data: Path, override: str, message: str,
     assert main(_args(data, "bad", override)) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1  # one line, no traceback
+
+
+def test_a_class_conditioned_run_trains_its_classes_and_scores_each_image_under_its_own(
+        data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import torch
+
+    from ccl.models.inference_graph import InferenceGraph
+    from launch.export import main as export_main
+    from launch.predict import main as predict_main
+    from pipelines.base.model import load_export
+    from pipelines.evaluation.evaluate import run_evaluation
+
+    _one(data, "conditioned", "model.class_conditioned=true", "loss.lambda_wrong_class=1", "tracking.vis_every=1",
+         "tracking.vis_images=3", "train.epochs=2")
+    run = data / "conditioned"
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert all(r["train/wcl"] > 0 for r in log if "train/wcl" in r) and any("train/wcl" in r for r in log)
+    model, _ = load_export(run / "export")
+    assert model.condition.class_names == ("toy/a", "toy/b", "toy/c", "toy/d")
+    assert float(model.condition.shift.weight.detach().abs().sum()) > 0  # trained away from the identity
+    test_build = write_test_build(tmp_path / "test_build", "toy", ["a", "b", "c", "d"], [8], size=64)
+    result = run_evaluation(run / "export", [test_build], tmp_path / "eval", vis=0)
+    assert result["images"] == result["expected"] and sorted(result["per_group"]) == [
+        "toy/a", "toy/b", "toy/c", "toy/d"]
+    # predict.py scores a folder of one class's images under --class; the same images under their class by hand
+    images = tmp_path / "b_images"
+    images.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(2):
+        cv2.imwrite(str(images / f"{i}.png"), cv2.cvtColor(class_image(1, i, 64, rng), cv2.COLOR_RGB2BGR))
+    assert predict_main(["--checkpoint", str(run / "export"), "--input", str(images), "--out",
+                         str(tmp_path / "pred"), "--threshold", "none", "--no-vis", "--class", "toy/b"]) == 0
+    with open(tmp_path / "pred" / "scores.csv") as f:
+        got = {Path(r["path"]).name: float(r["score"]) for r in csv.DictReader(f)}
+    graph_input = torch.from_numpy(np.stack([cv2.cvtColor(cv2.imread(str(images / f"{i}.png")), cv2.COLOR_BGR2RGB)
+                                             for i in range(2)]))
+    want = InferenceGraph(model, "uint8", class_id=1).run_numpy(graph_input.numpy())[1]
+    assert [got[f"{i}.png"] for i in range(2)] == pytest.approx(want.tolist(), rel=1e-5)
+    capsys.readouterr()
+    assert predict_main(["--checkpoint", str(run / "export"), "--input", str(images), "--out",
+                         str(tmp_path / "pred2"), "--threshold", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "give --class, one of ['toy/a', 'toy/b', 'toy/c', 'toy/d']" in err and len(err.strip().splitlines()) == 1
+    deploy = ["--checkpoint", str(run / "export"), "--format", "onnx", "--out", str(tmp_path / "deploy")]
+    assert export_main(deploy) == 2
+    err = capsys.readouterr().err
+    assert "is class-conditioned (4 classes)" in err and len(err.strip().splitlines()) == 1
 
 
 def test_overrides_may_follow_resume(data: Path, capsys: pytest.CaptureFixture) -> None:
