@@ -8,7 +8,7 @@ inspection line (one product per station), as it is to one model per class.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -21,24 +21,28 @@ class ClassFiLM(nn.Module):
     ``class_names`` are the classes in index order (the training's merged class index).
     """
 
-    def __init__(self, class_names: Sequence[str], channels: int) -> None:
+    def __init__(self, class_names: Sequence[str], channels: int, between: Sequence[int] = ()) -> None:
         super().__init__()
         self.class_names = tuple(class_names)
         if not self.class_names or len(set(self.class_names)) != len(self.class_names):
             raise ValueError(f"class conditioning needs distinct class names, got {list(self.class_names)[:5]}")
-        self.scale = nn.Embedding(len(self.class_names), channels)
-        self.shift = nn.Embedding(len(self.class_names), channels)
-        nn.init.zeros_(self.scale.weight)
-        nn.init.zeros_(self.shift.weight)
+        k = len(self.class_names)
+        self.scale, self.shift = zero_table(k, channels), zero_table(k, channels)
+        # ``between``: channels of the decoder's inner maps modulated too (one pair of tables each), or none
+        self.between = nn.ModuleList(nn.ModuleList([zero_table(k, c), zero_table(k, c)]) for c in between)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
     def forward(self, code: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        scale = self.scale(classes).to(code.dtype)[:, :, None, None]  # (B, D, 1, 1)
-        shift = self.shift(classes).to(code.dtype)[:, :, None, None]
-        return code * (1 + scale) + shift
+        return modulate(code, self.scale(classes), self.shift(classes))
+
+    def inner(self, classes: torch.Tensor) -> Callable[[int, torch.Tensor], torch.Tensor] | None:
+        """The decoder's ``between`` for these classes: layer k's output modulated by the k-th pair of tables."""
+        if not len(self.between):
+            return None
+        return lambda k, x: modulate(x, self.between[k - 1][0](classes), self.between[k - 1][1](classes))
 
     def other_classes(self, classes: torch.Tensor) -> torch.Tensor:
         """For every sample a class drawn uniformly from the other classes (B,): the wrong condition."""
@@ -47,3 +51,15 @@ class ClassFiLM(nn.Module):
             raise ValueError("a wrong class needs at least 2 classes")
         offset = torch.randint(1, k, classes.shape, device=classes.device)
         return (classes + offset) % k
+
+
+def zero_table(classes: int, channels: int) -> nn.Embedding:
+    """A (classes, channels) table that starts at zero (no modulation)."""
+    table = nn.Embedding(classes, channels)
+    nn.init.zeros_(table.weight)
+    return table
+
+
+def modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """x (B, C, h, w) * (1 + scale (B, C)) + shift (B, C)."""
+    return x * (1 + scale.to(x.dtype)[:, :, None, None]) + shift.to(x.dtype)[:, :, None, None]

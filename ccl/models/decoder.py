@@ -8,7 +8,7 @@ layer3 -> 256 @64, with ConvTranspose2d k2 s2 up-sampling.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -51,13 +51,22 @@ class ReverseDecoder(nn.Module):
             c_in = planes * EXPANSION
         init_convs(self)
 
-    def forward(self, code: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, code: torch.Tensor,
+                between: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """``between(k, x)``, when given, changes layer k's output before layer k + 1 reads it (k = 1..L-1); the
+        returned maps stay the layers' own."""
         outs = []
         x = code
         for k in range(1, self.n_layers + 1):
             x = getattr(self, f"layer{k}")(x)
             outs.append(x)
+            if between is not None and k < self.n_layers:
+                x = between(k, x)
         return outs[::-1]
+
+    def layer_channels(self) -> list[int]:
+        """The output channels of layers 1..L, in decoding order."""
+        return [getattr(self, f"layer{k}")[-1].conv3.out_channels for k in range(1, self.n_layers + 1)]
 
 
 def build_decoder(

@@ -116,6 +116,7 @@ class RDCCL(nn.Module):
         noise_prob: float = 0.0,
         noise_std: float = 1.0,
         condition_classes: Sequence[str] = (),
+        condition_inner: bool = False,
         lambda_wrong_class: float = 0.0,
         wrong_class_margin: float = 0.2,
     ) -> None:
@@ -127,7 +128,11 @@ class RDCCL(nn.Module):
         self.neck = build_neck(channels, reductions, width_mult)
         self.decoder = build_decoder(channels, reductions, self.neck.out_channels, width_mult, self.teacher.signed())
         # the student conditioned on the image's class (ccl.models.class_condition); None: one student for all
-        self.condition = ClassFiLM(condition_classes, self.neck.out_channels) if condition_classes else None
+        # condition_inner: the decoder's inner maps are modulated too, not only its input
+        inner = self.decoder.layer_channels()[:-1] if condition_inner else []
+        self.condition = ClassFiLM(condition_classes, self.neck.out_channels, inner) if condition_classes else None
+        if condition_inner and self.condition is None:
+            raise ValueError("condition_inner needs condition_classes")
         if lambda_wrong_class and (self.condition is None or self.condition.num_classes < 2):
             raise ValueError("lambda_wrong_class > 0 needs a student conditioned on at least 2 classes "
                              "(condition_classes)")
@@ -223,9 +228,9 @@ class RDCCL(nn.Module):
 
     def decode(self, code: torch.Tensor, classes: torch.Tensor | None = None) -> list[torch.Tensor]:
         """The decoder's maps of a neck code (B, D, h, w), under the images' classes (B,) when conditioned."""
-        if self.condition is not None:
-            code = self.condition(code, classes)
-        return self.decoder(code)
+        if self.condition is None:
+            return self.decoder(code)
+        return self.decoder(self.condition(code, classes), self.condition.inner(classes))
 
     def _check_classes(self, classes: torch.Tensor | None) -> None:
         if self.condition is not None and classes is None:

@@ -59,6 +59,8 @@ def check_loss(cfg: Config) -> None:
     for name, problem in problems.items():
         key, value = keys[name]
         raise ConfigError(f"{key}={value} {problem} (model.out_indices={list(m.out_indices)})")
+    if m.condition_inner and not m.class_conditioned:
+        raise ConfigError("model.condition_inner=true needs model.class_conditioned=true")
     if loss.lambda_wrong_class and not m.class_conditioned:
         raise ConfigError(f"loss.lambda_wrong_class={loss.lambda_wrong_class} needs model.class_conditioned=true")
     if m.class_conditioned and cfg.data.class_source != "raw":

@@ -123,6 +123,7 @@ class ModelConfig:
     # A student conditioned on the image's class (ccl.models.class_condition): the classes are the training's
     # (its merged class index, stored with the export); every image is scored under its own class.
     class_conditioned: bool = False
+    condition_inner: bool = False  # the decoder's inner maps are modulated per class too, not only its input
 
 
 @dataclass(frozen=True)

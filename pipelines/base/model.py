@@ -76,6 +76,7 @@ def _construct(cfg: Config, classes: Sequence[str] = ()) -> RDCCL:
         noise_prob=m.noise_prob,
         noise_std=m.noise_std,
         condition_classes=tuple(classes),
+        condition_inner=m.condition_inner,
         lambda_wrong_class=loss.lambda_wrong_class,
         wrong_class_margin=loss.wrong_class_margin,
     )

@@ -26,13 +26,29 @@ def randomize(m: RDCCL) -> None:
             table.weight.normal_(0, 0.5)
 
 
-def test_an_untrained_conditioning_is_the_identity_so_training_starts_from_joint_rd() -> None:
+@pytest.mark.parametrize("inner", [False, True])
+def test_an_untrained_conditioning_is_the_identity_so_training_starts_from_joint_rd(inner: bool) -> None:
     x = torch.randn(3, 3, 64, 64)
-    plain, conditioned = model().eval(), model(condition_classes=CLASSES).eval()
+    plain, conditioned = model().eval(), model(condition_classes=CLASSES, condition_inner=inner).eval()
     with torch.no_grad():
         want = plain(x)["anomaly_map"]
         got = conditioned(x, labels=torch.tensor([2, 0, 1]))["anomaly_map"]
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_inner_conditioning_modulates_between_the_decoder_layers_and_keeps_their_outputs() -> None:
+    m = model(condition_classes=CLASSES, condition_inner=True).eval()
+    assert [tuple(t.weight.shape) for pair in m.condition.between for t in pair] == [(3, 256)] * 2 + [(3, 128)] * 2
+    with torch.no_grad():
+        m.condition.between[0][1].weight[1].fill_(3.0)  # class 1: layer 1's output shifted before layer 2
+        code = torch.randn(2, m.neck.out_channels, 1, 1)
+        plain = m.decoder(code)
+        got = m.decode(code, torch.tensor([0, 1]))
+    torch.testing.assert_close(got[2], plain[2], rtol=0, atol=0)  # layer 1's own map is not modulated
+    torch.testing.assert_close(got[1][0], plain[1][0], rtol=0, atol=0)  # class 0: nothing changes
+    assert not torch.allclose(got[1][1], plain[1][1])  # class 1: layer 2 read the shifted map
+    with pytest.raises(ValueError, match="condition_inner needs condition_classes"):
+        model(condition_inner=True)
 
 
 def test_each_image_is_decoded_under_its_own_class() -> None:
@@ -92,8 +108,8 @@ def test_the_wrong_class_term_trains_the_conditioning_and_leaves_running_statist
         out["loss"].backward()
         stats.append([b.clone() for name, b in m.decoder.named_buffers() if "running" in name])
         if weight:
-            assert float(out["wcl"]) == pytest.approx(0.2)  # untrained: wrong == right, the whole margin
-            assert float(out["loss"]) == pytest.approx(float(out["kd"]) + 0.2)
+            assert float(out["wcl"].detach()) == pytest.approx(0.2)  # untrained: wrong == right, the whole margin
+            assert float(out["loss"].detach()) == pytest.approx(float(out["kd"].detach()) + 0.2)
             assert float(m.condition.shift.weight.grad.abs().sum()) > 0
     for with_term, without in zip(stats[1], stats[0], strict=True):
         torch.testing.assert_close(with_term, without)  # the wrong decode never enters BatchNorm's statistics
