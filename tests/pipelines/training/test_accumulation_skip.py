@@ -63,7 +63,7 @@ class Tiny:
                 if bool((labels < 0).any()):  # the poisoned micro-batch of this rank
                     loss = loss * float("nan")
                 zero = loss.detach() * 0
-                return {"loss": loss, "kd": loss.detach(), "lcl": zero, "gcl": zero}
+                return {"loss": loss, "kd": loss.detach(), "lcl": zero, "gcl": zero, "wcl": zero}
 
         torch.manual_seed(0)
         return Module()

@@ -31,7 +31,7 @@ class WithBatchNorm(torch.nn.Module):
         f = self.head(self.bn(x).mean(dim=(2, 3)))
         loss = f.pow(2).mean() + self.head(self.conv(augmented).mean(dim=(2, 3))).pow(2).mean()
         zero = loss.detach() * 0
-        return {"loss": loss, "kd": loss.detach(), "lcl": zero, "gcl": zero}
+        return {"loss": loss, "kd": loss.detach(), "lcl": zero, "gcl": zero, "wcl": zero}
 
 
 def _run(tmp_path: Path, grad_accum: int = 2) -> Run:

@@ -212,7 +212,7 @@ def test_a_class_conditioned_run_trains_its_classes_and_scores_each_image_under_
     from pipelines.evaluation.evaluate import run_evaluation
 
     _one(data, "conditioned", "model.class_conditioned=true", "loss.lambda_wrong_class=1", "tracking.vis_every=1",
-         "tracking.vis_images=3", "train.epochs=2")
+         "tracking.vis_images=3")
     run = data / "conditioned"
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert all(r["train/wcl"] > 0 for r in log if "train/wcl" in r) and any("train/wcl" in r for r in log)
