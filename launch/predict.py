@@ -73,6 +73,9 @@ def _exported(args: argparse.Namespace):  # numpy, OpenCV and the model's runtim
 
     if args.overrides:
         raise InputError(f"config overrides {args.overrides} apply to --checkpoint only; an exported graph is fixed")
+    if args.class_name:
+        raise InputError(f"--class {args.class_name} applies to --checkpoint only: an exported graph is never "
+                         "class-conditioned")
     model = load_deployed(args.model, args.threads, trust_torchscript=args.trust_torchscript)
     threshold = resolve_threshold(args.threshold, model.path.parent,
                                   "evaluate the training export, then export it again")

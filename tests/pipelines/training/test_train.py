@@ -242,6 +242,10 @@ def test_a_class_conditioned_run_trains_its_classes_and_scores_each_image_under_
                          str(tmp_path / "pred2"), "--threshold", "none"]) == 2
     err = capsys.readouterr().err
     assert "give --class, one of ['toy/a', 'toy/b', 'toy/c', 'toy/d']" in err and len(err.strip().splitlines()) == 1
+    assert predict_main(["--model", str(tmp_path / "any" / "model.onnx"), "--input", str(images), "--out",
+                         str(tmp_path / "pred3"), "--class", "toy/b"]) == 2
+    err = capsys.readouterr().err
+    assert "--class toy/b applies to --checkpoint only" in err and len(err.strip().splitlines()) == 1
     deploy = ["--checkpoint", str(run / "export"), "--format", "onnx", "--out", str(tmp_path / "deploy")]
     assert export_main(deploy) == 2
     err = capsys.readouterr().err
