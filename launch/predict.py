@@ -97,11 +97,11 @@ def _torch(args: argparse.Namespace):
 
 def class_id(model, args: argparse.Namespace) -> int | None:
     """--class as the index of a class-conditioned model's classes; None for a model without conditioning."""
-    names = model.condition.class_names if model.condition is not None else ()
-    if not names:
+    if model.condition is None:
         if args.class_name:
             raise InputError(f"--class {args.class_name}: {args.checkpoint} is not class-conditioned")
         return None
+    names = model.condition.class_names
     if args.class_name not in names:
         raise InputError(f"{args.checkpoint} is conditioned on the image's class: give --class, one of {list(names)}"
                          if not args.class_name else f"--class {args.class_name} is not one of {list(names)}")

@@ -63,11 +63,8 @@ class InferenceGraph(nn.Module):
         """The teacher's and the student's maps of a normalised (B, 3, H, W) batch, scale by scale."""
         m = self.model
         teacher = m.teacher.body(x)  # the frozen encoder's maps (Teacher.forward minus its no_grad block)
-        code = m.neck(m.projector(teacher))
-        if self.class_id is None:
-            return teacher, m.decoder(code)
-        classes = torch.full((x.shape[0],), self.class_id, dtype=torch.long, device=x.device)
-        return teacher, m.decode(code, classes)
+        classes = None if self.class_id is None else torch.full((x.shape[0],), self.class_id, device=x.device)
+        return teacher, m.decode(m.neck(m.projector(teacher)), classes)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.normalized(images)
